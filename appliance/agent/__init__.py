@@ -1,0 +1,1 @@
+"""The ReAct loop, its events and context keeping."""

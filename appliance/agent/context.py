@@ -1,0 +1,59 @@
+"""Which tool results the model still sees: pure functions over the history."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from appliance.llm.base import ChatMessage
+
+OMITTED = "Tool result is omitted to save tokens."
+TRUNCATION_MARK = "\n... [Result truncated]"
+
+
+def kept_result_positions(messages: Sequence[ChatMessage], keep_last: int, mode: str = "exact") -> set[int]:
+    """Indices of user messages after the first (tool results) still shown in full.
+
+    "exact" is the reference's rule: the last `keep_last` user messages after the
+    task are kept, every older one is replaced by the placeholder (so the kept
+    window slides by one each turn). -1 keeps everything. The summary prompt is
+    a user message too and takes one of the K places, as in the reference.
+
+    "blocks" keeps the prompt prefix stable for a prefix-caching engine: results
+    are dropped K at a time, so between K and 2K-1 stay visible and an old result
+    changes to the placeholder only once per K turns.
+    """
+    user_positions = [i for i, m in enumerate(messages) if m.role == "user"]
+    results = user_positions[1:]
+    if keep_last < 0:
+        return set(results)
+    if keep_last == 0:
+        return set()
+    if mode == "blocks":
+        # Results are evicted in whole blocks of K: with n results, the
+        # boundary sits at the largest multiple of K that still leaves >= K kept.
+        n = len(results)
+        dropped = max(0, ((n - keep_last) // keep_last) * keep_last) if n > keep_last else 0
+        return set(results[dropped:])
+    return set(results[-keep_last:])
+
+
+def build_view(
+    messages: Sequence[ChatMessage], keep_last: int, mode: str = "exact"
+) -> list[ChatMessage]:
+    """The history as the model will see it: old tool results replaced by the placeholder."""
+    kept = kept_result_positions(messages, keep_last, mode)
+    first_user = next((i for i, m in enumerate(messages) if m.role == "user"), -1)
+    view = []
+    for i, message in enumerate(messages):
+        if message.role == "user" and i != first_user and i not in kept:
+            view.append(ChatMessage("user", OMITTED))
+        else:
+            view.append(message)
+    return view
+
+
+def truncate_result(text: str, limit: int) -> tuple[str, bool]:
+    """Cut a tool result at `limit` characters, marked the way the reference marks it."""
+    if limit > 0 and len(text) > limit:
+        return text[:limit] + TRUNCATION_MARK, True
+    return text, False

@@ -1,0 +1,168 @@
+"""What the loop reports, as small frozen dataclasses.
+
+The loop is a generator of these events. The store, the TUI and the headless
+printer subscribe to them; none of them reaches into the loop. The order within
+one turn is: TurnStarted, TextDelta*, TurnEnded, then either TurnRolledBack
+(the reply is discarded and sampled again) or, for each call,
+ToolCallStarted/ToolCallFinished, then ObservationAdded and ToolResultOmitted*.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TurnKind = Literal["turn", "summary"]
+RunStatus = Literal["answered", "no_answer", "error", "interrupted"]
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_id: str
+    task: str
+    task_message: str
+    system_prompt: str
+    settings: dict[str, Any] = field(hash=False)
+    backend: dict[str, Any] = field(hash=False)
+    attachments: tuple[str, ...] = ()
+    resumed: bool = False
+    turn: int = 0
+
+
+@dataclass(frozen=True)
+class TurnStarted:
+    turn: int
+    kind: TurnKind
+    prompt_tokens: int
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    turn: int
+    text: str
+
+
+@dataclass(frozen=True)
+class TurnEnded:
+    """An assistant reply, complete. It may still be rolled back (TurnRolledBack)."""
+
+    turn: int
+    kind: TurnKind
+    content: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    evaluated_tokens: int
+    elapsed_s: float
+    tool_calls: int
+
+
+@dataclass(frozen=True)
+class TurnRolledBack:
+    """The reply of `turn` (and any results it produced) left the history.
+
+    Reasons: format, refusal, bad_arguments, duplicate, repetition, empty,
+    tool_error, empty_search (sampled again); context_full (the last turn is
+    dropped to make room for the summary); no_boxed (summary sampled again).
+    """
+
+    turn: int
+    kind: TurnKind
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ToolCallStarted:
+    turn: int
+    index: int
+    server: str
+    tool: str
+    arguments: dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class ToolCallFinished:
+    turn: int
+    index: int
+    server: str
+    tool: str
+    arguments: dict[str, Any] = field(hash=False)
+    result: str  # exactly what the model reads (after truncation)
+    status: str
+    duration_s: float
+    truncated: bool
+    raw_chars: int
+
+
+@dataclass(frozen=True)
+class ObservationAdded:
+    """The user message that carries the turn's tool results into the history."""
+
+    turn: int
+    content: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class ToolResultOmitted:
+    """The results of `turn` were replaced by the placeholder in the model's context."""
+
+    turn: int
+
+
+@dataclass(frozen=True)
+class SummaryStarted:
+    reason: Literal["no_tool_call", "max_turns", "context_full", "rollbacks", "resumed"]
+    prompt: str
+    dropped_observation_of_turn: int | None = None
+
+
+@dataclass(frozen=True)
+class Notice:
+    level: Literal["info", "warning", "error"]
+    message: str
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    run_id: str
+    status: RunStatus
+    answer: str | None
+    final_text: str
+    turns: int
+    tool_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    elapsed_s: float
+    error: str | None = None
+    exit_code: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "answer": self.answer,
+            "turns": self.turns,
+            "tool_calls": self.tool_calls,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+AgentEvent = (
+    RunStarted
+    | TurnStarted
+    | TextDelta
+    | TurnEnded
+    | TurnRolledBack
+    | ToolCallStarted
+    | ToolCallFinished
+    | ObservationAdded
+    | ToolResultOmitted
+    | SummaryStarted
+    | Notice
+    | RunFinished
+)

@@ -1,0 +1,469 @@
+"""The ReAct loop: think, call one tool, read the result, up to the turn budget.
+
+`Agent.run(state)` is a generator of events (see events.py). It follows the
+reference agent's run rules (protocol doc): every assistant turn is kept, tool
+results only for the last K turns; a bad reply is discarded and sampled again
+(at most `max_rollbacks` in a row); the loop ends when a reply calls no tool,
+when the turn budget is spent or when the next turn would not fit the context;
+then a summary turn asks for the answer in \\boxed{}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.agent.context import build_view, kept_result_positions, truncate_result
+from appliance.agent.events import (
+    AgentEvent,
+    Notice,
+    ObservationAdded,
+    RunFinished,
+    RunStarted,
+    SummaryStarted,
+    TextDelta,
+    ToolCallFinished,
+    ToolCallStarted,
+    ToolResultOmitted,
+    TurnEnded,
+    TurnKind,
+    TurnRolledBack,
+    TurnStarted,
+)
+from appliance.config import AgentSettings
+from appliance.errors import ApplianceError, ExitCode
+from appliance.llm.base import Backend, ChatMessage, Completion, TextChunk
+from appliance.protocol.answer import extract_boxed
+from appliance.protocol.parsing import (
+    ToolCall,
+    fix_server_names,
+    has_mcp_tags,
+    parse_tool_calls,
+    query_key,
+    refusal_phrase,
+    tool_server_map,
+)
+from appliance.protocol.prompt import render_summary_prompt
+from appliance.tools.base import FAILED_STATUSES, CallContext, ToolBox, ToolOutcome
+
+# Results the reference treats as a wasted turn: the reply is sampled again.
+_ROLLBACK_RESULT_PREFIXES = ("Unknown tool:", "Error executing tool")
+# Reference: beyond max_turns, at most this many extra attempts (rollbacks).
+_EXTRA_ATTEMPTS = 200
+
+
+class RunCancelled(Exception):
+    """The user asked the run to stop."""
+
+
+@dataclass
+class RunState:
+    """Everything needed to continue a run; the store can rebuild it from the database."""
+
+    run_id: str
+    task: str
+    task_message: str
+    system_prompt: str
+    messages: list[ChatMessage]
+    attachments: tuple[str, ...] = ()
+    turn: int = 0
+    tool_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    used_queries: dict[str, int] = field(default_factory=dict)
+    intermediate_answers: list[str] = field(default_factory=list)
+    phase: str = "loop"  # loop | summary
+    summary_reason: str | None = None
+    elapsed_before: float = 0.0
+    resumed: bool = False
+
+
+@dataclass
+class _Reply:
+    text: str
+    completion: Completion
+    elapsed: float
+
+
+def is_degenerate(text: str) -> bool:
+    """The reference's repetition check: the last 50 characters recur more than 5 times."""
+    return len(text) >= 50 and text.count(text[-50:]) > 5
+
+
+class Agent:
+    def __init__(
+        self,
+        backend: Backend,
+        toolbox: ToolBox,
+        settings: AgentSettings,
+        call_context: CallContext,
+        *,
+        max_tokens: int = 16384,
+        settings_snapshot: dict[str, Any] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.toolbox = toolbox
+        self.settings = settings
+        self.ctx = call_context
+        self.max_tokens = max_tokens
+        self.settings_snapshot = settings_snapshot or {}
+        self.cancelled = threading.Event()
+        self.ctx.cancel = self.cancelled
+        self._token_cache: dict[str, int] = {}
+
+    # ------------------------------------------------------------ public
+
+    def cancel(self) -> None:
+        """Stop the run at the next safe point; the current tool call is stopped too."""
+        self.cancelled.set()
+
+    def run(self, state: RunState) -> Iterator[AgentEvent]:
+        started = time.monotonic()
+        yield RunStarted(
+            run_id=state.run_id,
+            task=state.task,
+            task_message=state.task_message,
+            system_prompt=state.system_prompt,
+            settings=self.settings_snapshot,
+            backend=self.backend.describe(),
+            attachments=state.attachments,
+            resumed=state.resumed,
+            turn=state.turn,
+        )
+        status, answer, final_text, error, code = "error", None, "", None, ExitCode.USAGE
+        try:
+            if state.phase == "loop":
+                yield from self._loop(state)
+            answer, final_text = yield from self._summarize(state)
+            status = "answered" if answer else "no_answer"
+            code = ExitCode.ANSWERED if answer else ExitCode.NO_ANSWER
+        except (RunCancelled, KeyboardInterrupt):
+            self.cancelled.set()
+            status, error, code = "interrupted", "interrupted by the user", ExitCode.INTERRUPTED
+        except ApplianceError as exc:
+            status, error, code = "error", exc.one_line(), exc.exit_code
+        except Exception as exc:  # the loop must end with a RunFinished, whatever broke
+            status, error, code = "error", f"internal error: {type(exc).__name__}: {exc}", ExitCode.USAGE
+            yield Notice("error", traceback.format_exc())
+        yield RunFinished(
+            run_id=state.run_id,
+            status=status,  # type: ignore[arg-type]
+            answer=answer,
+            final_text=final_text,
+            turns=state.turn,
+            tool_calls=state.tool_calls,
+            prompt_tokens=state.prompt_tokens,
+            completion_tokens=state.completion_tokens,
+            elapsed_s=state.elapsed_before + time.monotonic() - started,
+            error=error,
+            exit_code=int(code),
+        )
+
+    # ------------------------------------------------------------ helpers
+
+    def _check_cancel(self) -> None:
+        if self.cancelled.is_set():
+            raise RunCancelled()
+
+    def _tokens(self, text: str) -> int:
+        cached = self._token_cache.get(text)
+        if cached is None:
+            cached = self.backend.count_tokens(text)
+            if len(self._token_cache) > 4096:
+                self._token_cache.clear()
+            self._token_cache[text] = cached
+        return cached
+
+    def _view(self, state: RunState) -> list[ChatMessage]:
+        history = build_view(state.messages, self.settings.keep_last, self.settings.eviction)
+        return [ChatMessage("system", state.system_prompt), *history]
+
+    def _prompt_tokens(self, view: list[ChatMessage]) -> int:
+        overhead = self.backend.message_overhead
+        return sum(self._tokens(m.content) + overhead for m in view) + 3
+
+    def _omitted_turns(self, state: RunState) -> set[int]:
+        """Turn numbers whose results are currently shown as the placeholder."""
+        kept = kept_result_positions(state.messages, self.settings.keep_last, self.settings.eviction)
+        user_positions = [i for i, m in enumerate(state.messages) if m.role == "user"][1:]
+        # The k-th observation (1-based) belongs to the k-th committed turn that called tools;
+        # positions are mapped to turns through the assistant message before each.
+        return {self._turn_of_observation(state, p) for p in user_positions if p not in kept}
+
+    @staticmethod
+    def _turn_of_observation(state: RunState, position: int) -> int:
+        return sum(1 for m in state.messages[:position] if m.role == "assistant")
+
+    def _generate(self, state: RunState, turn: int, kind: TurnKind, attempt: int) -> Iterator[AgentEvent | _Reply]:
+        view = self._view(state)
+        prompt_tokens = self._prompt_tokens(view)
+        budget = self.backend.context_length - prompt_tokens
+        if budget < 16:
+            raise ApplianceError(
+                f"the prompt ({prompt_tokens} tokens) does not fit the context window "
+                f"({self.backend.context_length} tokens)",
+                "raise [model] context_length or lower --keep-last",
+            )
+        yield TurnStarted(turn, kind, prompt_tokens, attempt)
+        started = time.monotonic()
+        completion: Completion | None = None
+        for event in self.backend.stream_chat(
+            view, max_tokens=min(self.max_tokens, budget), purpose="summary" if kind == "summary" else "turn",
+            cancel=self.cancelled,
+        ):
+            if isinstance(event, TextChunk):
+                if event.text:
+                    yield TextDelta(turn, event.text)
+            else:
+                completion = event
+        self._check_cancel()
+        if completion is None:
+            raise ApplianceError(f"the {self.backend.name} backend returned no completion", "check the model server")
+        state.prompt_tokens += completion.prompt_tokens
+        state.completion_tokens += completion.completion_tokens
+        yield _Reply(completion.text, completion, time.monotonic() - started)
+
+    # ------------------------------------------------------------ the loop
+
+    def _loop(self, state: RunState) -> Iterator[AgentEvent]:
+        server_map = tool_server_map(state.system_prompt)
+        max_turns = self.settings.max_turns
+        max_rollbacks = self.settings.max_rollbacks
+        attempts = 0
+        rollbacks = 0
+
+        # A resumed run may stop between a recorded reply and its results:
+        # execute that reply's calls rather than sampling a new one.
+        if state.messages and state.messages[-1].role == "assistant":
+            calls = parse_tool_calls(state.messages[-1].content)
+            if not calls:
+                state.summary_reason = "no_tool_call"
+                return
+            yield from self._execute(state, state.turn, calls, allow_duplicates=True, stop_when_wasted=False)
+            if not (yield from self._fits_next_turn(state)):
+                return
+
+        while state.turn < max_turns and attempts < max_turns + _EXTRA_ATTEMPTS:
+            self._check_cancel()
+            if rollbacks >= max_rollbacks:
+                state.summary_reason = "rollbacks"
+                return
+            attempts += 1
+            turn = state.turn + 1
+            reply: _Reply | None = None
+            for item in self._generate(state, turn, "turn", rollbacks + 1):
+                if isinstance(item, _Reply):
+                    reply = item
+                else:
+                    yield item
+            assert reply is not None
+            text = fix_server_names(reply.text, server_map)
+            calls = parse_tool_calls(text)
+            reason, detail = self._rollback_reason(state, text, calls)
+            yield TurnEnded(
+                turn, "turn", text, reply.completion.finish_reason, reply.completion.prompt_tokens,
+                reply.completion.completion_tokens, reply.completion.evaluated_tokens, reply.elapsed, len(calls),
+            )
+            can_roll_back = rollbacks < max_rollbacks - 1
+            if reason and can_roll_back:
+                rollbacks += 1
+                yield TurnRolledBack(turn, "turn", reason, detail)
+                continue
+            if reason in ("format", "refusal", "empty"):
+                # Out of rollbacks: the reply stands and the loop ends.
+                state.turn = turn
+                state.messages.append(ChatMessage("assistant", text))
+                self._note_answer(state, text)
+                state.summary_reason = "rollbacks"
+                return
+
+            state.turn = turn
+            state.messages.append(ChatMessage("assistant", text))
+            self._note_answer(state, text)
+            if not calls:
+                state.summary_reason = "no_tool_call"
+                return
+            wasted = yield from self._execute(
+                state, turn, calls, allow_duplicates=not can_roll_back, stop_when_wasted=can_roll_back
+            )
+            if wasted is not None:
+                # A call the reference treats as wasted (unknown tool, invalid
+                # arguments, an empty search): forget the turn and sample again.
+                state.messages.pop()
+                state.turn = turn - 1
+                rollbacks += 1
+                yield TurnRolledBack(turn, "turn", wasted[0], wasted[1])
+                continue
+            rollbacks = 0
+            if not (yield from self._fits_next_turn(state)):
+                return
+        state.summary_reason = state.summary_reason or "max_turns"
+
+    def _rollback_reason(self, state: RunState, text: str, calls: list[ToolCall]) -> tuple[str | None, str]:
+        if not text.strip():
+            return "empty", "the model returned an empty reply"
+        if is_degenerate(text):
+            return "repetition", "the reply repeats itself"
+        if not calls:
+            if has_mcp_tags(text):
+                return "format", "the reply has tool-call tags but no parseable call"
+            phrase = refusal_phrase(text)
+            if phrase:
+                return "refusal", f"the reply contains {phrase!r}"
+            return None, ""
+        for call in calls:
+            if call.error:
+                return "bad_arguments", f"{call.tool}: {call.error}"
+            key = query_key(call.tool, call.arguments)
+            if key is not None and state.used_queries.get(key):
+                return "duplicate", key
+        return None, ""
+
+    def _execute(
+        self, state: RunState, turn: int, calls: list[ToolCall], *, allow_duplicates: bool, stop_when_wasted: bool
+    ) -> Iterator[AgentEvent | tuple[str, str] | None]:
+        """Run the calls of one reply, add the joined results as one user message.
+
+        With `stop_when_wasted`, stops at the first result the reference treats
+        as a wasted turn and returns (reason, detail) without adding results.
+        """
+        omitted_before = self._omitted_turns(state)
+        results: list[str] = []
+        for index, call in enumerate(calls):
+            self._check_cancel()
+            yield ToolCallStarted(turn, index, call.server, call.tool, dict(call.arguments))
+            key = query_key(call.tool, call.arguments)
+            if call.error:
+                outcome = ToolOutcome(
+                    call.server, call.tool,
+                    "Tool call arguments are invalid: they must be one JSON object matching the tool's "
+                    f"input schema ({call.error}). Raw arguments: {call.raw_arguments[:500]}",
+                    "bad_arguments", 0.0,
+                )
+            elif key is not None and state.used_queries.get(key) and allow_duplicates:
+                outcome = ToolOutcome(
+                    call.server, call.tool,
+                    f"This exact {call.tool} call was already made earlier in this run and its result was "
+                    "returned then. Do not repeat it: use the earlier result, or try a different query or URL.",
+                    "duplicate", 0.0,
+                )
+            else:
+                outcome = self.toolbox.call(call.server, call.tool, call.arguments, self.ctx)
+                if outcome.status == "cancelled":
+                    raise RunCancelled()
+            text, truncated = self._format_outcome(outcome)
+            if key is not None and outcome.ok:
+                state.used_queries[key] = state.used_queries.get(key, 0) + 1
+            state.tool_calls += 1
+            yield ToolCallFinished(
+                turn, index, call.server, call.tool, dict(call.arguments), text, outcome.status,
+                outcome.duration_s, truncated, len(outcome.text),
+            )
+            results.append(text)
+            wasted = self._wasted(outcome)
+            if wasted is not None and stop_when_wasted:
+                return wasted
+        observation = "\n".join(results)
+        state.messages.append(ChatMessage("user", observation))
+        yield ObservationAdded(turn, observation, self._tokens(observation))
+        for omitted_turn in sorted(self._omitted_turns(state) - omitted_before):
+            yield ToolResultOmitted(omitted_turn)
+        return None
+
+    @staticmethod
+    def _wasted(outcome: ToolOutcome) -> tuple[str, str] | None:
+        if outcome.status in ("unknown_tool", "bad_arguments") or outcome.text.startswith(_ROLLBACK_RESULT_PREFIXES):
+            return "tool_error", outcome.text[:200]
+        if outcome.tool == "google_search" and outcome.ok and outcome.meta.get("empty"):
+            return "empty_search", "the search returned no results"
+        return None
+
+    def _format_outcome(self, outcome: ToolOutcome) -> tuple[str, bool]:
+        text = outcome.text
+        if outcome.status in FAILED_STATUSES:
+            text = f"Tool call to {outcome.tool} on {outcome.server} failed. Error: {text}"
+        return truncate_result(text, self.settings.result_max_chars)
+
+    def _fits_next_turn(self, state: RunState) -> Iterator[AgentEvent | bool]:
+        """After a turn's results: can the next turn still fit? If not, drop it for the summary."""
+        summary_tokens = self._tokens(render_summary_prompt(state.task))
+        needed = self._prompt_tokens(self._view(state)) + summary_tokens + self.max_tokens
+        if needed <= self.backend.context_length:
+            return True
+        # The reference removes the last reply and its results, then summarizes.
+        dropped_turn = state.turn
+        if state.messages[-1].role == "user" and len(state.messages) > 1:
+            state.messages.pop()
+        if state.messages[-1].role == "assistant":
+            state.messages.pop()
+            state.turn -= 1
+        state.summary_reason = "context_full"
+        yield TurnRolledBack(dropped_turn, "turn", "context_full",
+                             f"{needed} tokens needed, the context holds {self.backend.context_length}")
+        return False
+
+    @staticmethod
+    def _note_answer(state: RunState, text: str) -> None:
+        boxed = extract_boxed(text)
+        if boxed:
+            state.intermediate_answers.append(boxed)
+
+    # ------------------------------------------------------------ summary
+
+    def _summarize(self, state: RunState) -> Iterator[AgentEvent | tuple[str | None, str]]:
+        self._check_cancel()
+        reason = state.summary_reason or ("resumed" if state.resumed else "no_tool_call")
+        dropped: int | None = None
+        if state.messages[-1].role == "user" and len(state.messages) > 1:
+            # The reference drops a trailing tool result before asking for the summary.
+            state.messages.pop()
+            dropped = state.turn
+        prompt = render_summary_prompt(state.task)
+        state.phase = "summary"
+        yield SummaryStarted(reason, prompt, dropped)  # type: ignore[arg-type]
+        state.messages.append(ChatMessage("user", prompt))
+        final_text = ""
+        answer = ""
+        retries = max(1, self.settings.summary_retries)
+        for attempt in range(1, retries + 1):
+            reply: _Reply | None = None
+            for item in self._generate(state, state.turn + 1, "summary", attempt):
+                if isinstance(item, _Reply):
+                    reply = item
+                else:
+                    yield item
+            assert reply is not None
+            final_text = reply.text
+            yield TurnEnded(
+                state.turn + 1, "summary", reply.text, reply.completion.finish_reason,
+                reply.completion.prompt_tokens, reply.completion.completion_tokens,
+                reply.completion.evaluated_tokens, reply.elapsed, 0,
+            )
+            answer = extract_boxed(reply.text)
+            if answer:
+                break
+            if attempt < retries:
+                yield TurnRolledBack(state.turn + 1, "summary", "no_boxed", "the summary has no \\boxed{} answer")
+        state.messages.append(ChatMessage("assistant", final_text))
+        if not answer and state.intermediate_answers:
+            answer = state.intermediate_answers[-1]
+            yield Notice("warning", "the summary had no \\boxed{} answer; using the last answer the model boxed earlier")
+        return (answer or None), final_text
+
+
+def new_state(
+    run_id: str, task: str, task_message: str, system_prompt: str, attachments: tuple[str, ...] = ()
+) -> RunState:
+    return RunState(
+        run_id=run_id, task=task, task_message=task_message, system_prompt=system_prompt,
+        messages=[ChatMessage("user", task_message)], attachments=attachments,
+    )
+
+
+def replace_state(state: RunState, **changes: Any) -> RunState:
+    return dataclasses.replace(state, **changes)

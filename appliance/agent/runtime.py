@@ -1,0 +1,155 @@
+"""Assemble a run from settings: backend, tool servers, directories, initial state.
+
+Tool servers are found by name in TOOL_SERVERS and imported only when enabled,
+so a missing optional component fails that server alone, with its own fix.
+A server factory is `create_server(settings, get_backend) -> ToolServer`; it must
+be cheap (no processes, no model load) so `appliance prompt` can list tools, and
+calls `get_backend()` only when it needs the model (the scrape tool's extractor).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.agent.loop import Agent, RunState, new_state
+from appliance.config import Settings
+from appliance.errors import ComponentUnavailable, ConfigError
+from appliance.llm.base import Backend
+from appliance.protocol.prompt import render_system_prompt, render_task_message
+from appliance.tools.base import CallContext, ToolBox, ToolServer
+
+TOOL_SERVERS: dict[str, str] = {
+    "tool-python": "appliance.tools.sandbox.server:create_server",
+    "search_and_scrape_webpage": "appliance.tools.search.server:create_server",
+    "jina_scrape_llm_summary": "appliance.tools.scrape.server:create_server",
+}
+
+BackendProvider = Callable[[], Backend]
+ServerFactory = Callable[[Settings, BackendProvider], ToolServer]
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    """Sortable and readable: 20261126-094512-3fa9c1."""
+    now = now or dt.datetime.now()
+    return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def build_backend(settings: Settings) -> Backend:
+    model = settings.model
+    if model.backend == "replay":
+        from appliance.llm.replay import ReplayBackend
+
+        if not model.replay:
+            raise ConfigError("the replay backend needs a script", "pass --replay FILE.jsonl")
+        return ReplayBackend.from_file(Path(model.replay).expanduser(), context_length=model.context_length)
+    if model.backend == "openai":
+        from appliance.llm.openai import OpenAIBackend
+
+        return OpenAIBackend(
+            model.base_url, model=model.name, api_key=model.api_key, context_length=model.context_length,
+            temperature=model.temperature, top_p=model.top_p, repeat_penalty=model.repeat_penalty,
+            seed=model.seed, timeout=model.request_timeout, retries=model.retries,
+        )
+    from appliance.llm.llamacpp import LlamaCppBackend
+
+    path = settings.model_path()
+    if path is None:
+        raise ConfigError(
+            f"profile '{settings.profile}' names no model file",
+            "run `appliance install`, or pass --model PATH.gguf, or use --backend openai",
+        )
+    return LlamaCppBackend(
+        path, context_length=model.context_length, n_gpu_layers=model.n_gpu_layers, n_threads=model.n_threads,
+        n_batch=model.n_batch, temperature=model.temperature, top_p=model.top_p,
+        repeat_penalty=model.repeat_penalty, seed=model.seed, grammar=model.grammar,
+        summary_grammar=model.summary_grammar,
+    )
+
+
+def load_server_factory(name: str) -> ServerFactory:
+    target = TOOL_SERVERS.get(name)
+    if target is None:
+        raise ConfigError(f"unknown tool server '{name}'", f"[tools] enabled may list: {', '.join(TOOL_SERVERS)}")
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ComponentUnavailable(
+            name, f"the {name} tool server cannot be loaded ({exc})", f"remove {name} from [tools] enabled or reinstall"
+        ) from exc
+    factory: ServerFactory = getattr(module, attr)
+    return factory
+
+
+def build_toolbox(
+    settings: Settings, get_backend: BackendProvider, extra: Sequence[ToolServer] = ()
+) -> ToolBox:
+    servers = [load_server_factory(name)(settings, get_backend) for name in settings.tools.enabled]
+    hidden = set()
+    if not settings.agent.offer_download_tool:
+        hidden.add(("tool-python", "download_file_from_sandbox_to_local"))
+    return ToolBox([*servers, *extra], hidden=hidden)
+
+
+@dataclass
+class RunDirs:
+    run_dir: Path
+    workspace: Path
+    output_dir: Path
+
+
+def run_dirs(settings: Settings, run_id: str, workspace: Path | None = None) -> RunDirs:
+    run_dir = settings.dirs.run_dir(run_id)
+    dirs = RunDirs(run_dir, (workspace or run_dir / "workspace").expanduser().resolve(), run_dir / "output")
+    for path in (dirs.run_dir, dirs.workspace, dirs.output_dir):
+        path.mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
+def check_attachments(paths: Sequence[Path]) -> tuple[Path, ...]:
+    resolved = []
+    for path in paths:
+        full = path.expanduser().resolve()
+        if not full.exists():
+            raise ConfigError(f"attachment {path} does not exist", "pass an existing file or directory to --attach")
+        resolved.append(full)
+    return tuple(resolved)
+
+
+def prepare_run(
+    settings: Settings,
+    task: str,
+    *,
+    backend: Backend,
+    toolbox: ToolBox,
+    run_id: str | None = None,
+    workspace: Path | None = None,
+    attachments: Sequence[Path] = (),
+    today: dt.date | None = None,
+) -> tuple[Agent, RunState]:
+    """A ready-to-run agent and the initial state of a new run."""
+    run_id = run_id or new_run_id()
+    attached = check_attachments(attachments)
+    dirs = run_dirs(settings, run_id, workspace)
+    system_prompt = render_system_prompt(today or dt.date.today(), toolbox.server_specs())
+    task_message = render_task_message(task, [str(p) for p in attached])
+    state = new_state(run_id, task, task_message, system_prompt, tuple(str(p) for p in attached))
+    return make_agent(settings, backend, toolbox, run_id, dirs, attached), state
+
+
+def make_agent(
+    settings: Settings, backend: Backend, toolbox: ToolBox, run_id: str, dirs: RunDirs, attachments: tuple[Path, ...]
+) -> Agent:
+    ctx = CallContext(
+        run_id=run_id, run_dir=dirs.run_dir, workspace=dirs.workspace, output_dir=dirs.output_dir,
+        attachments=attachments, timeout=settings.agent.tool_timeout,
+    )
+    return Agent(
+        backend, toolbox, settings.agent, ctx, max_tokens=settings.model.max_tokens,
+        settings_snapshot=settings.as_dict(redact=True),
+    )

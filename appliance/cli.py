@@ -1,0 +1,322 @@
+"""`appliance`: the TUI by default, `--task` headless, and the subcommands.
+
+Exit codes: 0 answered, 1 finished without an answer, 2 usage or config error,
+3 a required component unavailable, 130 interrupted (see errors.ExitCode).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from appliance import __version__
+from appliance.agent.events import (
+    AgentEvent,
+    Notice,
+    RunFinished,
+    SummaryStarted,
+    TextDelta,
+    ToolCallFinished,
+    ToolCallStarted,
+    TurnEnded,
+    TurnRolledBack,
+)
+from appliance.config import Settings, load_settings
+from appliance.errors import ApplianceError, ExitCode
+from appliance.textutil import one_line, strip_control
+
+# Subcommands live beside the code they drive and are imported on first use.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "history": ("appliance.store.cli:history", "browse, search, export and prune past runs"),
+    "sandbox": ("appliance.tools.sandbox.cli:sandbox", "run commands in the agent's sandbox"),
+    "search": ("appliance.tools.search.cli:search", "run the search tool alone"),
+    "corpus": ("appliance.tools.search.cli:corpus", "index local documents for offline search"),
+    "searxng": ("appliance.tools.search.cli:searxng", "start, stop or check the local SearXNG"),
+    "fetch": ("appliance.tools.scrape.cli:fetch", "run the page reading tool alone"),
+    "doctor": ("appliance.install.cli:doctor", "hardware, profile and the health of every component"),
+    "install": ("appliance.install.cli:install", "download weights and set everything up"),
+    "bundle": ("appliance.install.cli:bundle", "create or install an air-gapped bundle"),
+    "profiles": ("appliance.install.cli:profiles", "list the hardware profiles"),
+    "eval": ("appliance.eval.cli:eval_command", "run a GAIA-format benchmark"),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None or cmd_name not in LAZY_COMMANDS:
+            return command
+        target, help_text = LAZY_COMMANDS[cmd_name]
+        module_name, _, attr = target.partition(":")
+        try:
+            loaded = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+
+            @click.command(cmd_name, help=f"{help_text} (unavailable: {exc})",
+                           context_settings={"ignore_unknown_options": True})
+            @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+            def unavailable(args: tuple[str, ...]) -> None:
+                raise ApplianceError(f"`appliance {cmd_name}` is unavailable: {exc}", "reinstall the appliance")
+
+            return unavailable
+        assert isinstance(loaded, click.Command)
+        return loaded
+
+
+# ------------------------------------------------------------------ options
+
+_COMMON = [
+    click.option("--profile", help="Hardware/model profile (see `appliance profiles`)."),
+    click.option("--backend", type=str, help="llamacpp | openai | replay"),
+    click.option("--replay", "replay", type=click.Path(path_type=Path), help="JSONL of scripted assistant turns."),
+    click.option("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1"),
+    click.option("--model", "model", help="GGUF file (llamacpp) or model name (openai)."),
+    click.option("--max-turns", type=int, help="Turn budget (default 600)."),
+    click.option("--keep-last", type=int, help="Tool results kept in context (default 5, -1 = all)."),
+    click.option("--workspace", type=click.Path(path_type=Path), help="Host directory used as the sandbox home."),
+    click.option("--db", type=click.Path(path_type=Path), help="History database (default: data dir)."),
+    click.option("--attach", multiple=True, type=click.Path(path_type=Path),
+                 help="File or directory the model may upload into its sandbox (repeatable)."),
+]
+
+
+def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_COMMON):
+        func = option(func)
+    return func
+
+
+def collect_common(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """Options given to a subcommand win over the same options given before it."""
+    merged = dict(ctx.obj or {})
+    for key, value in values.items():
+        if value not in (None, ()):
+            merged[key] = value
+    return merged
+
+
+def settings_from_options(options: dict[str, Any]) -> Settings:
+    overrides: dict[str, Any] = {
+        "model.backend": options.get("backend"),
+        "model.replay": str(options["replay"]) if options.get("replay") else None,
+        "model.base_url": options.get("base_url"),
+        "agent.max_turns": options.get("max_turns"),
+        "agent.keep_last": options.get("keep_last"),
+    }
+    model = options.get("model")
+    if model:
+        backend = options.get("backend")
+        is_file = model.endswith(".gguf") or Path(model).expanduser().exists()
+        overrides["model.path" if is_file and backend != "openai" else "model.name"] = model
+    if options.get("replay") and not options.get("backend"):
+        overrides["model.backend"] = "replay"
+    return load_settings(profile=options.get("profile"), overrides=overrides)
+
+
+# ------------------------------------------------------------------ headless
+
+
+class HeadlessPrinter:
+    """Progress on stderr, one line per step; the model's text only with --verbose."""
+
+    def __init__(self, stream: Any = None, *, verbose: bool = False) -> None:
+        self.stream = stream or sys.stderr
+        self.verbose = verbose
+
+    def _line(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def __call__(self, event: AgentEvent) -> None:
+        if isinstance(event, TextDelta) and self.verbose:
+            self.stream.write(strip_control(event.text))
+            self.stream.flush()
+        elif isinstance(event, TurnEnded) and self.verbose:
+            self._line("")
+        elif isinstance(event, ToolCallStarted):
+            args = one_line(json.dumps(event.arguments, ensure_ascii=False), 90)
+            self._line(f"[turn {event.turn}] {event.server}/{event.tool} {args}")
+        elif isinstance(event, ToolCallFinished):
+            mark = " [truncated]" if event.truncated else ""
+            self._line(f"    -> {event.status} in {event.duration_s:.1f}s, {event.raw_chars} chars{mark}")
+        elif isinstance(event, TurnRolledBack):
+            self._line(f"[turn {event.turn}] reply discarded ({event.reason}): {one_line(event.detail, 100)}")
+        elif isinstance(event, SummaryStarted):
+            self._line(f"[summary] asking for the final answer ({event.reason.replace('_', ' ')})")
+        elif isinstance(event, Notice) and (event.level != "info" or self.verbose):
+            self._line(f"{event.level}: {strip_control(event.message).rstrip()}")
+        elif isinstance(event, RunFinished) and event.error:
+            self._line(f"appliance: run {event.status}: {event.error}")
+
+
+def drive(events: Iterable[AgentEvent], subscribers: list[Callable[[AgentEvent], None]],
+          cancel: Callable[[], None]) -> RunFinished:
+    """Feed every event to every subscriber; Ctrl-C cancels the run and drains it cleanly."""
+    iterator = iter(events)
+    finished: RunFinished | None = None
+    interrupted = False
+    while True:
+        try:
+            event = next(iterator)
+        except StopIteration:
+            break
+        except KeyboardInterrupt:
+            if interrupted:
+                raise
+            interrupted = True
+            cancel()
+            continue
+        for subscriber in subscribers:
+            try:
+                subscriber(event)
+            except KeyboardInterrupt:
+                interrupted = True
+                cancel()
+        if isinstance(event, RunFinished):
+            finished = event
+    if finished is None:
+        raise ApplianceError("the run ended without a result", "report this as a bug")
+    return finished
+
+
+def open_history(settings: Settings, db: Path | None) -> Any:
+    """The history store, if this build has one (issue 5); None otherwise."""
+    try:
+        store = importlib.import_module("appliance.store")
+    except ImportError:
+        return None
+    opener = getattr(store, "open_history", None)
+    return opener(db or settings.dirs.default_db) if opener else None
+
+
+def run_headless(options: dict[str, Any], task: str, *, as_json: bool, verbose: bool) -> int:
+    from appliance.agent.runtime import build_backend, build_toolbox, prepare_run
+
+    settings = settings_from_options(options)
+    backend = build_backend(settings)
+    toolbox = build_toolbox(settings, lambda: backend)
+    try:
+        agent, state = prepare_run(
+            settings, task, backend=backend, toolbox=toolbox, workspace=options.get("workspace"),
+            attachments=list(options.get("attach") or ()),
+        )
+        subscribers: list[Callable[[AgentEvent], None]] = [HeadlessPrinter(verbose=verbose)]
+        history = open_history(settings, options.get("db"))
+        if history is not None:
+            subscribers.insert(0, history.recorder())
+        finished = drive(agent.run(state), subscribers, agent.cancel)
+    finally:
+        toolbox.close()
+        backend.close()
+    emit_result(finished, as_json=as_json)
+    return finished.exit_code
+
+
+def emit_result(finished: RunFinished, *, as_json: bool) -> None:
+    if as_json:
+        payload = finished.as_json()
+        if finished.error:
+            payload["error"] = finished.error
+        click.echo(json.dumps(payload, ensure_ascii=False))
+    elif finished.answer is not None:
+        click.echo(strip_control(finished.answer))
+    elif finished.status == "no_answer":
+        click.echo("appliance: the run finished without a \\boxed{} answer", err=True)
+
+
+# ------------------------------------------------------------------ commands
+
+
+@click.group(cls=LazyGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--task", "-t", help="Run this task headless and print the answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the answer.")
+@click.option("--verbose", "-v", is_flag=True, help="Stream the model's text to stderr.")
+@common_options
+@click.version_option(__version__, prog_name="appliance")
+@click.pass_context
+def cli(ctx: click.Context, task: str | None, as_json: bool, verbose: bool, **options: Any) -> None:
+    """A local research agent: think, call a tool, read the result, answer with sources."""
+    ctx.obj = {k: v for k, v in options.items() if v not in (None, ())}
+    if ctx.invoked_subcommand:
+        return
+    if task is not None:
+        if not task.strip():
+            raise ApplianceError("the task is empty", 'pass the question with --task "..."')
+        try:
+            code = run_headless(ctx.obj, task, as_json=as_json, verbose=verbose)
+        except ApplianceError as exc:
+            if as_json:
+                click.echo(json.dumps({"run_id": None, "status": "error", "answer": None, "error": exc.one_line()}))
+            raise
+        ctx.exit(code)
+    try:
+        tui = importlib.import_module("appliance.tui.app")
+    except ImportError as exc:
+        raise ApplianceError(f"the terminal UI is unavailable ({exc})", 'use --task "..." to run headless') from exc
+    ctx.exit(tui.run_app(ctx.obj))
+
+
+@cli.command("prompt")
+@click.option("--date", "date_text", help="Date to print in the prompt (YYYY-MM-DD, default today).")
+@common_options
+@click.pass_context
+def prompt_command(ctx: click.Context, date_text: str | None, **options: Any) -> None:
+    """Print the exact system prompt the model gets with the enabled tools."""
+    from appliance.agent.runtime import build_backend, build_toolbox
+    from appliance.protocol.prompt import render_system_prompt
+
+    settings = settings_from_options(collect_common(ctx, options))
+    try:
+        date = dt.date.fromisoformat(date_text) if date_text else dt.date.today()
+    except ValueError as exc:
+        raise ApplianceError(f"--date {date_text!r} is not a date", "write it as YYYY-MM-DD") from exc
+    toolbox = build_toolbox(settings, lambda: build_backend(settings))
+    try:
+        click.echo(render_system_prompt(date, toolbox.server_specs()))
+    finally:
+        toolbox.close()
+
+
+@cli.command("resume")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the answer.")
+@click.option("--verbose", "-v", is_flag=True)
+@common_options
+@click.pass_context
+def resume_command(ctx: click.Context, run_id: str, as_json: bool, verbose: bool, **options: Any) -> None:
+    """Continue an interrupted run from its last completed step."""
+    options = collect_common(ctx, options)
+    settings = settings_from_options(options)
+    history = open_history(settings, options.get("db"))
+    if history is None:
+        raise ApplianceError("this build has no run history", "reinstall the appliance")
+    ctx.exit(history.resume(run_id, options, printer=HeadlessPrinter(verbose=verbose), as_json=as_json))
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="appliance", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("appliance: aborted", err=True)
+        sys.exit(ExitCode.INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(ExitCode.USAGE)
+    except ApplianceError as exc:
+        click.echo(f"appliance: error: {exc.one_line()}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("appliance: interrupted", err=True)
+        sys.exit(ExitCode.INTERRUPTED)
+    sys.exit(0)

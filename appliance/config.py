@@ -1,0 +1,389 @@
+"""Configuration: typed sections, merged in one documented order.
+
+Precedence, lowest to highest: built-in defaults < profile TOML < user
+`config.toml` < environment (`APPLIANCE_*`) < command-line flags.
+
+Every key `[section] key` can be set from the environment as
+`APPLIANCE_SECTION_KEY`; where a key name is unique across sections the short
+form `APPLIANCE_KEY` works too (so `[search] searxng_url` is
+`APPLIANCE_SEARXNG_URL` and `[model] path` is `APPLIANCE_MODEL_PATH`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ConfigError
+from appliance.paths import AppDirs, app_dirs
+
+BACKENDS = ("llamacpp", "openai", "replay")
+DEFAULT_PROFILE = "cpu-8b"
+SECRET_KEYS = frozenset({"api_key", "judge_api_key"})
+
+
+@dataclass
+class ModelSettings:
+    backend: str = "llamacpp"
+    # Local GGUF weights: an explicit path wins; otherwise models_dir/file.
+    path: str = ""
+    repo: str = ""
+    file: str = ""
+    sha256: str = ""
+    size_bytes: int = 0
+    # OpenAI-compatible server.
+    base_url: str = "http://127.0.0.1:8080/v1"
+    name: str = ""
+    api_key: str = ""
+    request_timeout: float = 600.0
+    retries: int = 4
+    # Replay backend: JSONL, one {"content": ...} per assistant turn.
+    replay: str = ""
+    # Engine and sampling (MiroThinker v1.0 defaults).
+    context_length: int = 32768
+    n_gpu_layers: int = 0
+    n_threads: int = 0
+    n_batch: int = 512
+    max_tokens: int = 16384
+    temperature: float = 1.0
+    top_p: float = 0.95
+    repeat_penalty: float = 1.05
+    seed: int = -1
+    # Optional GBNF grammars constraining normal turns and the summary turn
+    # (file paths). Useful for small models that slip the format, and for
+    # deterministic tests with random weights.
+    grammar: str = ""
+    summary_grammar: str = ""
+
+
+@dataclass
+class AgentSettings:
+    max_turns: int = 600
+    keep_last: int = 5
+    max_rollbacks: int = 5
+    summary_retries: int = 3
+    tool_timeout: float = 600.0
+    result_max_chars: int = 100_000
+    # "exact" is the reference's last-K; issue 8 adds cache-friendly modes.
+    eviction: str = "exact"
+    # The v1.0 evaluation configuration hides this tool; offering it changes
+    # the system prompt the model sees.
+    offer_download_tool: bool = False
+
+
+@dataclass
+class ToolsSettings:
+    enabled: list[str] = field(
+        default_factory=lambda: ["tool-python", "search_and_scrape_webpage", "jina_scrape_llm_summary"]
+    )
+
+
+@dataclass
+class SandboxSettings:
+    python: str = ""
+    cpu_seconds: int = 600
+    memory_mb: int = 4096
+    max_processes: int = 256
+    max_file_mb: int = 1024
+    open_files: int = 1024
+    command_timeout: float = 600.0
+    command_output_chars: int = 100_000
+    python_output_chars: int = 20_000
+
+
+@dataclass
+class SearchSettings:
+    searxng_url: str = "http://127.0.0.1:8888"
+    searxng_src: str = ""
+    timeout: float = 20.0
+    corpus_db: str = ""
+    zim_paths: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ScrapeSettings:
+    timeout: float = 30.0
+    max_bytes: int = 20_000_000
+    max_redirects: int = 5
+    allow_private: bool = False
+    user_agent: str = "appliance-research-agent/0.1"
+
+
+@dataclass
+class ExtractionSettings:
+    # "same" uses the agent's own backend; otherwise the keys below describe
+    # a separate (usually smaller) model.
+    backend: str = "same"
+    path: str = ""
+    base_url: str = ""
+    name: str = ""
+    api_key: str = ""
+    context_length: int = 0
+    max_tokens: int = 4096
+
+
+@dataclass
+class UiSettings:
+    theme: str = "dark"
+
+
+@dataclass
+class Settings:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    tools: ToolsSettings = field(default_factory=ToolsSettings)
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    scrape: ScrapeSettings = field(default_factory=ScrapeSettings)
+    extraction: ExtractionSettings = field(default_factory=ExtractionSettings)
+    ui: UiSettings = field(default_factory=UiSettings)
+    profile: str = DEFAULT_PROFILE
+    # Where each value came from, for `appliance doctor` and the status screen.
+    origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    dirs: AppDirs = field(default_factory=app_dirs, compare=False, repr=False)
+
+    def model_path(self) -> Path | None:
+        if self.model.path:
+            return Path(self.model.path).expanduser()
+        if self.model.file:
+            return self.dirs.models_dir / self.model.file
+        return None
+
+    def as_dict(self, *, redact: bool = True) -> dict[str, Any]:
+        """Every section as plain data; secrets replaced, for history and display."""
+        out: dict[str, Any] = {"profile": self.profile}
+        for name in SECTIONS:
+            values = dataclasses.asdict(getattr(self, name))
+            if redact:
+                values = {k: ("***" if k in SECRET_KEYS and v else v) for k, v in values.items()}
+            out[name] = values
+        return out
+
+
+SECTIONS: dict[str, type[Any]] = {
+    f.name: f.type if isinstance(f.type, type) else globals()[str(f.type)]
+    for f in dataclasses.fields(Settings)
+    if f.name not in ("profile", "origins", "dirs")
+}
+
+
+def _section_fields(section: str) -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+
+
+def env_names() -> dict[str, tuple[str, str]]:
+    """Environment variable name -> (section, key), long and unique short forms."""
+    names: dict[str, tuple[str, str]] = {}
+    short_count: dict[str, int] = {}
+    for section in SECTIONS:
+        for key in _section_fields(section):
+            names[f"APPLIANCE_{section}_{key}".upper()] = (section, key)
+            short_count[key] = short_count.get(key, 0) + 1
+    for section in SECTIONS:
+        for key in _section_fields(section):
+            short = f"APPLIANCE_{key}".upper()
+            if short_count[key] == 1 and short not in names:
+                names[short] = (section, key)
+    return names
+
+
+# ---------------------------------------------------------------- profiles
+
+
+def builtin_profiles_dir() -> Path:
+    return Path(str(resources.files("appliance") / "profiles"))
+
+
+def profile_search_path(dirs: AppDirs) -> list[Path]:
+    return [dirs.config_dir / "profiles", builtin_profiles_dir()]
+
+
+def available_profiles(dirs: AppDirs | None = None) -> list[str]:
+    dirs = dirs or app_dirs()
+    names = set()
+    for directory in profile_search_path(dirs):
+        if directory.is_dir():
+            names.update(p.stem for p in directory.glob("*.toml"))
+    return sorted(names)
+
+
+def find_profile(name: str, dirs: AppDirs) -> Path:
+    for directory in profile_search_path(dirs):
+        candidate = directory / f"{name}.toml"
+        if candidate.is_file():
+            return candidate
+    known = available_profiles(dirs)
+    hint = difflib.get_close_matches(name, known, n=1)
+    raise ConfigError(
+        f"unknown profile '{name}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""),
+        f"choose one of: {', '.join(known)}" if known else "reinstall the appliance",
+    )
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}", "check the path and permissions") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}", f"fix or remove {path}") from exc
+
+
+def load_profile(name: str, dirs: AppDirs) -> dict[str, Any]:
+    data = read_toml(find_profile(name, dirs), f"profile '{name}'")
+    data.pop("profile", None)  # the [profile] table is metadata (name, description)
+    return data
+
+
+def profile_metadata(name: str, dirs: AppDirs | None = None) -> dict[str, Any]:
+    data = read_toml(find_profile(name, dirs or app_dirs()), f"profile '{name}'")
+    meta = data.get("profile", {})
+    return meta if isinstance(meta, dict) else {}
+
+
+# ---------------------------------------------------------------- merging
+
+
+def _coerce(section: str, key: str, value: Any, origin: str) -> Any:
+    """Convert `value` to the type of the field, with a clear error on mismatch."""
+    fld = _section_fields(section)[key]
+    default = fld.default_factory() if fld.default_factory is not dataclasses.MISSING else fld.default
+    where = f"[{section}] {key} (from {origin})"
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if isinstance(default, int):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if isinstance(default, list):
+            if isinstance(value, str):
+                value = json.loads(value) if value.strip().startswith("[") else [
+                    v.strip() for v in value.split(",") if v.strip()
+                ]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(value)
+            return list(value)
+        if isinstance(default, str):
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError(value)
+            return str(value)
+    except (ValueError, TypeError, json.JSONDecodeError) as exc:
+        kind = type(default).__name__
+        raise ConfigError(f"{where} must be a {kind}, got {value!r}", f"set {key} to a {kind}") from exc
+    return value
+
+
+def _apply_layer(
+    merged: dict[str, dict[str, Any]],
+    origins: dict[str, str],
+    layer: Mapping[str, Any],
+    origin: str,
+) -> None:
+    for section, values in layer.items():
+        if section not in SECTIONS:
+            hint = difflib.get_close_matches(section, list(SECTIONS), n=1)
+            raise ConfigError(
+                f"unknown section [{section}] in {origin}" + (f" (did you mean [{hint[0]}]?)" if hint else ""),
+                f"valid sections: {', '.join(SECTIONS)}",
+            )
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"[{section}] in {origin} must be a table", f"write it as [{section}] with keys below")
+        known = _section_fields(section)
+        for key, value in values.items():
+            if key not in known:
+                hint = difflib.get_close_matches(key, list(known), n=1)
+                raise ConfigError(
+                    f"unknown key '{key}' in [{section}] of {origin}"
+                    + (f" (did you mean '{hint[0]}'?)" if hint else ""),
+                    f"valid keys: {', '.join(known)}",
+                )
+            merged[section][key] = _coerce(section, key, value, origin)
+            origins[f"{section}.{key}"] = origin
+
+
+def load_settings(
+    *,
+    profile: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Build the effective settings. `overrides` maps "section.key" to CLI values."""
+    env = dict(os.environ if environ is None else environ)
+    dirs = app_dirs(env)
+    config_path = config_file or dirs.config_file
+    user_config: dict[str, Any] = read_toml(config_path, "config file") if config_path.is_file() else {}
+    chosen = profile or env.get("APPLIANCE_PROFILE") or user_config.pop("profile", None) or DEFAULT_PROFILE
+    user_config.pop("profile", None)
+    if not isinstance(chosen, str):
+        raise ConfigError(f"profile in {config_path} must be a string", "write profile = \"NAME\"")
+
+    merged: dict[str, dict[str, Any]] = {s: dataclasses.asdict(cls()) for s, cls in SECTIONS.items()}
+    origins: dict[str, str] = {}
+    _apply_layer(merged, origins, load_profile(chosen, dirs), f"profile {chosen}")
+    _apply_layer(merged, origins, user_config, str(config_path))
+
+    env_layer: dict[str, dict[str, Any]] = {}
+    for name, (section, key) in env_names().items():
+        if name in env:
+            env_layer.setdefault(section, {})[key] = env[name]
+    for section, values in env_layer.items():
+        for key, value in values.items():
+            _apply_layer(merged, origins, {section: {key: value}}, "environment")
+
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        _apply_layer(merged, origins, {section: {key: value}}, "command line")
+
+    settings = Settings(
+        **{s: SECTIONS[s](**merged[s]) for s in SECTIONS},
+        profile=chosen,
+        origins=origins,
+        dirs=dirs,
+    )
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    if settings.model.backend not in BACKENDS:
+        hint = difflib.get_close_matches(settings.model.backend, BACKENDS, n=1)
+        raise ConfigError(
+            f"unknown backend '{settings.model.backend}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""),
+            f"use --backend {' | '.join(BACKENDS)}",
+        )
+    agent = settings.agent
+    if agent.max_turns < 1:
+        raise ConfigError(f"max_turns must be at least 1, got {agent.max_turns}", "use --max-turns N with N >= 1")
+    if agent.keep_last < -1:
+        raise ConfigError(f"keep_last must be -1 (keep all) or >= 0, got {agent.keep_last}", "use --keep-last K")
+    if agent.eviction not in ("exact", "blocks"):
+        raise ConfigError(f"unknown eviction mode '{agent.eviction}'", "set [agent] eviction to exact or blocks")
+    if settings.model.context_length < 256:
+        raise ConfigError(
+            f"context_length {settings.model.context_length} is too small", "set [model] context_length >= 256"
+        )

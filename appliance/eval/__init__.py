@@ -1,0 +1,1 @@
+"""Benchmark harness: GAIA-format tasks, scoring, reports."""

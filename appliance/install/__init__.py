@@ -1,0 +1,1 @@
+"""Hardware detection, profiles, weights, bundles (Python side of the installer)."""

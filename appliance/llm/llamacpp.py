@@ -1,0 +1,209 @@
+"""llama-cpp-python in process: the default backend.
+
+One `Llama` object is loaded per process and reused across turns, so the KV
+cache keeps the prompt prefix and each turn evaluates only what is new. The
+prompt is rendered with the chat template stored in the GGUF (what a server
+would do with the same weights) and passed to llama.cpp as tokens, which lets
+us report how many prompt tokens were really evaluated.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ComponentUnavailable, ConfigError
+from appliance.llm.base import Backend, ChatMessage, Completion, Purpose, StreamEvent, TextChunk
+
+CHATML_FALLBACK = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# (path, n_ctx, n_gpu_layers) -> (Llama, lock): backends sharing weights share the lock.
+_MODELS: dict[tuple[str, int, int], tuple[Any, threading.Lock]] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _read_grammar(path: str, what: str) -> str | None:
+    if not path:
+        return None
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}", f"fix [model] {what}") from exc
+
+
+class LlamaCppBackend(Backend):
+    name = "llamacpp"
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        context_length: int = 32768,
+        n_gpu_layers: int = 0,
+        n_threads: int = 0,
+        n_batch: int = 512,
+        temperature: float = 1.0,
+        top_p: float = 0.95,
+        repeat_penalty: float = 1.05,
+        seed: int = -1,
+        grammar: str = "",
+        summary_grammar: str = "",
+    ) -> None:
+        if not model_path.is_file():
+            raise ComponentUnavailable(
+                "model",
+                f"model file {model_path} not found",
+                "run `appliance install` to download the weights, or set [model] path / --model to a GGUF file",
+            )
+        try:
+            import llama_cpp
+        except ImportError as exc:  # pragma: no cover - a broken install
+            raise ComponentUnavailable(
+                "model", "llama-cpp-python is not installed", "run installer/install.sh or pip install llama-cpp-python"
+            ) from exc
+        self._llama_cpp = llama_cpp
+        self.model = model_path.name
+        self.model_path = model_path
+        self.temperature = temperature
+        self.top_p = top_p
+        self.repeat_penalty = repeat_penalty
+        self.seed = seed
+        self.llm, self._lock = self._load(model_path, context_length, n_gpu_layers, n_threads, n_batch, seed)
+        self.context_length = int(self.llm.n_ctx())
+        metadata: dict[str, str] = dict(self.llm.metadata)
+        template = metadata.get("tokenizer.chat_template") or CHATML_FALLBACK
+        self.template_source = "gguf" if "tokenizer.chat_template" in metadata else "chatml-fallback"
+        vocab = self.llm._model
+        eos_id, bos_id = self.llm.token_eos(), self.llm.token_bos()
+        self.eos_token = vocab.token_get_text(eos_id) if eos_id >= 0 else ""
+        bos_token = vocab.token_get_text(bos_id) if bos_id >= 0 else ""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self._formatter = Jinja2ChatFormatter(template=template, eos_token=self.eos_token, bos_token=bos_token)
+        self._grammars = {
+            "turn": _read_grammar(grammar, "grammar"),
+            "summary": _read_grammar(summary_grammar, "summary_grammar"),
+        }
+        self.message_overhead = max(
+            0, len(self.render_tokens([ChatMessage("user", "x")], generation_prompt=False)) - self.count_tokens("x")
+        )
+
+    def _load(
+        self, path: Path, n_ctx: int, n_gpu_layers: int, n_threads: int, n_batch: int, seed: int
+    ) -> tuple[Any, threading.Lock]:
+        # One model per (file, context, offload) per process: a second run in the
+        # same process (TUI, eval) reuses the weights and the KV cache.
+        key = (str(path.resolve()), n_ctx, n_gpu_layers)
+        with _MODELS_LOCK:
+            if key in _MODELS:
+                return _MODELS[key]
+            try:
+                llm = self._llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=n_ctx,
+                    n_gpu_layers=n_gpu_layers,
+                    n_threads=n_threads or None,
+                    n_batch=n_batch,
+                    seed=seed if seed >= 0 else self._llama_cpp.LLAMA_DEFAULT_SEED,
+                    verbose=False,
+                )
+            except (ValueError, RuntimeError) as exc:
+                raise ComponentUnavailable(
+                    "model",
+                    f"llama.cpp could not load {path}: {exc}",
+                    "check that the file is a complete GGUF (appliance install verifies sha256) "
+                    "and that it fits in memory (appliance doctor)",
+                ) from exc
+            _MODELS[key] = (llm, threading.Lock())
+            return _MODELS[key]
+
+    def render_tokens(self, messages: Sequence[ChatMessage], *, generation_prompt: bool = True) -> list[int]:
+        self._formatter.add_generation_prompt = generation_prompt
+        rendered = self._formatter(messages=[{"role": m.role, "content": m.content} for m in messages])  # type: ignore[misc]
+        tokens: list[int] = self.llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=False, special=True)
+        return tokens
+
+    def count_tokens(self, text: str) -> int:
+        if not text:
+            return 0
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def count_messages(self, messages: Sequence[ChatMessage]) -> int:
+        return len(self.render_tokens(messages))
+
+    def cached_prefix(self, tokens: Sequence[int]) -> int:
+        """How many leading tokens of `tokens` are already in the KV cache."""
+        cached = self.llm._input_ids[: self.llm.n_tokens]
+        n = 0
+        for a, b in zip(cached, tokens, strict=False):
+            if int(a) != b:
+                break
+            n += 1
+        return n
+
+    def stream_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        purpose: Purpose = "turn",
+        cancel: threading.Event | None = None,
+    ) -> Iterator[StreamEvent]:
+        with self._lock:
+            prompt = self.render_tokens(messages)
+            reused = self.cached_prefix(prompt)
+            grammar_text = self._grammars.get(purpose)
+            grammar = self._llama_cpp.LlamaGrammar.from_string(grammar_text, verbose=False) if grammar_text else None
+            stream = self.llm.create_completion(
+                prompt,
+                max_tokens=max(1, max_tokens),
+                temperature=self.temperature,
+                top_p=self.top_p,
+                repeat_penalty=self.repeat_penalty,
+                stop=[self.eos_token] if self.eos_token else [],
+                grammar=grammar,
+                stream=True,
+            )
+            parts: list[str] = []
+            finish = "stop"
+            completion_tokens = 0
+            try:
+                for chunk in stream:
+                    choice = chunk["choices"][0]
+                    text = choice.get("text") or ""
+                    completion_tokens += 1
+                    if text:
+                        parts.append(text)
+                        yield TextChunk(text)
+                    if choice.get("finish_reason"):
+                        finish = str(choice["finish_reason"])
+                    if cancel is not None and cancel.is_set():
+                        finish = "cancelled"
+                        break
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+            # A prefix hit that consumes the whole prompt re-evaluates one token.
+            evaluated = max(len(prompt) - reused, 1 if reused == len(prompt) else 0)
+            # Every generated token but the last is evaluated into the cache.
+            generated = max(completion_tokens, int(self.llm.n_tokens) - len(prompt) + 1)
+            yield Completion("".join(parts), finish, len(prompt), generated, evaluated)
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update({"path": str(self.model_path), "template": self.template_source})
+        return info
+
+
+def clear_model_cache() -> None:
+    """Forget loaded models (tests that load several files)."""
+    with _MODELS_LOCK:
+        _MODELS.clear()

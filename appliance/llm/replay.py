@@ -1,0 +1,109 @@
+"""Scripted assistant turns from a JSONL file: deterministic tests and demos.
+
+Each line is one JSON object with the assistant turn in `content`. Optional:
+`delay` (seconds to spread the streaming over) and `finish_reason`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.errors import ConfigError
+from appliance.llm.base import (
+    Backend,
+    ChatMessage,
+    Completion,
+    Purpose,
+    StreamEvent,
+    TextChunk,
+    split_approximate_tokens,
+)
+
+
+@dataclass(frozen=True)
+class ReplayTurn:
+    content: str
+    delay: float = 0.0
+    finish_reason: str = "stop"
+
+
+class ReplayExhausted(ConfigError):
+    """The script ran out of turns before the run ended."""
+
+
+def load_replay(path: Path) -> list[ReplayTurn]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read replay file {path}: {exc.strerror}", "pass an existing JSONL file with --replay") from exc
+    turns = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"replay file {path} line {number} is not JSON: {exc.msg}", 'write one {"content": "..."} object per line') from exc
+        if not isinstance(data, dict) or not isinstance(data.get("content"), str):
+            raise ConfigError(f"replay file {path} line {number} has no string 'content'", 'write one {"content": "..."} object per line')
+        turns.append(ReplayTurn(data["content"], float(data.get("delay", 0.0)), str(data.get("finish_reason", "stop"))))
+    return turns
+
+
+class ReplayBackend(Backend):
+    name = "replay"
+
+    def __init__(self, turns: Sequence[ReplayTurn], *, source: str = "<script>", context_length: int = 262_144,
+                 chunk_chars: int = 16, start_at: int = 0) -> None:
+        self.turns = list(turns)
+        self.source = source
+        self.model = f"replay:{Path(source).name}"
+        self.context_length = context_length
+        self.chunk_chars = max(1, chunk_chars)
+        self.position = start_at
+
+    @classmethod
+    def from_file(cls, path: Path, **kwargs: object) -> ReplayBackend:
+        return cls(load_replay(path), source=str(path), **kwargs)  # type: ignore[arg-type]
+
+    def count_tokens(self, text: str) -> int:
+        return len(split_approximate_tokens(text))
+
+    def stream_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        purpose: Purpose = "turn",
+        cancel: threading.Event | None = None,
+    ) -> Iterator[StreamEvent]:
+        if self.position >= len(self.turns):
+            raise ReplayExhausted(
+                f"replay file {self.source} ended after {len(self.turns)} turns but the run asked for another",
+                "add more lines to the replay file or lower --max-turns",
+            )
+        turn = self.turns[self.position]
+        self.position += 1
+        content, finish_reason = turn.content, turn.finish_reason
+        tokens = split_approximate_tokens(content)
+        if len(tokens) > max_tokens:  # the per-turn cap applies to scripts too
+            content, finish_reason = "".join(tokens[:max_tokens]), "length"
+        pieces = [content[i : i + self.chunk_chars] for i in range(0, len(content), self.chunk_chars)]
+        pause = turn.delay / len(pieces) if pieces and turn.delay else 0.0
+        sent: list[str] = []
+        for piece in pieces:
+            if cancel is not None and cancel.is_set():
+                break
+            if pause:
+                time.sleep(pause)
+            sent.append(piece)
+            yield TextChunk(piece)
+        text = "".join(sent)
+        finish = "cancelled" if len(text) < len(content) else finish_reason
+        prompt_tokens = self.count_messages(messages)
+        yield Completion(text, finish, prompt_tokens, self.count_tokens(text), prompt_tokens)

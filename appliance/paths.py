@@ -1,0 +1,55 @@
+"""Where the appliance keeps its data and configuration.
+
+`APPLIANCE_HOME` puts everything (config, history, models, runs) under one
+directory: tests, portable installs and air-gapped bundles use it. Otherwise the
+platform's conventional directories are used (platformdirs).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "appliance"
+
+
+@dataclass(frozen=True)
+class AppDirs:
+    config_dir: Path
+    data_dir: Path
+    cache_dir: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.config_dir / "config.toml"
+
+    @property
+    def default_db(self) -> Path:
+        return self.data_dir / "history.db"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / run_id
+
+
+def app_dirs(environ: dict[str, str] | None = None) -> AppDirs:
+    env = os.environ if environ is None else environ
+    home = env.get("APPLIANCE_HOME")
+    if home:
+        root = Path(home).expanduser()
+        return AppDirs(config_dir=root, data_dir=root, cache_dir=root / "cache")
+    return AppDirs(
+        config_dir=Path(platformdirs.user_config_dir(APP_NAME)),
+        data_dir=Path(platformdirs.user_data_dir(APP_NAME)),
+        cache_dir=Path(platformdirs.user_cache_dir(APP_NAME)),
+    )

@@ -1,0 +1,1 @@
+"""Run history in SQLite (issue 5)."""

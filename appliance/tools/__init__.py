@@ -1,0 +1,1 @@
+"""Tool servers the model can call: sandbox, files, search, scrape."""
