@@ -114,6 +114,8 @@ class ScrapeSettings:
     max_bytes: int = 20_000_000
     max_redirects: int = 5
     allow_private: bool = False
+    # Non-public destinations opened anyway: "10.1.0.0/16", "wiki.lan", "127.0.0.1:8123".
+    allow_hosts: list[str] = field(default_factory=list)
     user_agent: str = "appliance-research-agent/0.1"
 
 
