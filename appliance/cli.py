@@ -61,12 +61,14 @@ class LazyGroup(click.Group):
         try:
             loaded = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
+            reason = str(exc)
 
-            @click.command(cmd_name, help=f"{help_text} (unavailable: {exc})",
-                           context_settings={"ignore_unknown_options": True})
+            @click.command(
+                cmd_name, help=f"{help_text} (unavailable: {reason})", context_settings={"ignore_unknown_options": True}
+            )
             @click.argument("args", nargs=-1, type=click.UNPROCESSED)
             def unavailable(args: tuple[str, ...]) -> None:
-                raise ApplianceError(f"`appliance {cmd_name}` is unavailable: {exc}", "reinstall the appliance")
+                raise ApplianceError(f"`appliance {cmd_name}` is unavailable: {reason}", "reinstall the appliance")
 
             return unavailable
         assert isinstance(loaded, click.Command)
@@ -85,8 +87,12 @@ _COMMON = [
     click.option("--keep-last", type=int, help="Tool results kept in context (default 5, -1 = all)."),
     click.option("--workspace", type=click.Path(path_type=Path), help="Host directory used as the sandbox home."),
     click.option("--db", type=click.Path(path_type=Path), help="History database (default: data dir)."),
-    click.option("--attach", multiple=True, type=click.Path(path_type=Path),
-                 help="File or directory the model may upload into its sandbox (repeatable)."),
+    click.option(
+        "--attach",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        help="File or directory the model may upload into its sandbox (repeatable).",
+    ),
 ]
 
 
@@ -158,8 +164,9 @@ class HeadlessPrinter:
             self._line(f"appliance: run {event.status}: {event.error}")
 
 
-def drive(events: Iterable[AgentEvent], subscribers: list[Callable[[AgentEvent], None]],
-          cancel: Callable[[], None]) -> RunFinished:
+def drive(
+    events: Iterable[AgentEvent], subscribers: list[Callable[[AgentEvent], None]], cancel: Callable[[], None]
+) -> RunFinished:
     """Feed every event to every subscriber; Ctrl-C cancels the run and drains it cleanly."""
     iterator = iter(events)
     finished: RunFinished | None = None
@@ -199,14 +206,19 @@ def open_history(settings: Settings, db: Path | None) -> Any:
 
 
 def run_headless(options: dict[str, Any], task: str, *, as_json: bool, verbose: bool) -> int:
-    from appliance.agent.runtime import build_backend, build_toolbox, prepare_run
+    from appliance.agent.runtime import build_toolbox, prepare_run
+    from appliance.llm.factory import build_backend
 
     settings = settings_from_options(options)
     backend = build_backend(settings)
     toolbox = build_toolbox(settings, lambda: backend)
     try:
         agent, state = prepare_run(
-            settings, task, backend=backend, toolbox=toolbox, workspace=options.get("workspace"),
+            settings,
+            task,
+            backend=backend,
+            toolbox=toolbox,
+            workspace=options.get("workspace"),
             attachments=list(options.get("attach") or ()),
         )
         subscribers: list[Callable[[AgentEvent], None]] = [HeadlessPrinter(verbose=verbose)]
@@ -243,7 +255,7 @@ def emit_result(finished: RunFinished, *, as_json: bool) -> None:
 @common_options
 @click.version_option(__version__, prog_name="appliance")
 @click.pass_context
-def cli(ctx: click.Context, task: str | None, as_json: bool, verbose: bool, **options: Any) -> None:
+def cli(ctx: click.Context, /, task: str | None, as_json: bool, verbose: bool, **options: Any) -> None:
     """A local research agent: think, call a tool, read the result, answer with sources."""
     ctx.obj = {k: v for k, v in options.items() if v not in (None, ())}
     if ctx.invoked_subcommand:
@@ -269,9 +281,10 @@ def cli(ctx: click.Context, task: str | None, as_json: bool, verbose: bool, **op
 @click.option("--date", "date_text", help="Date to print in the prompt (YYYY-MM-DD, default today).")
 @common_options
 @click.pass_context
-def prompt_command(ctx: click.Context, date_text: str | None, **options: Any) -> None:
+def prompt_command(ctx: click.Context, /, date_text: str | None, **options: Any) -> None:
     """Print the exact system prompt the model gets with the enabled tools."""
-    from appliance.agent.runtime import build_backend, build_toolbox
+    from appliance.agent.runtime import build_toolbox
+    from appliance.llm.factory import build_backend
     from appliance.protocol.prompt import render_system_prompt
 
     settings = settings_from_options(collect_common(ctx, options))
@@ -292,7 +305,7 @@ def prompt_command(ctx: click.Context, date_text: str | None, **options: Any) ->
 @click.option("--verbose", "-v", is_flag=True)
 @common_options
 @click.pass_context
-def resume_command(ctx: click.Context, run_id: str, as_json: bool, verbose: bool, **options: Any) -> None:
+def resume_command(ctx: click.Context, /, run_id: str, as_json: bool, verbose: bool, **options: Any) -> None:
     """Continue an interrupted run from its last completed step."""
     options = collect_common(ctx, options)
     settings = settings_from_options(options)

@@ -210,7 +210,7 @@ def profile_search_path(dirs: AppDirs) -> list[Path]:
 
 def available_profiles(dirs: AppDirs | None = None) -> list[str]:
     dirs = dirs or app_dirs()
-    names = set()
+    names: set[str] = set()
     for directory in profile_search_path(dirs):
         if directory.is_dir():
             names.update(p.stem for p in directory.glob("*.toml"))
@@ -281,9 +281,11 @@ def _coerce(section: str, key: str, value: Any, origin: str) -> Any:
             return float(value)
         if isinstance(default, list):
             if isinstance(value, str):
-                value = json.loads(value) if value.strip().startswith("[") else [
-                    v.strip() for v in value.split(",") if v.strip()
-                ]
+                value = (
+                    json.loads(value)
+                    if value.strip().startswith("[")
+                    else [v.strip() for v in value.split(",") if v.strip()]
+                )
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ValueError(value)
             return list(value)
@@ -340,7 +342,7 @@ def load_settings(
     chosen = profile or env.get("APPLIANCE_PROFILE") or user_config.pop("profile", None) or DEFAULT_PROFILE
     user_config.pop("profile", None)
     if not isinstance(chosen, str):
-        raise ConfigError(f"profile in {config_path} must be a string", "write profile = \"NAME\"")
+        raise ConfigError(f"profile in {config_path} must be a string", 'write profile = "NAME"')
 
     merged: dict[str, dict[str, Any]] = {s: dataclasses.asdict(cls()) for s, cls in SECTIONS.items()}
     origins: dict[str, str] = {}

@@ -62,7 +62,12 @@ def run_cli(
     """Run `python -m appliance ARGS` from this checkout in a subprocess."""
     return subprocess.run(
         [sys.executable, "-m", "appliance", *args],
-        capture_output=True, text=True, timeout=timeout, env=cli_env(env), cwd=REPO_ROOT, input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(env),
+        cwd=REPO_ROOT,
+        input=input,
     )
 
 

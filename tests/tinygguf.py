@@ -7,6 +7,7 @@ a ChatML chat template, 2 llama layers of width 64. Written in well under a seco
 from __future__ import annotations
 
 import collections
+import itertools
 from pathlib import Path
 
 import gguf
@@ -30,8 +31,8 @@ _TRAINING_TEXT = (
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1)
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     chars = printable[:]
     n = 0
@@ -50,7 +51,7 @@ def _learn_merges(text: str, count: int) -> list[tuple[str, str]]:
     for _ in range(count):
         pairs: collections.Counter[tuple[str, str]] = collections.Counter()
         for word in words:
-            pairs.update(zip(word, word[1:], strict=False))
+            pairs.update(itertools.pairwise(word))
         if not pairs:
             break
         best = pairs.most_common(1)[0][0]

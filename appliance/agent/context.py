@@ -37,9 +37,7 @@ def kept_result_positions(messages: Sequence[ChatMessage], keep_last: int, mode:
     return set(results[-keep_last:])
 
 
-def build_view(
-    messages: Sequence[ChatMessage], keep_last: int, mode: str = "exact"
-) -> list[ChatMessage]:
+def build_view(messages: Sequence[ChatMessage], keep_last: int, mode: str = "exact") -> list[ChatMessage]:
     """The history as the model will see it: old tool results replaced by the placeholder."""
     kept = kept_result_positions(messages, keep_last, mode)
     first_user = next((i for i, m in enumerate(messages) if m.role == "user"), -1)

@@ -14,7 +14,7 @@ import dataclasses
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,7 +199,9 @@ class Agent:
     def _turn_of_observation(state: RunState, position: int) -> int:
         return sum(1 for m in state.messages[:position] if m.role == "assistant")
 
-    def _generate(self, state: RunState, turn: int, kind: TurnKind, attempt: int) -> Iterator[AgentEvent | _Reply]:
+    def _generate(
+        self, state: RunState, turn: int, kind: TurnKind, attempt: int
+    ) -> Generator[AgentEvent, None, _Reply]:
         view = self._view(state)
         prompt_tokens = self._prompt_tokens(view)
         budget = self.backend.context_length - prompt_tokens
@@ -213,7 +215,9 @@ class Agent:
         started = time.monotonic()
         completion: Completion | None = None
         for event in self.backend.stream_chat(
-            view, max_tokens=min(self.max_tokens, budget), purpose="summary" if kind == "summary" else "turn",
+            view,
+            max_tokens=min(self.max_tokens, budget),
+            purpose="summary" if kind == "summary" else "turn",
             cancel=self.cancelled,
         ):
             if isinstance(event, TextChunk):
@@ -226,11 +230,11 @@ class Agent:
             raise ApplianceError(f"the {self.backend.name} backend returned no completion", "check the model server")
         state.prompt_tokens += completion.prompt_tokens
         state.completion_tokens += completion.completion_tokens
-        yield _Reply(completion.text, completion, time.monotonic() - started)
+        return _Reply(completion.text, completion, time.monotonic() - started)
 
     # ------------------------------------------------------------ the loop
 
-    def _loop(self, state: RunState) -> Iterator[AgentEvent]:
+    def _loop(self, state: RunState) -> Generator[AgentEvent, None, None]:
         server_map = tool_server_map(state.system_prompt)
         max_turns = self.settings.max_turns
         max_rollbacks = self.settings.max_rollbacks
@@ -255,19 +259,20 @@ class Agent:
                 return
             attempts += 1
             turn = state.turn + 1
-            reply: _Reply | None = None
-            for item in self._generate(state, turn, "turn", rollbacks + 1):
-                if isinstance(item, _Reply):
-                    reply = item
-                else:
-                    yield item
-            assert reply is not None
+            reply = yield from self._generate(state, turn, "turn", rollbacks + 1)
             text = fix_server_names(reply.text, server_map)
             calls = parse_tool_calls(text)
             reason, detail = self._rollback_reason(state, text, calls)
             yield TurnEnded(
-                turn, "turn", text, reply.completion.finish_reason, reply.completion.prompt_tokens,
-                reply.completion.completion_tokens, reply.completion.evaluated_tokens, reply.elapsed, len(calls),
+                turn,
+                "turn",
+                text,
+                reply.completion.finish_reason,
+                reply.completion.prompt_tokens,
+                reply.completion.completion_tokens,
+                reply.completion.evaluated_tokens,
+                reply.elapsed,
+                len(calls),
             )
             can_roll_back = rollbacks < max_rollbacks - 1
             if reason and can_roll_back:
@@ -326,7 +331,7 @@ class Agent:
 
     def _execute(
         self, state: RunState, turn: int, calls: list[ToolCall], *, allow_duplicates: bool, stop_when_wasted: bool
-    ) -> Iterator[AgentEvent | tuple[str, str] | None]:
+    ) -> Generator[AgentEvent, None, tuple[str, str] | None]:
         """Run the calls of one reply, add the joined results as one user message.
 
         With `stop_when_wasted`, stops at the first result the reference treats
@@ -340,17 +345,21 @@ class Agent:
             key = query_key(call.tool, call.arguments)
             if call.error:
                 outcome = ToolOutcome(
-                    call.server, call.tool,
+                    call.server,
+                    call.tool,
                     "Tool call arguments are invalid: they must be one JSON object matching the tool's "
                     f"input schema ({call.error}). Raw arguments: {call.raw_arguments[:500]}",
-                    "bad_arguments", 0.0,
+                    "bad_arguments",
+                    0.0,
                 )
             elif key is not None and state.used_queries.get(key) and allow_duplicates:
                 outcome = ToolOutcome(
-                    call.server, call.tool,
+                    call.server,
+                    call.tool,
                     f"This exact {call.tool} call was already made earlier in this run and its result was "
                     "returned then. Do not repeat it: use the earlier result, or try a different query or URL.",
-                    "duplicate", 0.0,
+                    "duplicate",
+                    0.0,
                 )
             else:
                 outcome = self.toolbox.call(call.server, call.tool, call.arguments, self.ctx)
@@ -361,8 +370,16 @@ class Agent:
                 state.used_queries[key] = state.used_queries.get(key, 0) + 1
             state.tool_calls += 1
             yield ToolCallFinished(
-                turn, index, call.server, call.tool, dict(call.arguments), text, outcome.status,
-                outcome.duration_s, truncated, len(outcome.text),
+                turn,
+                index,
+                call.server,
+                call.tool,
+                dict(call.arguments),
+                text,
+                outcome.status,
+                outcome.duration_s,
+                truncated,
+                len(outcome.text),
             )
             results.append(text)
             wasted = self._wasted(outcome)
@@ -389,7 +406,7 @@ class Agent:
             text = f"Tool call to {outcome.tool} on {outcome.server} failed. Error: {text}"
         return truncate_result(text, self.settings.result_max_chars)
 
-    def _fits_next_turn(self, state: RunState) -> Iterator[AgentEvent | bool]:
+    def _fits_next_turn(self, state: RunState) -> Generator[AgentEvent, None, bool]:
         """After a turn's results: can the next turn still fit? If not, drop it for the summary."""
         summary_tokens = self._tokens(render_summary_prompt(state.task))
         needed = self._prompt_tokens(self._view(state)) + summary_tokens + self.max_tokens
@@ -403,8 +420,12 @@ class Agent:
             state.messages.pop()
             state.turn -= 1
         state.summary_reason = "context_full"
-        yield TurnRolledBack(dropped_turn, "turn", "context_full",
-                             f"{needed} tokens needed, the context holds {self.backend.context_length}")
+        yield TurnRolledBack(
+            dropped_turn,
+            "turn",
+            "context_full",
+            f"{needed} tokens needed, the context holds {self.backend.context_length}",
+        )
         return False
 
     @staticmethod
@@ -415,7 +436,7 @@ class Agent:
 
     # ------------------------------------------------------------ summary
 
-    def _summarize(self, state: RunState) -> Iterator[AgentEvent | tuple[str | None, str]]:
+    def _summarize(self, state: RunState) -> Generator[AgentEvent, None, tuple[str | None, str]]:
         self._check_cancel()
         reason = state.summary_reason or ("resumed" if state.resumed else "no_tool_call")
         dropped: int | None = None
@@ -431,18 +452,18 @@ class Agent:
         answer = ""
         retries = max(1, self.settings.summary_retries)
         for attempt in range(1, retries + 1):
-            reply: _Reply | None = None
-            for item in self._generate(state, state.turn + 1, "summary", attempt):
-                if isinstance(item, _Reply):
-                    reply = item
-                else:
-                    yield item
-            assert reply is not None
+            reply = yield from self._generate(state, state.turn + 1, "summary", attempt)
             final_text = reply.text
             yield TurnEnded(
-                state.turn + 1, "summary", reply.text, reply.completion.finish_reason,
-                reply.completion.prompt_tokens, reply.completion.completion_tokens,
-                reply.completion.evaluated_tokens, reply.elapsed, 0,
+                state.turn + 1,
+                "summary",
+                reply.text,
+                reply.completion.finish_reason,
+                reply.completion.prompt_tokens,
+                reply.completion.completion_tokens,
+                reply.completion.evaluated_tokens,
+                reply.elapsed,
+                0,
             )
             answer = extract_boxed(reply.text)
             if answer:
@@ -452,7 +473,9 @@ class Agent:
         state.messages.append(ChatMessage("assistant", final_text))
         if not answer and state.intermediate_answers:
             answer = state.intermediate_answers[-1]
-            yield Notice("warning", "the summary had no \\boxed{} answer; using the last answer the model boxed earlier")
+            yield Notice(
+                "warning", "the summary had no \\boxed{} answer; using the last answer the model boxed earlier"
+            )
         return (answer or None), final_text
 
 
@@ -460,8 +483,12 @@ def new_state(
     run_id: str, task: str, task_message: str, system_prompt: str, attachments: tuple[str, ...] = ()
 ) -> RunState:
     return RunState(
-        run_id=run_id, task=task, task_message=task_message, system_prompt=system_prompt,
-        messages=[ChatMessage("user", task_message)], attachments=attachments,
+        run_id=run_id,
+        task=task,
+        task_message=task_message,
+        system_prompt=system_prompt,
+        messages=[ChatMessage("user", task_message)],
+        attachments=attachments,
     )
 
 

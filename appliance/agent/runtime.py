@@ -39,38 +39,6 @@ def new_run_id(now: dt.datetime | None = None) -> str:
     return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
-def build_backend(settings: Settings) -> Backend:
-    model = settings.model
-    if model.backend == "replay":
-        from appliance.llm.replay import ReplayBackend
-
-        if not model.replay:
-            raise ConfigError("the replay backend needs a script", "pass --replay FILE.jsonl")
-        return ReplayBackend.from_file(Path(model.replay).expanduser(), context_length=model.context_length)
-    if model.backend == "openai":
-        from appliance.llm.openai import OpenAIBackend
-
-        return OpenAIBackend(
-            model.base_url, model=model.name, api_key=model.api_key, context_length=model.context_length,
-            temperature=model.temperature, top_p=model.top_p, repeat_penalty=model.repeat_penalty,
-            seed=model.seed, timeout=model.request_timeout, retries=model.retries,
-        )
-    from appliance.llm.llamacpp import LlamaCppBackend
-
-    path = settings.model_path()
-    if path is None:
-        raise ConfigError(
-            f"profile '{settings.profile}' names no model file",
-            "run `appliance install`, or pass --model PATH.gguf, or use --backend openai",
-        )
-    return LlamaCppBackend(
-        path, context_length=model.context_length, n_gpu_layers=model.n_gpu_layers, n_threads=model.n_threads,
-        n_batch=model.n_batch, temperature=model.temperature, top_p=model.top_p,
-        repeat_penalty=model.repeat_penalty, seed=model.seed, grammar=model.grammar,
-        summary_grammar=model.summary_grammar,
-    )
-
-
 def load_server_factory(name: str) -> ServerFactory:
     target = TOOL_SERVERS.get(name)
     if target is None:
@@ -86,9 +54,7 @@ def load_server_factory(name: str) -> ServerFactory:
     return factory
 
 
-def build_toolbox(
-    settings: Settings, get_backend: BackendProvider, extra: Sequence[ToolServer] = ()
-) -> ToolBox:
+def build_toolbox(settings: Settings, get_backend: BackendProvider, extra: Sequence[ToolServer] = ()) -> ToolBox:
     servers = [load_server_factory(name)(settings, get_backend) for name in settings.tools.enabled]
     hidden = set()
     if not settings.agent.offer_download_tool:
@@ -146,10 +112,18 @@ def make_agent(
     settings: Settings, backend: Backend, toolbox: ToolBox, run_id: str, dirs: RunDirs, attachments: tuple[Path, ...]
 ) -> Agent:
     ctx = CallContext(
-        run_id=run_id, run_dir=dirs.run_dir, workspace=dirs.workspace, output_dir=dirs.output_dir,
-        attachments=attachments, timeout=settings.agent.tool_timeout,
+        run_id=run_id,
+        run_dir=dirs.run_dir,
+        workspace=dirs.workspace,
+        output_dir=dirs.output_dir,
+        attachments=attachments,
+        timeout=settings.agent.tool_timeout,
     )
     return Agent(
-        backend, toolbox, settings.agent, ctx, max_tokens=settings.model.max_tokens,
+        backend,
+        toolbox,
+        settings.agent,
+        ctx,
+        max_tokens=settings.model.max_tokens,
         settings_snapshot=settings.as_dict(redact=True),
     )

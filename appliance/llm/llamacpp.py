@@ -156,11 +156,13 @@ class LlamaCppBackend(Backend):
         purpose: Purpose = "turn",
         cancel: threading.Event | None = None,
     ) -> Iterator[StreamEvent]:
+        from llama_cpp.llama_grammar import LlamaGrammar
+
         with self._lock:
             prompt = self.render_tokens(messages)
             reused = self.cached_prefix(prompt)
             grammar_text = self._grammars.get(purpose)
-            grammar = self._llama_cpp.LlamaGrammar.from_string(grammar_text, verbose=False) if grammar_text else None
+            grammar = LlamaGrammar.from_string(grammar_text, verbose=False) if grammar_text else None
             stream = self.llm.create_completion(
                 prompt,
                 max_tokens=max(1, max_tokens),

@@ -62,9 +62,7 @@ class OpenAIBackend(Backend):
         self.retries = max(0, retries)
         self.backoff = backoff
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(
-            headers=headers, timeout=httpx.Timeout(timeout, connect=min(10.0, timeout))
-        )
+        self.client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)))
         self.model = model or self._discover_model()
         self._tokenize_route: str | None = None
         self.tokenizer = "server"
@@ -116,17 +114,22 @@ class OpenAIBackend(Backend):
         """Ask the server's tokenizer (llama-server, llama-cpp-python, vLLM); else approximate."""
         if not text:
             return 0
-        routes = [self._tokenize_route] if self._tokenize_route else [
-            "/tokenize", "/extras/tokenize", "/v1/extras/tokenize",
-        ]
+        routes = (
+            [self._tokenize_route]
+            if self._tokenize_route
+            else [
+                "/tokenize",
+                "/extras/tokenize",
+                "/v1/extras/tokenize",
+            ]
+        )
         for route in routes:
             if route is None:
                 continue
             try:
                 response = self.client.post(
                     self._server_root() + route,
-                    json={"content": text, "input": text, "prompt": text, "model": self.model,
-                          "add_special": False},
+                    json={"content": text, "input": text, "prompt": text, "model": self.model, "add_special": False},
                     timeout=30.0,
                 )
             except httpx.TransportError:
@@ -138,7 +141,7 @@ class OpenAIBackend(Backend):
             tokens = data.get("tokens")
             if isinstance(count, int) or isinstance(tokens, list):
                 self._tokenize_route = route
-                return int(count) if isinstance(count, int) else len(tokens)  # type: ignore[arg-type]
+                return int(count) if isinstance(count, int) else len(tokens)
         self.tokenizer = "approximate"
         return approximate_tokens(text)
 

@@ -40,7 +40,9 @@ def load_replay(path: Path) -> list[ReplayTurn]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise ConfigError(f"cannot read replay file {path}: {exc.strerror}", "pass an existing JSONL file with --replay") from exc
+        raise ConfigError(
+            f"cannot read replay file {path}: {exc.strerror}", "pass an existing JSONL file with --replay"
+        ) from exc
     turns = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -48,9 +50,15 @@ def load_replay(path: Path) -> list[ReplayTurn]:
         try:
             data = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"replay file {path} line {number} is not JSON: {exc.msg}", 'write one {"content": "..."} object per line') from exc
+            raise ConfigError(
+                f"replay file {path} line {number} is not JSON: {exc.msg}",
+                'write one {"content": "..."} object per line',
+            ) from exc
         if not isinstance(data, dict) or not isinstance(data.get("content"), str):
-            raise ConfigError(f"replay file {path} line {number} has no string 'content'", 'write one {"content": "..."} object per line')
+            raise ConfigError(
+                f"replay file {path} line {number} has no string 'content'",
+                'write one {"content": "..."} object per line',
+            )
         turns.append(ReplayTurn(data["content"], float(data.get("delay", 0.0)), str(data.get("finish_reason", "stop"))))
     return turns
 
@@ -58,8 +66,15 @@ def load_replay(path: Path) -> list[ReplayTurn]:
 class ReplayBackend(Backend):
     name = "replay"
 
-    def __init__(self, turns: Sequence[ReplayTurn], *, source: str = "<script>", context_length: int = 262_144,
-                 chunk_chars: int = 16, start_at: int = 0) -> None:
+    def __init__(
+        self,
+        turns: Sequence[ReplayTurn],
+        *,
+        source: str = "<script>",
+        context_length: int = 262_144,
+        chunk_chars: int = 16,
+        start_at: int = 0,
+    ) -> None:
         self.turns = list(turns)
         self.source = source
         self.model = f"replay:{Path(source).name}"

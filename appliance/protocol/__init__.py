@@ -6,7 +6,12 @@ model was trained on exactly them; golden tests in tests/golden pin them.
 """
 
 from appliance.protocol.answer import extract_boxed
-from appliance.protocol.parsing import ToolCall, fix_server_names, parse_tool_calls, repair_arguments
+from appliance.protocol.parsing import (
+    ToolCall,
+    fix_server_names,
+    parse_tool_calls,
+    repair_arguments,
+)
 from appliance.protocol.prompt import (
     render_summary_prompt,
     render_system_prompt,

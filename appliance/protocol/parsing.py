@@ -90,9 +90,7 @@ def fix_server_names(text: str, mapping: dict[str, str]) -> str:
 
 def _common_fixes(raw: str) -> str:
     """Python-literal slips: single quotes, None/True/False."""
-    return (
-        raw.replace("'", '"').replace("None", "null").replace("True", "true").replace("False", "false")
-    )
+    return raw.replace("'", '"').replace("None", "null").replace("True", "true").replace("False", "false")
 
 
 def _escape_stray_backslashes(raw: str) -> str:

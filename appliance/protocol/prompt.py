@@ -8,8 +8,7 @@ from collections.abc import Iterable, Sequence
 from appliance.protocol.tooldefs import ServerSpec
 
 TASK_SUFFIX = (
-    "\nYou should follow the format instruction in the request strictly "
-    "and wrap the final answer in \\boxed{}."
+    "\nYou should follow the format instruction in the request strictly and wrap the final answer in \\boxed{}."
 )
 
 _MCP_PREAMBLE = """In this environment you have access to a set of tools you can use to answer the user's question. 

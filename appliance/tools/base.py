@@ -168,8 +168,13 @@ class ToolBox:
         # Each call gets its own cancel event: set by the run's cancel, or by the
         # timeout below, so a server can stop its subprocess either way.
         call_ctx = CallContext(
-            run_id=ctx.run_id, run_dir=ctx.run_dir, workspace=ctx.workspace, output_dir=ctx.output_dir,
-            attachments=ctx.attachments, timeout=ctx.timeout, cancel=threading.Event(),
+            run_id=ctx.run_id,
+            run_dir=ctx.run_dir,
+            workspace=ctx.workspace,
+            output_dir=ctx.output_dir,
+            attachments=ctx.attachments,
+            timeout=ctx.timeout,
+            cancel=threading.Event(),
         )
         future: Future[ToolOutput] = self._pool.submit(self.servers[server].call, tool, arguments, call_ctx)
         deadline = started + ctx.timeout
@@ -184,8 +189,7 @@ class ToolBox:
                 if time.monotonic() >= deadline:
                     call_ctx.cancel.set()
                     return outcome(
-                        f"Tool call timed out after {ctx.timeout:g} seconds. "
-                        "Try a smaller step that finishes faster.",
+                        f"Tool call timed out after {ctx.timeout:g} seconds. Try a smaller step that finishes faster.",
                         "timeout",
                     )
             except Exception as exc:  # a server bug must never end the run

@@ -286,20 +286,35 @@ class Fetcher:
                     raise TooLarge(f"{url} is larger than the {self.max_bytes:,}-byte limit")
                 chunks.append(chunk)
             return FetchResult(
-                url, str(response.url), response.status_code, {k.lower(): v for k, v in response.headers.items()},
-                b"".join(chunks), redirects, time.monotonic() - started,
+                url,
+                str(response.url),
+                response.status_code,
+                {k.lower(): v for k, v in response.headers.items()},
+                b"".join(chunks),
+                redirects,
+                time.monotonic() - started,
             )
 
     def download(
-        self, url: str, destination: Path, *, headers: dict[str, str] | None = None,
+        self,
+        url: str,
+        destination: Path,
+        *,
+        headers: dict[str, str] | None = None,
         cancel: Callable[[], bool] | None = None,
     ) -> FetchResult:
         """Stream `url` into `destination` (a file that must not exist yet); same limits."""
         started = time.monotonic()
         with self.open(url, headers=headers, cancel=cancel) as (response, redirects, deadline):
             if not 200 <= response.status_code < 300:
-                return FetchResult(url, str(response.url), response.status_code,
-                                   {k.lower(): v for k, v in response.headers.items()}, b"", redirects)
+                return FetchResult(
+                    url,
+                    str(response.url),
+                    response.status_code,
+                    {k.lower(): v for k, v in response.headers.items()},
+                    b"",
+                    redirects,
+                )
             declared = response.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > self.max_bytes:
                 raise TooLarge(f"{url} is {int(declared):,} bytes, over the {self.max_bytes:,}-byte limit")
@@ -314,9 +329,15 @@ class Fetcher:
             except BaseException:
                 destination.unlink(missing_ok=True)
                 raise
-            return FetchResult(url, str(response.url), response.status_code,
-                               {k.lower(): v for k, v in response.headers.items()}, b"", redirects,
-                               time.monotonic() - started)
+            return FetchResult(
+                url,
+                str(response.url),
+                response.status_code,
+                {k.lower(): v for k, v in response.headers.items()},
+                b"",
+                redirects,
+                time.monotonic() - started,
+            )
 
     def _chunks(
         self, response: httpx.Response, deadline: float, url: str, cancel: Callable[[], bool] | None
@@ -337,6 +358,10 @@ class Fetcher:
 def fetcher_from_settings(scrape: Any) -> Fetcher:
     """A Fetcher configured from the [scrape] section."""
     return Fetcher(
-        allow_private=scrape.allow_private, allow_hosts=scrape.allow_hosts, timeout=scrape.timeout,
-        max_bytes=scrape.max_bytes, max_redirects=scrape.max_redirects, user_agent=scrape.user_agent,
+        allow_private=scrape.allow_private,
+        allow_hosts=scrape.allow_hosts,
+        timeout=scrape.timeout,
+        max_bytes=scrape.max_bytes,
+        max_redirects=scrape.max_redirects,
+        user_agent=scrape.user_agent,
     )

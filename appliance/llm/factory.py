@@ -1,0 +1,95 @@
+"""Build a backend from settings: the agent's model, or a separate extraction model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from appliance.config import Settings
+from appliance.errors import ConfigError
+from appliance.llm.base import Backend
+
+
+def build_backend(settings: Settings, *, replay_start: int = 0) -> Backend:
+    """The agent's model. `replay_start` skips script lines already used (a resumed replay run)."""
+    model = settings.model
+    if model.backend == "replay":
+        from appliance.llm.replay import ReplayBackend
+
+        if not model.replay:
+            raise ConfigError("the replay backend needs a script", "pass --replay FILE.jsonl")
+        return ReplayBackend.from_file(
+            Path(model.replay).expanduser(), context_length=model.context_length, start_at=replay_start
+        )
+    if model.backend == "openai":
+        from appliance.llm.openai import OpenAIBackend
+
+        return OpenAIBackend(
+            model.base_url,
+            model=model.name,
+            api_key=model.api_key,
+            context_length=model.context_length,
+            temperature=model.temperature,
+            top_p=model.top_p,
+            repeat_penalty=model.repeat_penalty,
+            seed=model.seed,
+            timeout=model.request_timeout,
+            retries=model.retries,
+        )
+    from appliance.llm.llamacpp import LlamaCppBackend
+
+    path = settings.model_path()
+    if path is None:
+        raise ConfigError(
+            f"profile '{settings.profile}' names no model file",
+            "run `appliance install`, or pass --model PATH.gguf, or use --backend openai",
+        )
+    return LlamaCppBackend(
+        path,
+        context_length=model.context_length,
+        n_gpu_layers=model.n_gpu_layers,
+        n_threads=model.n_threads,
+        n_batch=model.n_batch,
+        temperature=model.temperature,
+        top_p=model.top_p,
+        repeat_penalty=model.repeat_penalty,
+        seed=model.seed,
+        grammar=model.grammar,
+        summary_grammar=model.summary_grammar,
+    )
+
+
+def build_extraction_backend(settings: Settings, get_agent_backend: Callable[[], Backend]) -> Backend:
+    """The model that reads pages for the scrape tool: the agent's own unless [extraction] names one."""
+    ext = settings.extraction
+    if ext.backend == "same":
+        return get_agent_backend()
+    if ext.backend == "openai":
+        from appliance.llm.openai import OpenAIBackend
+
+        return OpenAIBackend(
+            ext.base_url or settings.model.base_url,
+            model=ext.name,
+            api_key=ext.api_key,
+            context_length=ext.context_length or settings.model.context_length,
+            temperature=0.7,
+            top_p=0.95,
+            repeat_penalty=1.0,
+            timeout=settings.model.request_timeout,
+            retries=settings.model.retries,
+        )
+    if ext.backend == "llamacpp":
+        from appliance.llm.llamacpp import LlamaCppBackend
+
+        if not ext.path:
+            raise ConfigError("[extraction] backend = llamacpp needs a path", "set [extraction] path to a GGUF file")
+        return LlamaCppBackend(
+            Path(ext.path).expanduser(),
+            context_length=ext.context_length or 16384,
+            n_gpu_layers=settings.model.n_gpu_layers,
+            n_threads=settings.model.n_threads,
+            temperature=0.7,
+            top_p=0.95,
+            repeat_penalty=1.0,
+        )
+    raise ConfigError(f"unknown [extraction] backend '{ext.backend}'", "use same, llamacpp or openai")
