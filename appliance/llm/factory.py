@@ -10,6 +10,16 @@ from appliance.errors import ConfigError
 from appliance.llm.base import Backend
 
 
+def read_grammar(path: str, what: str) -> str | None:
+    """The text of a GBNF grammar file named in [model], or None when unset."""
+    if not path:
+        return None
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}", f"fix [model] {what}") from exc
+
+
 def build_backend(settings: Settings, *, replay_start: int = 0) -> Backend:
     """The agent's model. `replay_start` skips script lines already used (a resumed replay run)."""
     model = settings.model
@@ -35,6 +45,8 @@ def build_backend(settings: Settings, *, replay_start: int = 0) -> Backend:
             seed=model.seed,
             timeout=model.request_timeout,
             retries=model.retries,
+            grammar=read_grammar(model.grammar, "grammar") or "",
+            summary_grammar=read_grammar(model.summary_grammar, "summary_grammar") or "",
         )
     from appliance.llm.llamacpp import LlamaCppBackend
 

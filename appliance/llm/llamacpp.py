@@ -14,8 +14,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import ComponentUnavailable, ConfigError
+from appliance.errors import ComponentUnavailable
 from appliance.llm.base import Backend, ChatMessage, Completion, Purpose, StreamEvent, TextChunk
+from appliance.llm.factory import read_grammar
 
 CHATML_FALLBACK = (
     "{% for message in messages %}"
@@ -27,15 +28,6 @@ CHATML_FALLBACK = (
 # (path, n_ctx, n_gpu_layers) -> (Llama, lock): backends sharing weights share the lock.
 _MODELS: dict[tuple[str, int, int], tuple[Any, threading.Lock]] = {}
 _MODELS_LOCK = threading.Lock()
-
-
-def _read_grammar(path: str, what: str) -> str | None:
-    if not path:
-        return None
-    try:
-        return Path(path).expanduser().read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}", f"fix [model] {what}") from exc
 
 
 class LlamaCppBackend(Backend):
@@ -88,8 +80,8 @@ class LlamaCppBackend(Backend):
 
         self._formatter = Jinja2ChatFormatter(template=template, eos_token=self.eos_token, bos_token=bos_token)
         self._grammars = {
-            "turn": _read_grammar(grammar, "grammar"),
-            "summary": _read_grammar(summary_grammar, "summary_grammar"),
+            "turn": read_grammar(grammar, "grammar"),
+            "summary": read_grammar(summary_grammar, "summary_grammar"),
         }
         self.message_overhead = max(
             0, len(self.render_tokens([ChatMessage("user", "x")], generation_prompt=False)) - self.count_tokens("x")

@@ -52,6 +52,8 @@ class OpenAIBackend(Backend):
         timeout: float = 600.0,
         retries: int = 4,
         backoff: float = 1.0,
+        grammar: str = "",
+        summary_grammar: str = "",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.context_length = context_length
@@ -63,6 +65,8 @@ class OpenAIBackend(Backend):
         self.backoff = backoff
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)))
+        # GBNF grammars go to llama.cpp servers (llama-server, llama-cpp-python) as "grammar".
+        self._grammars = {"turn": grammar or None, "summary": summary_grammar or None}
         self.model = model or self._discover_model()
         self._tokenize_route: str | None = None
         self.tokenizer = "server"
@@ -147,7 +151,7 @@ class OpenAIBackend(Backend):
 
     # ------------------------------------------------------------ streaming
 
-    def _payload(self, messages: Sequence[ChatMessage], max_tokens: int) -> dict[str, Any]:
+    def _payload(self, messages: Sequence[ChatMessage], max_tokens: int, purpose: Purpose) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
@@ -163,6 +167,9 @@ class OpenAIBackend(Backend):
             payload["repeat_penalty"] = self.repeat_penalty
         if self.seed >= 0:
             payload["seed"] = self.seed
+        grammar = self._grammars.get(purpose)
+        if grammar:
+            payload["grammar"] = grammar
         return payload
 
     def stream_chat(
@@ -173,7 +180,7 @@ class OpenAIBackend(Backend):
         purpose: Purpose = "turn",
         cancel: threading.Event | None = None,
     ) -> Iterator[StreamEvent]:
-        payload = self._payload(messages, max_tokens)
+        payload = self._payload(messages, max_tokens, purpose)
         url = f"{self.base_url}/chat/completions"
 
         def open_stream() -> httpx.Response:

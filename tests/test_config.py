@@ -1,0 +1,114 @@
+"""Configuration precedence, environment mapping and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance.config import available_profiles, env_names, load_settings
+from appliance.errors import ConfigError
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_builtin_defaults_and_default_profile(appliance_home: Path) -> None:
+    settings = load_settings(environ={"APPLIANCE_HOME": str(appliance_home)})
+    assert settings.profile == "cpu-8b"
+    assert settings.agent.max_turns == 600 and settings.agent.keep_last == 5
+    assert settings.model.backend == "llamacpp"
+    assert settings.model_path() == appliance_home / "models" / settings.model.file
+    assert settings.origins["model.file"] == "profile cpu-8b"
+
+
+def test_precedence_cli_over_env_over_config_over_profile(appliance_home: Path) -> None:
+    write(appliance_home / "config.toml", "[agent]\nkeep_last = 7\nmax_turns = 50\n[model]\ntemperature = 0.5\n")
+    env = {"APPLIANCE_HOME": str(appliance_home), "APPLIANCE_AGENT_MAX_TURNS": "40", "APPLIANCE_KEEP_LAST": "3"}
+    settings = load_settings(environ=env, overrides={"agent.keep_last": 2})
+    assert settings.agent.keep_last == 2  # flag beats env (short form) and config
+    assert settings.agent.max_turns == 40  # env beats config
+    assert settings.model.temperature == 0.5  # config beats profile
+    assert settings.model.top_p == 0.95  # profile value
+    assert settings.origins["agent.keep_last"] == "command line"
+    assert settings.origins["agent.max_turns"] == "environment"
+
+
+def test_environment_names_mirror_config_keys() -> None:
+    names = env_names()
+    assert names["APPLIANCE_SEARXNG_URL"] == ("search", "searxng_url")
+    assert names["APPLIANCE_MODEL_PATH"] == ("model", "path")
+    assert names["APPLIANCE_SEARCH_SEARXNG_URL"] == ("search", "searxng_url")
+    # `path` exists in two sections, so there is no ambiguous short form for it.
+    assert "APPLIANCE_PATH" not in names
+
+
+def test_profile_from_config_and_env(appliance_home: Path) -> None:
+    write(appliance_home / "config.toml", 'profile = "remote"\n')
+    assert load_settings(environ={"APPLIANCE_HOME": str(appliance_home)}).model.backend == "openai"
+    env = {"APPLIANCE_HOME": str(appliance_home), "APPLIANCE_PROFILE": "cpu-8b"}
+    assert load_settings(environ=env).profile == "cpu-8b"
+
+
+def test_user_profiles_directory_is_searched_first(appliance_home: Path) -> None:
+    write(appliance_home / "profiles" / "mine.toml", '[profile]\nname = "mine"\n[agent]\nkeep_last = 9\n')
+    assert "mine" in available_profiles(load_settings(environ={"APPLIANCE_HOME": str(appliance_home)}).dirs)
+    assert load_settings(profile="mine", environ={"APPLIANCE_HOME": str(appliance_home)}).agent.keep_last == 9
+
+
+@pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        ("[agent\nkeep_last = 1\n", "is not valid TOML"),
+        ("[agnet]\nkeep_last = 1\n", "(did you mean [agent]?)"),
+        ("[agent]\nkeep_lats = 1\n", "(did you mean 'keep_last'?)"),
+        ("[agent]\nkeep_last = 'many'\n", "[agent] keep_last (from"),
+        ("[model]\nbackend = 'llamacp'\n", "unknown backend 'llamacp' (did you mean 'llamacpp'?)"),
+        ("[agent]\nmax_turns = 0\n", "max_turns must be at least 1"),
+    ],
+)
+def test_broken_config_gives_a_clear_error(appliance_home: Path, config: str, fragment: str) -> None:
+    write(appliance_home / "config.toml", config)
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"APPLIANCE_HOME": str(appliance_home)})
+    assert fragment in info.value.one_line()
+    assert "Fix:" in info.value.one_line()
+
+
+def test_unknown_profile_suggests_a_close_name(appliance_home: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(profile="cpu-8", environ={"APPLIANCE_HOME": str(appliance_home)})
+    assert "did you mean 'cpu-8b'?" in info.value.one_line()
+
+
+def test_unreadable_profile_is_an_error(appliance_home: Path) -> None:
+    write(appliance_home / "profiles" / "broken.toml", "[model\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(profile="broken", environ={"APPLIANCE_HOME": str(appliance_home)})
+    assert "profile 'broken'" in info.value.one_line() and "not valid TOML" in info.value.one_line()
+
+
+def test_env_values_are_typed(appliance_home: Path) -> None:
+    env = {
+        "APPLIANCE_HOME": str(appliance_home),
+        "APPLIANCE_OFFER_DOWNLOAD_TOOL": "yes",
+        "APPLIANCE_TOOLS_ENABLED": "tool-python, search_and_scrape_webpage",
+        "APPLIANCE_TEMPERATURE": "0.3",
+    }
+    settings = load_settings(environ=env)
+    assert settings.agent.offer_download_tool is True
+    assert settings.tools.enabled == ["tool-python", "search_and_scrape_webpage"]
+    assert settings.model.temperature == 0.3
+    with pytest.raises(ConfigError):
+        load_settings(environ={**env, "APPLIANCE_MAX_TURNS": "lots"})
+
+
+def test_secrets_are_redacted_in_snapshots(appliance_home: Path) -> None:
+    env = {"APPLIANCE_HOME": str(appliance_home), "APPLIANCE_MODEL_API_KEY": "sk-secret"}
+    settings = load_settings(environ=env)
+    assert settings.model.api_key == "sk-secret"
+    assert "sk-secret" not in repr(settings.as_dict())
+    assert settings.as_dict()["model"]["api_key"] == "***"

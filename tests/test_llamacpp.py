@@ -1,0 +1,128 @@
+"""The real llama.cpp path with a tiny random-weight GGUF generated at test time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import ComponentUnavailable
+from appliance.llm.base import ChatMessage, Completion, TextChunk
+from appliance.llm.llamacpp import LlamaCppBackend, clear_model_cache
+from tests.conftest import run_cli
+
+CALL_TEXT = (
+    "<think>\nI should run a command.\n</think>\n\n<use_mcp_tool>\n<server_name>tool-python</server_name>\n"
+    '<tool_name>run_command</tool_name>\n<arguments>\n{"command": "echo hi", "sandbox_id": "s1"}\n'
+    "</arguments>\n</use_mcp_tool>"
+)
+
+
+def gbnf_literal(text: str) -> str:
+    """A GBNF grammar whose only sentence is `text`."""
+    return "root ::= " + json.dumps(text)
+
+
+@pytest.fixture
+def backend(tiny_gguf: Path, tmp_path: Path) -> LlamaCppBackend:
+    grammar = tmp_path / "turn.gbnf"
+    grammar.write_text(gbnf_literal(CALL_TEXT), encoding="utf-8")
+    summary = tmp_path / "summary.gbnf"
+    summary.write_text(gbnf_literal("The answer is \\boxed{42}"), encoding="utf-8")
+    clear_model_cache()
+    return LlamaCppBackend(
+        tiny_gguf, context_length=4096, temperature=0.0, seed=7, grammar=str(grammar), summary_grammar=str(summary)
+    )
+
+
+def collect(backend: LlamaCppBackend, messages: list[ChatMessage], **kwargs: object) -> tuple[str, Completion]:
+    chunks, completion = [], None
+    for event in backend.stream_chat(messages, max_tokens=400, **kwargs):  # type: ignore[arg-type]
+        if isinstance(event, TextChunk):
+            chunks.append(event.text)
+        else:
+            completion = event
+    assert completion is not None
+    return "".join(chunks), completion
+
+
+def test_chat_template_comes_from_the_gguf(backend: LlamaCppBackend) -> None:
+    assert backend.template_source == "gguf"
+    assert backend.eos_token == "<|im_end|>"
+    tokens = backend.render_tokens([ChatMessage("system", "S"), ChatMessage("user", "hi")])
+    text = backend.llm.detokenize(tokens, special=True).decode()
+    assert text == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert backend.message_overhead > 0
+    assert backend.count_tokens("hello world") == len(backend.llm.tokenize(b"hello world", add_bos=False))
+
+
+def test_grammar_forces_the_reply_and_streaming_matches_the_completion(backend: LlamaCppBackend) -> None:
+    text, completion = collect(backend, [ChatMessage("user", "Use a tool.")])
+    assert text == CALL_TEXT == completion.text
+    assert completion.finish_reason == "stop"
+    assert completion.prompt_tokens == len(backend.render_tokens([ChatMessage("user", "Use a tool.")]))
+    # Grammar-constrained sampling may pick other token splits than the tokenizer would.
+    assert abs(completion.completion_tokens - backend.count_tokens(CALL_TEXT)) <= 0.2 * backend.count_tokens(CALL_TEXT)
+    summary, _ = collect(backend, [ChatMessage("user", "Answer.")], purpose="summary")
+    assert summary == "The answer is \\boxed{42}"
+
+
+def test_kv_cache_prefix_is_reused_across_turns(backend: LlamaCppBackend) -> None:
+    history = [ChatMessage("system", "You are a test. " * 40), ChatMessage("user", "first question " * 20)]
+    _, first = collect(backend, history)
+    assert first.evaluated_tokens == first.prompt_tokens  # cold cache (different prompt before)
+    history += [ChatMessage("assistant", first.text), ChatMessage("user", "a short tool result")]
+    _, second = collect(backend, history)
+    new_tokens = second.prompt_tokens - first.prompt_tokens
+    # Only the new messages (plus at most the tail the template re-renders) are evaluated.
+    assert second.evaluated_tokens <= new_tokens + 2
+    assert second.evaluated_tokens < second.prompt_tokens / 3
+    # Changing the middle of the prompt forces everything after the change to be evaluated again.
+    changed = [history[0], ChatMessage("user", "FIRST QUESTION " * 20), *history[2:]]
+    _, third = collect(backend, changed)
+    unchanged_prefix = len(backend.render_tokens(history[:1], generation_prompt=False))
+    # (the next message header "<|im_start|>user\n" is shared too)
+    assert (
+        third.prompt_tokens - unchanged_prefix - 6 <= third.evaluated_tokens <= third.prompt_tokens - unchanged_prefix
+    )
+
+
+def test_cancel_stops_generation(backend: LlamaCppBackend) -> None:
+    import threading
+
+    cancel = threading.Event()
+    cancel.set()
+    _, completion = collect(backend, [ChatMessage("user", "go")], cancel=cancel)
+    assert completion.finish_reason == "cancelled"
+    assert len(completion.text) < len(CALL_TEXT)
+
+
+def test_a_corrupt_gguf_is_component_unavailable(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(ComponentUnavailable) as info:
+        LlamaCppBackend(broken)
+    assert "could not load" in info.value.one_line() and "sha256" in info.value.one_line()
+
+
+def test_headless_run_end_to_end_on_llama_cpp(tiny_gguf: Path, tmp_path: Path, appliance_home: Path) -> None:
+    (tmp_path / "turn.gbnf").write_text(gbnf_literal(CALL_TEXT), encoding="utf-8")
+    (tmp_path / "summary.gbnf").write_text(gbnf_literal("\\boxed{42}"), encoding="utf-8")
+    env = {
+        "APPLIANCE_TOOLS_ENABLED": "",
+        "APPLIANCE_MODEL_GRAMMAR": str(tmp_path / "turn.gbnf"),
+        "APPLIANCE_MODEL_SUMMARY_GRAMMAR": str(tmp_path / "summary.gbnf"),
+        "APPLIANCE_CONTEXT_LENGTH": "4096",
+        "APPLIANCE_MAX_TOKENS": "300",
+    }
+    result = run_cli(
+        ["--task", "What is six times seven?", "--backend", "llamacpp", "--model", str(tiny_gguf), "--max-turns", "2",
+         "--json"],
+        env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert (payload["status"], payload["answer"], payload["turns"], payload["tool_calls"]) == ("answered", "42", 2, 2)
+    assert payload["prompt_tokens"] > 1000  # the system prompt and the task were really tokenized
+    assert result.stderr.count("tool-python/run_command") == 2
