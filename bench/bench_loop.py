@@ -107,8 +107,14 @@ def run_raw(model: Path, grammars: tuple[Path, Path], calls: list[tuple[list[int
     for prompt, generated, purpose in calls:
         grammar = LlamaGrammar.from_string(texts[purpose], verbose=False)
         for _ in llm.create_completion(
-            prompt, max_tokens=generated, temperature=0.0, top_p=0.95, repeat_penalty=1.05, grammar=grammar,
-            stop=["<|im_end|>"], stream=True,
+            prompt,
+            max_tokens=generated,
+            temperature=0.0,
+            top_p=0.95,
+            repeat_penalty=1.05,
+            grammar=grammar,
+            stop=["<|im_end|>"],
+            stream=True,
         ):
             pass
     elapsed = time.perf_counter() - started
