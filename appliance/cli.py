@@ -317,7 +317,10 @@ def resume_command(ctx: click.Context, /, run_id: str, as_json: bool, verbose: b
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        cli.main(args=argv, prog_name="appliance", standalone_mode=False)
+        # Without standalone mode click returns the code of `ctx.exit(code)` instead of exiting.
+        code = cli.main(args=argv, prog_name="appliance", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
