@@ -12,7 +12,7 @@
 # with no network at all.
 #
 # Environment:
-#   APPLIANCE_PYTHON       interpreter for the venv (default python3; needs >= 3.11)
+#   APPLIANCE_INSTALL_PYTHON  interpreter for the venv (default python3; needs >= 3.11)
 #   APPLIANCE_PREFIX       where the venv goes (default ${XDG_DATA_HOME:-~/.local/share}/appliance)
 #   CMAKE_ARGS             llama.cpp build flags; when set, used as given
 #   APPLIANCE_TUNE_NATIVE  1 = build llama.cpp for this CPU only (-DGGML_NATIVE=ON; faster, not portable)
@@ -28,7 +28,7 @@ bundle_digest=""
 gpu="auto"
 run_after=1
 prefix="${APPLIANCE_PREFIX:-${XDG_DATA_HOME:-$HOME/.local/share}/appliance}"
-python="${APPLIANCE_PYTHON:-python3}"
+python="${APPLIANCE_INSTALL_PYTHON:-python3}"
 
 say() { printf 'install.sh: %s\n' "$*" >&2; }
 die() { say "error: $1"; [[ -n "${2:-}" ]] && say "fix: $2"; exit 1; }
@@ -161,9 +161,9 @@ if [[ "$os" != Linux ]]; then
 fi
 
 # --- Python and the virtual environment --------------------------------------------
-command -v "$python" >/dev/null 2>&1 || die "$python not found" "install Python 3.11 or newer, or set APPLIANCE_PYTHON"
+command -v "$python" >/dev/null 2>&1 || die "$python not found" "install Python 3.11 or newer, or set APPLIANCE_INSTALL_PYTHON"
 if ! "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
-    die "$("$python" -V 2>&1) is older than 3.11" "install Python 3.11+ (e.g. apt-get install python3.11) and set APPLIANCE_PYTHON"
+    die "$("$python" -V 2>&1) is older than 3.11" "install Python 3.11+ (e.g. apt-get install python3.11) and set APPLIANCE_INSTALL_PYTHON"
 fi
 venv="$prefix/venv"
 if [[ ! -x "$venv/bin/python" ]]; then

@@ -48,7 +48,7 @@ def dry_run(tmp: Path, bin_dir: Path, *args: str, extra_env: dict[str, str] | No
             python: str | None = sys.executable) -> subprocess.CompletedProcess[str]:  # fmt: skip
     env = {"PATH": str(bin_dir), "HOME": str(tmp / "home"), "FAKE_LOG": str(tmp / "calls.log")}
     if python:
-        env["APPLIANCE_PYTHON"] = python
+        env["APPLIANCE_INSTALL_PYTHON"] = python
     env.update(extra_env or {})
     return subprocess.run([str(bin_dir / "bash"), str(SCRIPT), "--dry-run", "--no-run", *args],
                           capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
@@ -139,7 +139,7 @@ def test_bundle_dry_run_checks_sums_first_and_uses_no_index(tmp_path: Path) -> N
 
 
 def test_the_real_script_runs_in_this_checkout_as_a_dry_run(tmp_path: Path) -> None:
-    env = {**os.environ, "HOME": str(tmp_path), "APPLIANCE_PYTHON": sys.executable}
+    env = {**os.environ, "HOME": str(tmp_path), "APPLIANCE_INSTALL_PYTHON": sys.executable}
     proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--no-run"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert f"pip install -q {REPO_ROOT}" in proc.stderr

@@ -205,8 +205,8 @@ def _add_weights(
 def write_manifest(root: Path, *, profile: str, model: dict[str, Any]) -> str:
     files: dict[str, dict[str, Any]] = {}
     for path in sorted(root.rglob("*")):
-        if path.is_file() and path.name not in UNLISTED_OK | {envs.STAMP}:
-            rel = path.relative_to(root).as_posix()
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and rel not in UNLISTED_OK:
             files[rel] = {"sha256": sha256_of(path), "size": path.stat().st_size}
     manifest = {
         "format": FORMAT,
