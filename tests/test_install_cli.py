@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import tomllib
 from collections.abc import Iterator
@@ -134,7 +135,9 @@ def test_install_then_doctor_then_install_again_changes_nothing(
     assert (src / "searx" / "webapp.py").is_file() and src.is_relative_to(appliance_home)
 
     # The installed SearXNG runs (with the shared start script) and doctor sees every component healthy.
-    port = 18000 + os.getpid() % 1000
+    with socket.socket() as probe:  # a free port, so parallel test runs do not collide
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     sx_env = _start_searxng(venv, src, port, tmp_path)
     try:
         doctor = run_cli(["doctor", "--json"], env={"APPLIANCE_SEARXNG_URL": f"http://127.0.0.1:{port}"})
