@@ -103,6 +103,8 @@ class SandboxSettings:
 class SearchSettings:
     searxng_url: str = "http://127.0.0.1:8888"
     searxng_src: str = ""
+    # The virtual environment `appliance install` built for SearXNG (its python runs the server).
+    searxng_venv: str = ""
     timeout: float = 20.0
     corpus_db: str = ""
     zim_paths: list[str] = field(default_factory=list)

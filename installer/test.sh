@@ -34,7 +34,7 @@ if ((${#need[@]})); then
 fi
 
 # --- python environment -------------------------------------------------------
-python="${APPLIANCE_PYTHON:-python3}"
+python="${APPLIANCE_TEST_PYTHON:-python3}"
 "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
     || die "$python is older than 3.11"
 [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
