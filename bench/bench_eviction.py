@@ -32,7 +32,27 @@ from appliance.llm.base import ChatMessage, Completion
 from appliance.llm.llamacpp import LlamaCppBackend, clear_model_cache
 from tests.tinygguf import write_tiny_gguf
 
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu",
+    "nu",
+    "xi",
+    "omicron",
+    "pi",
+    "rho",
+    "sigma",
+    "tau",
+]
 
 
 def text_of(tokens: int, seed: int, backend: LlamaCppBackend) -> str:
@@ -48,8 +68,10 @@ def text_of(tokens: int, seed: int, backend: LlamaCppBackend) -> str:
 
 def trajectory(backend: LlamaCppBackend, turns: int) -> tuple[str, list[tuple[str, str]]]:
     system = "System prompt. " + text_of(1200, 1, backend)
-    steps = [(f"<think>{text_of(280, 1000 + t, backend)}</think> call {t}", f"result {t}: {text_of(2000, 5000 + t, backend)}")
-             for t in range(turns)]  # fmt: skip
+    steps = []
+    for t in range(turns):
+        reply = f"<think>{text_of(280, 1000 + t, backend)}</think> call {t}"
+        steps.append((reply, f"result {t}: {text_of(2000, 5000 + t, backend)}"))
     return system, steps
 
 
