@@ -55,6 +55,7 @@ class LlamaCppBackend(Backend):
         seed: int = -1,
         grammar: str = "",
         summary_grammar: str = "",
+        extract_grammar: str = "",
     ) -> None:
         if not model_path.is_file():
             raise ComponentUnavailable(
@@ -90,6 +91,7 @@ class LlamaCppBackend(Backend):
         self._grammars = {
             "turn": _read_grammar(grammar, "grammar"),
             "summary": _read_grammar(summary_grammar, "summary_grammar"),
+            "extract": _read_grammar(extract_grammar, "output_grammar"),
         }
         self.message_overhead = max(
             0, len(self.render_tokens([ChatMessage("user", "x")], generation_prompt=False)) - self.count_tokens("x")
