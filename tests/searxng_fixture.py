@@ -55,8 +55,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def require_kit() -> None:
+    if not (SEARXNG_SCRIPTS / "start.sh").is_file() or not SEARXNG_SRC.is_dir():
+        pytest.fail(f"no SearXNG test kit at {SHARED_DIR} (set APPLIANCE_SHARED_DIR to the shared directory)")
+
+
 def make_docs_db(path: Path, *, with_table: bool = True) -> Path:
     """The shared demo database plus the rows these tests need; without_table breaks the engine."""
+    require_kit()
     if not with_table:
         sqlite3.connect(path).close()
         return path
@@ -85,8 +91,7 @@ class SearxngInstance:
 
 
 def start_searxng(db: Path, workdir: Path) -> SearxngInstance:
-    if not (SEARXNG_SCRIPTS / "start.sh").is_file() or not SEARXNG_SRC.is_dir():
-        pytest.fail(f"no SearXNG test kit at {SHARED_DIR} (set APPLIANCE_SHARED_DIR to the shared directory)")
+    require_kit()
     port = free_port()
     pidfile = workdir / f"searxng-{port}.pid"
     env = {

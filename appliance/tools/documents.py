@@ -238,10 +238,13 @@ def decode_text(data: bytes, declared: str | None = None, *, html: bool = False)
         pass
     from charset_normalizer import from_bytes
 
-    best = from_bytes(data[:200_000]).best()
-    if best is not None:
-        return data.decode(best.encoding, errors="replace")
-    return data.decode("cp1252", errors="replace")
+    matches = from_bytes(data[:200_000])
+    # Western single-byte encodings are hard to tell apart; when windows-1252 is among
+    # the plausible ones, take it, as browsers do for undeclared pages.
+    if any(match.encoding == "cp1252" for match in matches):
+        return data.decode("cp1252", errors="replace")
+    best = matches.best()
+    return data.decode(best.encoding if best is not None else "cp1252", errors="replace")
 
 
 # ------------------------------------------------------------------ splitting

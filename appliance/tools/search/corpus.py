@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS documents (
     indexed_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS texts (doc_id INTEGER PRIMARY KEY, text TEXT NOT NULL);
-CREATE VIRTUAL TABLE IF NOT EXISTS chunks USING fts5(
+CREATE VIRTUAL TABLE IF NOT EXISTS passages USING fts5(
     title, body, doc_id UNINDEXED, seq UNINDEXED,
     tokenize = 'porter unicode61 remove_diacritics 2'
 );
@@ -207,7 +207,7 @@ class Corpus:
                     "WHERE id=?",
                     (*values, doc_id),
                 )
-                db.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,))
+                db.execute("DELETE FROM passages WHERE doc_id = ?", (doc_id,))
             else:
                 cursor = db.execute(
                     "INSERT INTO documents (path, title, kind, size, mtime, sha256, chars, chunks, indexed_at) "
@@ -217,7 +217,7 @@ class Corpus:
                 doc_id = int(cursor.lastrowid or 0)
             db.execute("INSERT OR REPLACE INTO texts (doc_id, text) VALUES (?, ?)", (doc_id, document.text))
             db.executemany(
-                "INSERT INTO chunks (title, body, doc_id, seq) VALUES (?, ?, ?, ?)",
+                "INSERT INTO passages (title, body, doc_id, seq) VALUES (?, ?, ?, ?)",
                 [(title, chunk, doc_id, seq) for seq, chunk in enumerate(chunks)],
             )
             db.commit()
@@ -252,7 +252,7 @@ class Corpus:
                 ).fetchall()
             removed = [CorpusDocument(*row) for row in rows]
             for document in removed:
-                db.execute("DELETE FROM chunks WHERE doc_id = ?", (document.id,))
+                db.execute("DELETE FROM passages WHERE doc_id = ?", (document.id,))
                 db.execute("DELETE FROM texts WHERE doc_id = ?", (document.id,))
                 db.execute("DELETE FROM documents WHERE id = ?", (document.id,))
             db.commit()
@@ -312,10 +312,10 @@ class Corpus:
             # All terms first; documents matching only some terms fill the rest.
             for expression in match_queries(query):
                 rows = db.execute(
-                    "SELECT c.doc_id, d.title, d.path, snippet(chunks, 1, '', '', '…', 40) AS snip "
-                    "FROM chunks AS c JOIN documents AS d ON d.id = c.doc_id "
-                    "WHERE chunks MATCH ? AND d.mtime >= ? "
-                    f"ORDER BY bm25(chunks, {_BM25_WEIGHTS[0]}, {_BM25_WEIGHTS[1]}) LIMIT ?",
+                    "SELECT c.doc_id, d.title, d.path, snippet(passages, 1, '', '', '…', 40) AS snip "
+                    "FROM passages AS c JOIN documents AS d ON d.id = c.doc_id "
+                    "WHERE passages MATCH ? AND d.mtime >= ? "
+                    f"ORDER BY bm25(passages, {_BM25_WEIGHTS[0]}, {_BM25_WEIGHTS[1]}) LIMIT ?",
                     (expression, modified_since or 0.0, limit * 8),
                 ).fetchall()
                 for doc_id, title, path, snip in rows:
