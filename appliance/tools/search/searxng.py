@@ -100,6 +100,10 @@ class SearxngClient:
     def close(self) -> None:
         self.client.close()
 
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
     def fetch_page(self, request: SearchRequest, pageno: int) -> dict[str, Any]:
         params = request_params(request, pageno)
         key = tuple(sorted(params.items()))
