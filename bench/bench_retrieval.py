@@ -209,8 +209,8 @@ def main() -> int:
     )
     print()
     print(f"Search latency over {latency['rounds']} interleaved rounds (SearXNG at {url})")
-    print(f"  direct SearXNG JSON request  median {latency['direct_ms_median']:.2f} ms  p90 {latency['direct_ms_p90']:.2f} ms")
-    print(f"  google_search tool           median {latency['tool_ms_median']:.2f} ms  p90 {latency['tool_ms_p90']:.2f} ms")
+    for label, key in (("direct SearXNG JSON request", "direct"), ("google_search tool", "tool")):
+        print(f"  {label:<29}median {latency[key + '_ms_median']:.2f} ms  p90 {latency[key + '_ms_p90']:.2f} ms")
     print(f"  tool / direct                {latency['tool_over_direct']:.2f}x")
     print(f"  tool, repeated query (cache) median {latency['tool_cached_ms_median']:.3f} ms")
     return 0

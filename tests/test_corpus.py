@@ -211,3 +211,16 @@ def test_corpus_cli_without_a_corpus(tmp_path: Path) -> None:
     assert listed.returncode == 0 and "no documents" in listed.stdout
     searched = run_cli(["corpus", "search", "x"], env=env)
     assert searched.returncode == 1
+
+
+def test_a_damaged_corpus_is_reported_not_fatal(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "corpus.db").write_bytes(b"this is not a database, just bytes " * 100)
+    env = {"APPLIANCE_HOME": str(home)}
+    listed = run_cli(["corpus", "list"], env=env)
+    assert listed.returncode == 3 and "cannot be used: file is not a database" in listed.stderr
+    assert "Traceback" not in listed.stderr
+    settings = load_settings(overrides={"search.sources": ["corpus"]}, environ={"APPLIANCE_HOME": str(home)})
+    outcome = SearchEngine(settings.search, settings.dirs).search(SearchRequest("anything"))
+    assert outcome.status == "unavailable" and "file is not a database" in str(outcome.error)

@@ -148,3 +148,12 @@ def test_best_window_prefers_the_densest_stretch() -> None:
     window = best_window(text, "kettle whistles", 80)
     assert "kettle whistles" in window and window.startswith("…") and window.endswith("…")
     assert best_window("short text", "x") == "short text"
+
+
+def test_a_file_that_is_not_a_zim_is_reported(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.zim"
+    bad.write_bytes(b"not a zim archive at all")
+    server = SearchServer(settings_with(tmp_path, [str(bad)]))
+    output = server.call("google_search", {"q": "x"}, CallContext("t", tmp_path, tmp_path, tmp_path))
+    assert output.is_error and "cannot open ZIM archive" in json.loads(output.text)["error"]
+    server.close()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+from appliance.errors import ComponentUnavailable
 from appliance.tools.documents import UnsupportedDocument, convert, pack_paragraphs, supported_extensions
 from appliance.tools.search.results import Hit, SearchRequest, SourceResult
 
@@ -53,8 +54,11 @@ CREATE VIRTUAL TABLE IF NOT EXISTS passages USING fts5(
 """
 
 
-class CorpusError(Exception):
+class CorpusError(ComponentUnavailable):
     """A corpus operation that cannot be done; the message says why."""
+
+    def __init__(self, message: str, fix: str | None = None) -> None:
+        super().__init__("corpus", message, fix)
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,10 @@ class Corpus:
                 connection.commit()
             yield connection
         except sqlite3.DatabaseError as exc:
-            raise CorpusError(f"the corpus database {self.path} cannot be used: {exc}") from exc
+            raise CorpusError(
+                f"the corpus database {self.path} cannot be used: {exc}",
+                "move it away and add the documents again with `appliance corpus add`",
+            ) from exc
         finally:
             connection.close()
 

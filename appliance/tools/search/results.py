@@ -81,6 +81,8 @@ def _as_int(value: Any, name: str, default: int) -> int:
 def parse_request(arguments: Mapping[str, Any]) -> SearchRequest:
     """The model's google_search arguments, checked and clamped to what the sources can serve."""
     q = arguments.get("q")
+    if isinstance(q, (int, float)) and not isinstance(q, bool):
+        q = str(q)  # the schema says string; FastMCP's lax validation accepted numbers too
     if not isinstance(q, str) or not q.strip():
         raise BadArguments("Search query 'q' is required and cannot be empty")
     num = min(max(_as_int(arguments.get("num"), "num", DEFAULT_NUM), 1), MAX_NUM)

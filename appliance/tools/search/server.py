@@ -40,7 +40,8 @@ class SearchServer(ToolServer):
         except BadArguments as exc:
             # The reference answers these with an error object and no organic
             # results, which its loop rolls back like an empty search.
-            return ToolOutput(json.dumps(error_payload(str(exc)), ensure_ascii=False), meta={"empty": True})
+            text = json.dumps(error_payload(str(exc)), ensure_ascii=False, indent=2)
+            return ToolOutput(text, meta={"empty": True})
         outcome = self.engine.search(request)
         meta: dict[str, Any] = {"sources": outcome.sources}
         if outcome.warnings:
