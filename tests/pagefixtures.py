@@ -7,6 +7,7 @@ hits per path so tests can tell whether a fetch reached it.
 from __future__ import annotations
 
 import collections
+import gzip
 import io
 import threading
 import time
@@ -295,6 +296,8 @@ def standard_routes(other_port: int | None = None) -> dict[str, Route]:
         ),
         "/slow": Response(200, b"<html><body>" + b"z" * 1000 + b"</body></html>", {"Content-Type": "text/html"}, 0.5),
     }
+    bomb = gzip.compress(b"<html><body>" + b"0" * 5_000_000 + b"</body></html>")
+    routes["/gzip-bomb"] = Response(200, bomb, {"Content-Type": "text/html", "Content-Encoding": "gzip"})
     for n in range(8):
         routes[f"/chain/{n}"] = redirect(f"/chain/{n + 1}")
     routes["/chain/8"] = html("<html><body><p>End of the chain.</p></body></html>")
@@ -303,6 +306,8 @@ def standard_routes(other_port: int | None = None) -> dict[str, Route]:
         routes["/to-localhost"] = redirect(f"http://localhost:{other_port}/secret")
         routes["/to-decimal-ip"] = redirect(f"http://2130706433:{other_port}/secret")
         routes["/to-mapped-ipv6"] = redirect(f"http://[::ffff:127.0.0.1]:{other_port}/secret")
+        routes["/to-scheme-relative"] = redirect(f"//127.0.0.1:{other_port}/secret")
+        routes["/to-userinfo"] = redirect(f"http://example.org@127.0.0.1:{other_port}/secret")
     return routes
 
 

@@ -77,7 +77,10 @@ def test_allow_private_reaches_loopback(secret: PageServer) -> None:
     secret.hits.clear()
 
 
-@pytest.mark.parametrize("path", ["/to-loopback", "/to-localhost", "/to-decimal-ip", "/to-mapped-ipv6"])
+@pytest.mark.parametrize(
+    "path",
+    ["/to-loopback", "/to-localhost", "/to-decimal-ip", "/to-mapped-ipv6", "/to-scheme-relative", "/to-userinfo"],
+)
 def test_redirect_to_loopback_is_refused(fetcher: Fetcher, pages: PageServer, secret: PageServer, path: str) -> None:
     with pytest.raises(BlockedAddress):
         fetcher.fetch(pages.url(path))
@@ -147,3 +150,24 @@ def test_download_streams_to_a_new_file_and_cleans_up(fetcher: Fetcher, pages: P
     with pytest.raises(TooLarge):
         fetcher.download(pages.url("/huge-chunked"), partial)
     assert not partial.exists()
+
+
+def test_compressed_body_is_capped_after_decompression(fetcher: Fetcher, pages: PageServer) -> None:
+    # About 5 KB on the wire, 5 MB once decompressed: the cap counts what is decoded.
+    with pytest.raises(TooLarge):
+        fetcher.fetch(pages.url("/gzip-bomb"))
+
+
+def test_one_private_answer_among_public_ones_blocks_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A hostile DNS server answering a public and a loopback address: refused, not "try the public one".
+    def answers(host: str, port: int, *args: object, **kwargs: object) -> list[tuple[object, ...]]:
+        return [(2, 1, 6, "", ("93.184.216.34", port)), (2, 1, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr("appliance.tools.fetcher.socket.getaddrinfo", answers)
+    with Fetcher() as default, pytest.raises(BlockedAddress, match=r"127\.0\.0\.1"):
+        default.fetch("http://rebind.example/")
+
+
+def test_cancel_stops_a_fetch(fetcher: Fetcher, pages: PageServer) -> None:
+    with pytest.raises(FetchError, match="cancelled"):
+        fetcher.fetch(pages.url("/slow"), cancel=lambda: True)
