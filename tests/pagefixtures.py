@@ -192,6 +192,7 @@ class PageServer:
     def __init__(self, routes: dict[str, Route]) -> None:
         self.routes = routes
         self.hits: collections.Counter[str] = collections.Counter()
+        self.requests: list[str] = []  # every request target, query string included, in order
         self.last_headers: dict[str, dict[str, str]] = {}
         server = self
 
@@ -204,6 +205,7 @@ class PageServer:
             def do_GET(self) -> None:
                 path = self.path.split("?")[0]
                 server.hits[path] += 1
+                server.requests.append(self.path)
                 server.last_headers[path] = {k.lower(): v for k, v in self.headers.items()}
                 route = server.routes.get(path)
                 response = route() if callable(route) else route

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -232,3 +233,31 @@ def test_concurrent_searches_share_one_client(server: SearchServer, tmp_path: Pa
     for thread in threads:
         thread.join()
     assert sorted(results) == [2, 2, 3, 10]
+
+
+def test_searxng_pages_are_read_only_when_needed(tmp_path: Path) -> None:
+    """Pages 1 and 2 hold ten results each, page 3 none; a short page is taken as the last."""
+    fake: PageServer
+
+    def search_page() -> Response:
+        pageno = int(parse_qs(urlsplit(fake.requests[-1]).query)["pageno"][0])
+        count = 10 if pageno <= 2 else 0
+        results = [{"title": f"r{n}", "url": f"https://e.org/{pageno}/{n}", "content": ""} for n in range(count)]
+        return Response(200, json.dumps({"results": results}).encode(), {"Content-Type": "application/json"})
+
+    fake = PageServer({"/search": search_page})
+    client = SearxngClient(fake.base, timeout=5)
+
+    def pages_read(num: int) -> tuple[int, list[str]]:
+        client.clear_cache()
+        fake.requests.clear()
+        hits = client.search(SearchRequest("q", num=num), num).hits
+        return len(hits), [parse_qs(urlsplit(r).query)["pageno"][0] for r in fake.requests]
+
+    try:
+        assert pages_read(10) == (10, ["1"])
+        assert pages_read(15) == (15, ["1", "2"])
+        assert pages_read(50) == (20, ["1", "2", "3"])
+    finally:
+        client.close()
+        fake.close()

@@ -21,6 +21,7 @@ from appliance.tools.search.results import Hit, SearchRequest, SourceResult
 
 _CACHE_SECONDS = 300.0
 _CACHE_ENTRIES = 64
+_FULL_PAGE = 10
 
 
 class SearxngError(Exception):
@@ -184,7 +185,9 @@ class SearxngClient:
             for hit in new:
                 seen.add(hit.link)
             result.hits.extend(new)
-            if len(result.hits) >= limit or not new or time.monotonic() > deadline:
+            # A page shorter than SearXNG's usual ten results is taken as the last one: asking
+            # for the next would cost another round of engine requests for, most likely, nothing.
+            if len(result.hits) >= limit or len(new) < _FULL_PAGE or time.monotonic() > deadline:
                 break
         if failures:
             message = "SearXNG engines did not answer: " + "; ".join(failures)
