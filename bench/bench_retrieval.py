@@ -38,6 +38,8 @@ from appliance.llm.base import Backend, approximate_tokens  # noqa: E402
 from appliance.llm.replay import ReplayBackend, ReplayTurn  # noqa: E402
 from appliance.tools.base import CallContext  # noqa: E402
 from appliance.tools.scrape.server import ScrapeServer  # noqa: E402
+from appliance.tools.search.results import SearchRequest  # noqa: E402
+from appliance.tools.search.searxng import request_params  # noqa: E402
 from appliance.tools.search.server import SearchServer  # noqa: E402
 from tests.pagefixtures import PageServer, standard_routes  # noqa: E402
 
@@ -144,7 +146,8 @@ def latency_bench(url: str, rounds: int, workdir: Path) -> dict[str, Any]:
         for kind in order:
             if kind == "direct":
                 started = time.perf_counter()
-                response = direct_client.get(f"{url}/search", params={"q": q, "format": "json", "pageno": 1})
+                # The same query string the tool sends (language, safesearch, pageno), so only the tool's work differs.
+                response = direct_client.get(f"{url}/search", params=request_params(SearchRequest(q), 1))
                 response.json()
                 direct.append(time.perf_counter() - started)
             else:
