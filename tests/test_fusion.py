@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from appliance.config import load_settings
+from appliance.errors import ConfigError
 from appliance.tools.base import CallContext
 from appliance.tools.search.corpus import Corpus
 from appliance.tools.search.results import Hit, decode_urls, fuse, safe_unquote
-from appliance.tools.search.server import SearchServer
+from appliance.tools.search.server import SearchServer, create_server
 from tests.searxng_fixture import SearxngInstance, searxng  # noqa: F401
 
 
@@ -102,3 +105,11 @@ def test_no_source_configured(tmp_path: Path) -> None:
     )
     output = SearchServer(settings).call("google_search", {"q": "x"}, CallContext("t", tmp_path, tmp_path, tmp_path))
     assert output.is_error and "No search source is configured" in json.loads(output.text)["error"]
+
+
+def test_unknown_source_names_are_a_config_error(tmp_path: Path) -> None:
+    settings = load_settings(
+        overrides={"search.sources": ["searxng", "bing"]}, environ={"APPLIANCE_HOME": str(tmp_path)}
+    )
+    with pytest.raises(ConfigError, match="unknown search source 'bing'"):
+        create_server(settings, lambda: pytest.fail("no model"))
