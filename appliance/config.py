@@ -106,8 +106,21 @@ class SearchSettings:
     # The virtual environment `appliance install` built for SearXNG (its python runs the server).
     searxng_venv: str = ""
     timeout: float = 20.0
+    # Local FTS5 corpus (`appliance corpus add`); "" is corpus.db in the data dir.
     corpus_db: str = ""
     zim_paths: list[str] = field(default_factory=list)
+    # Sources google_search merges, in tie-break order; each is used when configured.
+    sources: list[str] = field(default_factory=lambda: ["searxng", "corpus", "zim"])
+    # Reciprocal rank fusion constant: score = sum of 1 / (fusion_k + rank).
+    fusion_k: int = 60
+    # SearXNG result pages one search may read to fill `num` results.
+    max_pages: int = 5
+    # `appliance searxng start`: the Python environment with SearXNG's requirements
+    # ("" is searxng/venv in the data dir), the engines to keep ([] = SearXNG's
+    # defaults) and an optional SQLite docs(title, url, content) served as "localdocs".
+    searxng_venv: str = ""
+    searxng_engines: list[str] = field(default_factory=list)
+    searxng_docs_db: str = ""
 
 
 @dataclass
@@ -119,6 +132,12 @@ class ScrapeSettings:
     # Non-public destinations opened anyway: "10.1.0.0/16", "wiki.lan", "127.0.0.1:8123".
     allow_hosts: list[str] = field(default_factory=list)
     user_agent: str = "appliance-research-agent/0.1"
+    # Page text handed to the extractor at most (the reference's 409,600 characters).
+    max_chars: int = 409_600
+    # Read pages are cached by URL ("" is pages.db in the cache dir); 0 hours disables.
+    cache_db: str = ""
+    cache_ttl_hours: float = 24.0
+    cache_max_mb: int = 200
 
 
 @dataclass
@@ -132,6 +151,8 @@ class ExtractionSettings:
     api_key: str = ""
     context_length: int = 0
     max_tokens: int = 4096
+    # Optional GBNF file constraining extraction replies (llamacpp only).
+    output_grammar: str = ""
 
 
 @dataclass

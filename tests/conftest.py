@@ -12,7 +12,19 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DIR = Path(os.environ.get("APPLIANCE_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
+
+
+def _shared_dir() -> Path:
+    """The project's shared kit (vendored SearXNG, design docs): beside the checkout, as in CI."""
+    if os.environ.get("APPLIANCE_SHARED_DIR"):
+        return Path(os.environ["APPLIANCE_SHARED_DIR"]).resolve()
+    for candidate in (REPO_ROOT.parent / "shared", REPO_ROOT.parent.parent / "shared", Path("/work/shared")):
+        if (candidate / "searxng" / "start.sh").is_file():
+            return candidate.resolve()
+    return (REPO_ROOT.parent / "shared").resolve()
+
+
+SHARED_DIR = _shared_dir()
 
 
 @pytest.fixture

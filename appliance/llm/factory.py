@@ -68,6 +68,7 @@ def build_backend(settings: Settings, *, replay_start: int = 0) -> Backend:
         seed=model.seed,
         grammar=model.grammar,
         summary_grammar=model.summary_grammar,
+        extract_grammar=settings.extraction.output_grammar,
     )
 
 
@@ -103,5 +104,6 @@ def build_extraction_backend(settings: Settings, get_agent_backend: Callable[[],
             temperature=0.7,
             top_p=0.95,
             repeat_penalty=1.0,
+            extract_grammar=ext.output_grammar,
         )
     raise ConfigError(f"unknown [extraction] backend '{ext.backend}'", "use same, llamacpp or openai")

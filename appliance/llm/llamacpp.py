@@ -47,6 +47,7 @@ class LlamaCppBackend(Backend):
         seed: int = -1,
         grammar: str = "",
         summary_grammar: str = "",
+        extract_grammar: str = "",
     ) -> None:
         if not model_path.is_file():
             raise ComponentUnavailable(
@@ -82,6 +83,7 @@ class LlamaCppBackend(Backend):
         self._grammars = {
             "turn": read_grammar(grammar, "grammar"),
             "summary": read_grammar(summary_grammar, "summary_grammar"),
+            "extract": read_grammar(extract_grammar, "output_grammar"),
         }
         self.message_overhead = max(
             0, len(self.render_tokens([ChatMessage("user", "x")], generation_prompt=False)) - self.count_tokens("x")

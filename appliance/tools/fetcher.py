@@ -343,7 +343,9 @@ class Fetcher:
         self, response: httpx.Response, deadline: float, url: str, cancel: Callable[[], bool] | None
     ) -> Iterator[bytes]:
         try:
-            for chunk in response.iter_bytes(65536):
+            # No chunk size: each piece is yielded as it arrives, so the deadline is checked
+            # while a server drips bytes (a fixed size would wait for the whole buffer).
+            for chunk in response.iter_bytes():
                 if time.monotonic() > deadline:
                     raise FetchTimeout(f"{url} took longer than {self.timeout:g}s to download")
                 if cancel is not None and cancel():

@@ -1,0 +1,151 @@
+"""Read a URL into text: the guarded fetcher for the web, the index for offline documents.
+
+`corpus://ID/NAME` and `zim://ARCHIVE/PATH` (the URLs offline search hits carry)
+are read from the local corpus and ZIM archives without touching the network.
+Everything else must be http(s) and goes through tools/fetcher.py, whose
+address policy keeps the model away from loopback and private networks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from appliance.config import Settings
+from appliance.tools.documents import UnsupportedDocument, convert
+from appliance.tools.fetcher import Fetcher, FetchError, fetcher_from_settings
+from appliance.tools.scrape.cache import Page, PageCache
+from appliance.tools.search.corpus import Corpus, CorpusError, parse_document_url
+from appliance.tools.search.engine import corpus_path
+from appliance.tools.search.zim import ZimError, ZimLibrary, parse_entry_url
+
+_TEXT_KINDS_WITHOUT_TEXT = "no readable text"
+
+
+class ReadError(Exception):
+    """The URL could not be read as text; the message is for the model and the user."""
+
+
+def http_reason(status: int) -> str:
+    try:
+        return f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def cache_path(settings: Settings) -> Path:
+    scrape = settings.scrape
+    return Path(scrape.cache_db).expanduser() if scrape.cache_db else settings.dirs.cache_dir / "pages.db"
+
+
+class PageReader:
+    """Reads pages for the scrape tool and `appliance fetch`; opens its resources on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cache = PageCache(
+            cache_path(settings),
+            ttl_seconds=settings.scrape.cache_ttl_hours * 3600.0,
+            max_bytes=settings.scrape.cache_max_mb * 1_000_000,
+        )
+        self.corpus = Corpus(corpus_path(settings.search, settings.dirs))
+        self.zim = ZimLibrary(settings.search.zim_paths)
+        self._fetcher: Fetcher | None = None
+        self._lock = threading.Lock()
+
+    def fetcher(self) -> Fetcher:
+        with self._lock:
+            if self._fetcher is None:
+                self._fetcher = fetcher_from_settings(self.settings.scrape)
+            return self._fetcher
+
+    def close(self) -> None:
+        if self._fetcher is not None:
+            self._fetcher.close()
+        self.zim.close()
+
+    def read(
+        self, url: str, *, headers: dict[str, str] | None = None, cancel: Callable[[], bool] | None = None
+    ) -> Page:
+        url = url.strip()
+        if not url:
+            raise ReadError("URL cannot be empty")
+        scheme = urlsplit(url).scheme.lower()
+        if scheme == "corpus":
+            return self._read_corpus(url)
+        if scheme == "zim":
+            return self._read_zim(url)
+        try:
+            Fetcher.check_url(url)
+        except FetchError as exc:
+            raise ReadError(str(exc)) from exc
+        use_cache = not headers
+        if use_cache:
+            cached = self.cache.get(url)
+            if cached is not None:
+                return cached
+        page = self._fetch(url, headers, cancel)
+        if use_cache:
+            self.cache.put(page)
+        return page
+
+    def _fetch(self, url: str, headers: dict[str, str] | None, cancel: Callable[[], bool] | None) -> Page:
+        try:
+            result = self.fetcher().fetch(url, headers=headers, cancel=cancel)
+        except FetchError as exc:
+            raise ReadError(str(exc)) from exc
+        if not result.ok:
+            raise ReadError(f"{http_reason(result.status_code)} from {result.final_url}")
+        if not result.content.strip():
+            raise ReadError(f"{result.final_url} returned an empty body")
+        try:
+            document = convert(
+                result.content,
+                content_type=result.content_type,
+                name=urlsplit(result.final_url).path,
+                charset=result.charset,
+                url=result.final_url,
+            )
+        except UnsupportedDocument as exc:
+            raise ReadError(f"cannot read {result.final_url} as text: {exc}") from exc
+        if not document.text.strip():
+            raise ReadError(
+                f"{_TEXT_KINDS_WITHOUT_TEXT} at {result.final_url} (the page may build its content with JavaScript)"
+            )
+        return Page(
+            url=url,
+            final_url=result.final_url,
+            title=document.title,
+            text=document.text,
+            kind=document.kind,
+            content_type=result.content_type,
+            source="web",
+            fetched_at=time.time(),
+        )
+
+    def _read_corpus(self, url: str) -> Page:
+        doc_id = parse_document_url(url)
+        if doc_id is None:
+            raise ReadError(f"{url} is not a corpus document URL (corpus://ID/NAME)")
+        try:
+            document, text = self.corpus.read(doc_id)
+        except CorpusError as exc:
+            raise ReadError(str(exc)) from exc
+        return Page(url, url, document.title, text, document.kind, "", "corpus", document.indexed_at)
+
+    def _read_zim(self, url: str) -> Page:
+        parsed = parse_entry_url(url)
+        if parsed is None:
+            raise ReadError(f"{url} is not a ZIM entry URL (zim://ARCHIVE/PATH)")
+        try:
+            entry = self.zim.read(*parsed)
+            document = convert(entry.content, content_type=entry.mimetype, name=entry.path)
+        except (ZimError, UnsupportedDocument) as exc:
+            raise ReadError(str(exc)) from exc
+        except RuntimeError as exc:
+            raise ReadError(f"the ZIM archive could not be read: {exc}") from exc
+        return Page(url, entry.url, entry.title or document.title, document.text, document.kind, entry.mimetype, "zim")
