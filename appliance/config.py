@@ -103,8 +103,6 @@ class SandboxSettings:
 class SearchSettings:
     searxng_url: str = "http://127.0.0.1:8888"
     searxng_src: str = ""
-    # The virtual environment `appliance install` built for SearXNG (its python runs the server).
-    searxng_venv: str = ""
     timeout: float = 20.0
     # Local FTS5 corpus (`appliance corpus add`); "" is corpus.db in the data dir.
     corpus_db: str = ""
