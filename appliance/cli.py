@@ -351,7 +351,8 @@ def resume_command(ctx: click.Context, /, run_id: str, as_json: bool, verbose: b
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        cli.main(args=argv, prog_name="appliance", standalone_mode=False)
+        # Without standalone mode click returns the code of ctx.exit(code) instead of raising.
+        code = cli.main(args=argv, prog_name="appliance", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
@@ -366,4 +367,4 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("appliance: interrupted", err=True)
         sys.exit(ExitCode.INTERRUPTED)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -40,8 +40,9 @@ class StoreTestTools(ToolServer):
             ),
             ToolSpec(
                 "wait",
-                "Sleep for `seconds`; writes the file `marker` in the workspace when it starts.",
-                _schema(seconds="number", marker="string"),
+                "Write the file `marker` in the workspace, then block until the file `release` appears there "
+                "(or `seconds` pass).",
+                _schema(seconds="number", marker="string", release="string"),
             ),
             ToolSpec("write_file", "Write a file in the workspace.", _schema(path="string", content="string")),
             ToolSpec("read_file", "Read a file from the workspace.", _schema(path="string")),
@@ -67,12 +68,13 @@ class StoreTestTools(ToolServer):
             return ToolOutput(f"The page {arguments['url']} says: {arguments['info_to_extract']} is 42.")
         if tool == "wait":
             (ctx.workspace / str(arguments["marker"])).write_text("started", encoding="utf-8")
+            release = ctx.workspace / str(arguments["release"])
             deadline = time.monotonic() + float(arguments["seconds"])
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not release.exists():
                 if ctx.cancel.is_set():
                     return ToolOutput("cancelled", is_error=True)
                 time.sleep(0.02)
-            return ToolOutput(f"waited {arguments['seconds']} s")
+            return ToolOutput("done waiting")
         if tool == "write_file":
             (ctx.workspace / str(arguments["path"])).write_text(str(arguments["content"]), encoding="utf-8")
             return ToolOutput(f"wrote {arguments['path']}")

@@ -86,10 +86,14 @@ def _raw_connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = NORMAL")
     # The first read of the file: a file that is not SQLite fails here.
     conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-    if str(mode).lower() != "wal":
-        conn.execute("PRAGMA journal_mode = WAL")
     return conn
+
+
+def _enable_wal(db: Database) -> None:
+    # Changes the file header: only once the file is known to be a history of ours.
+    mode = db.conn.execute("PRAGMA journal_mode").fetchone()[0]
+    if str(mode).lower() != "wal":
+        db.conn.execute("PRAGMA journal_mode = WAL")
 
 
 def connect(path: Path, *, create: bool = True) -> Database:
@@ -155,6 +159,7 @@ def _check_compatible(db: Database, path: Path) -> None:
 
 def _migrate(db: Database, path: Path) -> None:
     _check_compatible(db, path)
+    _enable_wal(db)
     if not migrations.pending(db):
         return
     # Two processes opening a new database at once: the second waits here, then
