@@ -33,7 +33,7 @@ def test_a_new_file_gets_the_latest_schema(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "dir" / "history.db"
     with open_history(path) as history:
         tables = set(history.db.table_names())
-        assert LATEST_TABLES <= tables
+        assert tables >= LATEST_TABLES
         assert history.db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert history.db.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         columns = {c.name for c in history.db["tool_calls"].columns}
@@ -137,10 +137,9 @@ def test_damaged_pages_give_a_clear_error(tmp_path: Path) -> None:
     page = 4096
     data[page * 2 : page * 6] = b"\xff" * (page * 4)  # tables' pages, not the header
     path.write_bytes(bytes(data))
-    with pytest.raises(StoreError, match="corrupt"):
-        with open_history(path) as history:
-            history.list_runs()
-            history.get_run("20250101-120000-aaaaaa")
+    with pytest.raises(StoreError, match="corrupt"), open_history(path) as history:
+        history.list_runs()
+        history.get_run("20250101-120000-aaaaaa")
 
 
 def test_an_sqlite_file_of_another_program_is_not_taken_over(tmp_path: Path) -> None:
