@@ -4,7 +4,7 @@ The store subscribes to the agent's events (`History.recorder()`); the agent
 knows nothing about SQL. See docs/history.md.
 """
 
-from appliance.store.db import RunNotFound, StoreError
+from appliance.store.db import RunNotFound, StoreError, StoreUsageError
 from appliance.store.history import History, open_history
 from appliance.store.recorder import Recorder
 from appliance.store.records import (
@@ -30,6 +30,7 @@ __all__ = [
     "SearchHit",
     "Step",
     "StoreError",
+    "StoreUsageError",
     "ToolCallRecord",
     "open_history",
 ]

@@ -36,8 +36,14 @@ class StoreError(ApplianceError):
     exit_code = ExitCode.UNAVAILABLE
 
 
-class RunNotFound(StoreError):
+class StoreUsageError(StoreError):
+    """The request cannot be met as written (an unknown run id, a bad search query)."""
+
     exit_code = ExitCode.USAGE
+
+
+class RunNotFound(StoreUsageError):
+    pass
 
 
 def now_iso() -> str:

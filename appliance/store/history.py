@@ -16,6 +16,7 @@ from appliance.agent.events import AgentEvent
 from appliance.store.db import (
     RunNotFound,
     StoreError,
+    StoreUsageError,
     connect,
     describe_error,
     mark_dead_runs,
@@ -133,7 +134,7 @@ class History:
 
     def list_runs(self, limit: int = 50, status: str | None = None, tag: str | None = None) -> list[RunSummary]:
         if status is not None and status not in STATUSES:
-            raise StoreError(f"unknown status {status!r}", f"use one of: {', '.join(STATUSES)}")
+            raise StoreUsageError(f"unknown status {status!r}", f"use one of: {', '.join(STATUSES)}")
 
         def query() -> list[RunSummary]:
             mark_dead_runs(self.db)
@@ -285,7 +286,7 @@ class History:
         """
         match = query if raw else fts_query(query)
         if not match.strip():
-            raise StoreError("the search query is empty", "give one or more words to search for")
+            raise StoreUsageError("the search query is empty", "give one or more words to search for")
         marks = f"'{_MARK_OPEN}', '{_MARK_CLOSE}', '…', 16"
 
         def run() -> list[SearchHit]:
@@ -333,8 +334,9 @@ class History:
             try:
                 return run()
             except sqlite3.OperationalError as exc:
-                if "fts5" in str(exc).lower() or "syntax" in str(exc).lower():
-                    raise StoreError(
+                text = str(exc).lower()
+                if not any(word in text for word in ("locked", "busy", "readonly", "disk", "malformed")):
+                    raise StoreUsageError(
                         f"cannot search for {query!r}: {exc}",
                         "use plain words, or valid FTS5 syntax with --raw (quote phrases with double quotes)",
                     ) from exc
@@ -414,7 +416,7 @@ class History:
     def tag_run(self, run_id: str, tag: str) -> None:
         tag = tag.strip()
         if not tag:
-            raise StoreError("the tag is empty", "give a word such as `keep` or `gaia`")
+            raise StoreUsageError("the tag is empty", "give a word such as `keep` or `gaia`")
         run_id = self.resolve(run_id)
 
         def add() -> None:
@@ -450,56 +452,83 @@ class History:
         include_tagged: bool = False,
         dry_run: bool = False,
     ) -> PruneReport:
-        """Delete finished runs started before `older_than` ago, then the oldest until the file fits `max_bytes`.
+        """Delete finished runs started before `older_than` ago, then the oldest until the data fits `max_bytes`.
 
         Running runs are never pruned; tagged runs only with `include_tagged`.
-        The file shrinks after a VACUUM, which is skipped while another run is live.
+        A dry run does the same work in a transaction that is rolled back. The
+        file shrinks after a VACUUM, which is skipped while another run is live.
         """
         if older_than is None and max_bytes is None:
-            raise StoreError("prune needs a limit", "pass --older-than (e.g. 30d) and/or --max-size (e.g. 500MB)")
+            raise StoreUsageError("prune needs a limit", "pass --older-than (e.g. 30d) and/or --max-size (e.g. 500MB)")
+        before = self.size_bytes()
 
-        def plan() -> list[str]:
+        def work() -> list[str]:
             mark_dead_runs(self.db)
-            rows = self._rows(
-                "SELECT run_id, status, started_at, "
-                "(SELECT count(*) FROM tags t WHERE t.run_id = runs.run_id) AS tagged, "
-                "length(task) + length(system_prompt) + length(task_message) + coalesce(length(final_text), 0) "
-                "+ (SELECT coalesce(sum(length(content)), 0) FROM messages m WHERE m.run_id = runs.run_id) "
-                "+ (SELECT coalesce(sum(length(result) + length(arguments)), 0) FROM tool_calls c "
-                "   WHERE c.run_id = runs.run_id) AS weight "
-                "FROM runs ORDER BY started_at, id"
-            )
-            candidates = [r for r in rows if r["status"] != "running" and (include_tagged or not r["tagged"])]
-            chosen: list[str] = []
-            if older_than is not None:
-                cutoff = (dt.datetime.now(dt.UTC) - older_than).isoformat(timespec="milliseconds")
-                chosen = [r["run_id"] for r in candidates if r["started_at"] < cutoff]
-            if max_bytes is not None:
-                # A run's share of the file is estimated by its share of the stored text.
-                size = self.size_bytes()
-                total = max(1, sum(r["weight"] or 0 for r in rows))
-                remaining = size - sum(size * (r["weight"] or 0) / total for r in candidates if r["run_id"] in chosen)
-                for r in candidates:
-                    if remaining <= max_bytes:
-                        break
-                    if r["run_id"] not in chosen:
-                        chosen.append(r["run_id"])
-                        remaining -= size * (r["weight"] or 0) / total
+            conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                chosen = self._prune_in_transaction(older_than, max_bytes, include_tagged)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("ROLLBACK" if dry_run else "COMMIT")
             return chosen
 
-        before = self.size_bytes()
-        chosen: list[str] = self._guarded(plan)
-        if dry_run or not chosen:
-            return PruneReport(tuple(chosen), before, before, dry_run)
+        chosen: list[str] = self._guarded(work)
+        if not dry_run and chosen:
+            self._guarded(self._compact)
+        return PruneReport(tuple(chosen), before, before if dry_run else self.size_bytes(), dry_run)
 
-        def delete() -> None:
-            with write_transaction(self.db):
-                for run_id in chosen:
-                    self.db.conn.execute("DELETE FROM runs WHERE run_id = ? AND status != 'running'", (run_id,))
+    def _prune_in_transaction(
+        self, older_than: dt.timedelta | None, max_bytes: int | None, include_tagged: bool
+    ) -> list[str]:
+        rows = self._rows(
+            "SELECT run_id, started_at, "
+            "length(task) + length(system_prompt) + length(task_message) + coalesce(length(final_text), 0) "
+            "+ (SELECT coalesce(sum(length(content)), 0) FROM messages m WHERE m.run_id = runs.run_id) "
+            "+ (SELECT coalesce(sum(length(result) + length(arguments)), 0) FROM tool_calls c "
+            "   WHERE c.run_id = runs.run_id) AS weight "
+            "FROM runs WHERE status != 'running' "
+            + ("" if include_tagged else "AND run_id NOT IN (SELECT run_id FROM tags) ")
+            + "ORDER BY started_at, id"
+        )
+        chosen: list[str] = []
+        if older_than is not None:
+            cutoff = (dt.datetime.now(dt.UTC) - older_than).isoformat(timespec="milliseconds")
+            chosen = [r["run_id"] for r in rows if r["started_at"] < cutoff]
+            self._delete_runs(chosen)
+        if max_bytes is None:
+            return chosen
+        left = [r for r in rows if r["run_id"] not in chosen]
+        while left and (used := self._used_bytes()) > max_bytes:
+            # Oldest first, as many as their share of the stored text says should free the excess
+            # (at least one); then measure again, the index and page slack make it an estimate.
+            total = max(1, sum(r["weight"] or 0 for r in left))
+            excess, freed = used - max_bytes, 0.0
+            batch: list[str] = []
+            while left and (not batch or freed < excess):
+                row = left.pop(0)
+                batch.append(row["run_id"])
+                freed += used * (row["weight"] or 0) / total
+            self._delete_runs(batch)
+            chosen += batch
+        return chosen
 
-        self._guarded(delete)
-        self._guarded(self._compact)
-        return PruneReport(tuple(chosen), before, self.size_bytes(), dry_run)
+    def _delete_runs(self, run_ids: list[str]) -> None:
+        if not run_ids:
+            return
+        conn = self.db.conn
+        for run_id in run_ids:
+            conn.execute("DELETE FROM runs WHERE run_id = ? AND status != 'running'", (run_id,))
+        # Deleted rows stay in the full-text index as tombstones until its segments are merged.
+        conn.execute("INSERT INTO runs_fts (runs_fts) VALUES ('optimize')")
+        conn.execute("INSERT INTO tool_calls_fts (tool_calls_fts) VALUES ('optimize')")
+
+    def _used_bytes(self) -> int:
+        """Pages in use: what the file shrinks to after a VACUUM (the WAL may hold several copies of a page)."""
+        conn = self.db.conn
+        pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int(pages) * int(conn.execute("PRAGMA page_size").fetchone()[0])
 
     def _compact(self) -> None:
         live = self.db.conn.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]

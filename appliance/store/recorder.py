@@ -416,7 +416,7 @@ class Recorder:
                 started.prompt_tokens if started else None,
                 e.evaluated_tokens,
                 e.finish_reason,
-                round(e.elapsed_s, 4),
+                e.elapsed_s,
                 started.attempt if started else None,
                 e.tool_calls,
                 now_iso(),
@@ -473,7 +473,7 @@ class Recorder:
         self._execute(
             "UPDATE tool_calls SET result = ?, status = ?, duration_s = ?, truncated = ?, raw_chars = ?, "
             "finished_at = ? WHERE id = ?",
-            (e.result, e.status, round(e.duration_s, 4), int(e.truncated), e.raw_chars, now_iso(), call_id),
+            (e.result, e.status, e.duration_s, int(e.truncated), e.raw_chars, now_iso(), call_id),
         )
         self._results[e.index] = e.result
         self._add("tool_calls", 1)
