@@ -28,8 +28,9 @@ from appliance.agent.events import (
     TurnEnded,
     TurnRolledBack,
 )
-from appliance.config import Settings, load_settings
+from appliance.config import Settings
 from appliance.errors import ApplianceError, ExitCode
+from appliance.options import option_overrides, settings_from_options
 from appliance.textutil import one_line, strip_control
 
 # Subcommands live beside the code they drive and are imported on first use.
@@ -123,30 +124,6 @@ def collect_common(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]
         if value not in (None, ()):
             merged[key] = value
     return merged
-
-
-def option_overrides(options: dict[str, Any]) -> dict[str, Any]:
-    """Command-line options as "section.key" settings overrides (None: not given)."""
-    overrides: dict[str, Any] = {
-        "model.backend": options.get("backend"),
-        # Absolute, so `appliance resume` finds the script from any directory.
-        "model.replay": str(Path(options["replay"]).expanduser().resolve()) if options.get("replay") else None,
-        "model.base_url": options.get("base_url"),
-        "agent.max_turns": options.get("max_turns"),
-        "agent.keep_last": options.get("keep_last"),
-    }
-    model = options.get("model")
-    if model:
-        backend = options.get("backend")
-        is_file = model.endswith(".gguf") or Path(model).expanduser().exists()
-        overrides["model.path" if is_file and backend != "openai" else "model.name"] = model
-    if options.get("replay") and not options.get("backend"):
-        overrides["model.backend"] = "replay"
-    return overrides
-
-
-def settings_from_options(options: dict[str, Any]) -> Settings:
-    return load_settings(profile=options.get("profile"), overrides=option_overrides(options))
 
 
 # ------------------------------------------------------------------ headless

@@ -1,0 +1,134 @@
+"""`appliance` with no arguments: the terminal UI.
+
+A thin face over the headless core: runs are assembled by runs.RunFactory from
+the same options as `appliance --task`, recorded by the store's recorder, and
+shown by subscribing to the loop's events. Problems found at start (a bad
+config file, a history that cannot be opened) are shown in the UI with their fix.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual.app import App
+from textual.binding import Binding, BindingType
+
+from appliance.config import Settings
+from appliance.errors import ApplianceError
+from appliance.options import settings_from_options
+from appliance.store import History, open_history
+from appliance.tui.history_screen import HistoryScreen
+from appliance.tui.main_screen import MainScreen
+from appliance.tui.runs import RunFactory
+from appliance.tui.status_screen import Diagnose, StatusScreen, doctor_diagnosis
+
+THEMES = {"dark": "textual-dark", "light": "textual-light"}
+
+
+def model_label(settings: Settings) -> str:
+    model = settings.model
+    if model.backend == "replay":
+        return f"replay:{Path(model.replay).name}" if model.replay else "replay"
+    if model.backend == "openai":
+        return model.name or model.base_url
+    path = settings.model_path()
+    return path.name if path else "no model file"
+
+
+class ApplianceApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "appliance"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("f2", "history", "History"),
+        Binding("f3", "status", "Status"),
+        Binding("f4", "toggle_theme", "Theme", show=False),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(
+        self,
+        options: dict[str, Any],
+        *,
+        factory: RunFactory | None = None,
+        diagnose: Diagnose = doctor_diagnosis,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.options = dict(options)
+        self.diagnose = diagnose
+        self.clock = clock
+        self.setup_error: ApplianceError | None = None
+        self.settings: Settings | None = None
+        self.history: History | None = None
+        self.factory: RunFactory | None = None
+        try:
+            self.settings = settings_from_options(self.options)
+            db = self.options.get("db")
+            self.history = open_history(Path(db) if db else self.settings.dirs.default_db)
+            self.factory = factory or RunFactory(self.options)
+        except ApplianceError as exc:
+            self.setup_error = exc
+        wanted = self.settings.ui.theme if self.settings else "dark"
+        self.theme = THEMES.get(wanted, wanted if wanted in self.available_themes else "textual-dark")
+
+    @property
+    def profile_name(self) -> str:
+        return self.settings.profile if self.settings else ""
+
+    @property
+    def model_label(self) -> str:
+        return model_label(self.settings) if self.settings else ""
+
+    @property
+    def main(self) -> MainScreen:
+        screen = self.get_screen("main")
+        assert isinstance(screen, MainScreen)
+        return screen
+
+    def on_mount(self) -> None:
+        attachments = [Path(p).expanduser().resolve() for p in self.options.get("attach") or ()]
+        self.install_screen(MainScreen(attachments, self.clock), "main")
+        self.push_screen("main")
+
+    def action_history(self) -> None:
+        if isinstance(self.screen, HistoryScreen) or self.history is None:
+            return
+
+        async def chosen(choice: tuple[str, str] | None) -> None:
+            if choice is None:
+                return
+            verb, run_id = choice
+            await self.main.open_run(run_id, then_resume=verb == "resume")
+
+        self.push_screen(HistoryScreen(), chosen)
+
+    def action_status(self) -> None:
+        if not isinstance(self.screen, StatusScreen):
+            self.push_screen(StatusScreen(self.diagnose))
+
+    def action_toggle_theme(self) -> None:
+        self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
+
+    async def action_quit(self) -> None:
+        # A live run is cancelled and allowed to record itself as interrupted before the app goes.
+        main = self.main
+        if main.phase == "running":
+            main.action_cancel()
+            await main.wait_idle(timeout=15)
+        self.exit(0)
+
+    def on_unmount(self) -> None:
+        if self.factory is not None:
+            self.factory.release()
+        if self.history is not None:
+            self.history.close()
+
+
+def run_app(options: dict[str, Any]) -> int:
+    """Open the UI with the common command-line options; the exit code of `appliance`."""
+    app = ApplianceApp(options)
+    code = app.run()
+    return int(code or 0)

@@ -1,0 +1,417 @@
+"""The main screen: type a task, watch the run, steer it (cancel, resume, new), copy or export the answer.
+
+The run lives in a thread worker; it talks to this screen only through the
+messages in messages.py, batched by batching.EventBatcher. The history is
+written by the store's recorder in that same thread, before each event is
+shown, exactly as in a headless run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import traceback
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.content import Content
+from textual.screen import Screen
+from textual.widgets import Footer, Static, TextArea
+from textual.worker import Worker
+
+from appliance.agent.events import AgentEvent, RunFinished
+from appliance.agent.loop import Agent
+from appliance.errors import ApplianceError, ComponentUnavailable
+from appliance.store.export import markdown_report, sources
+from appliance.tui.batching import EventBatcher
+from appliance.tui.dialogs import AttachDialog, ExportDialog
+from appliance.tui.messages import RunClosed, RunEvents, RunFailed, RunNotes
+from appliance.tui.meter import RunMeter
+from appliance.tui.runs import PreparedRun
+from appliance.tui.transcript import Transcript
+from appliance.tui.widgets import AnswerPanel, NoteView, StatusBar, ToolCallView, literal
+
+if TYPE_CHECKING:
+    from appliance.tui.app import ApplianceApp
+
+RESUMABLE = ("interrupted", "error")
+WELCOME = (
+    "Type a research task below and press ctrl+s to run it.\n"
+    "ctrl+o attaches local files · f2 past runs · f3 configuration and health · ctrl+q quits"
+)
+
+
+class MainScreen(Screen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+s", "run", "Run"),
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+r", "resume", "Resume"),
+        Binding("ctrl+n", "new", "New"),
+        Binding("ctrl+o", "attach", "Attach"),
+        Binding("ctrl+g", "copy", "Copy"),
+        Binding("ctrl+f", "export", "Export"),
+        Binding("ctrl+t", "thinking", "Think"),
+    ]
+
+    def __init__(self, attachments: list[Path], clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(id="main")
+        self.clock = clock
+        self.attachments = list(attachments)
+        self.meter = RunMeter()
+        self.phase = "idle"  # idle | running | done
+        self.run_id: str | None = None
+        self.run_status = ""
+        self._agent: Agent | None = None
+        self._cancel_requested = threading.Event()
+        self.worker: Worker[None] | None = None
+        self._then_resume = False
+
+    @property
+    def appliance(self) -> ApplianceApp:
+        from appliance.tui.app import ApplianceApp
+
+        assert isinstance(self.app, ApplianceApp)
+        return self.app
+
+    # ------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar(self.meter, self.clock, id="status")
+        yield Transcript(self.clock, id="transcript")
+        with Vertical(id="composer"):
+            yield Static("", id="attachments")
+            yield TextArea(
+                id="task",
+                soft_wrap=True,
+                show_line_numbers=False,
+                tab_behavior="focus",
+                placeholder="Type a research task (several lines are fine); ctrl+s runs it",
+            )
+        yield Footer(compact=True, show_command_palette=False)
+
+    async def on_mount(self) -> None:
+        app = self.appliance
+        self.meter.profile = app.profile_name
+        self.meter.model = app.model_label
+        self._show_attachments()
+        transcript = self.query_one(Transcript)
+        if app.setup_error is not None:
+            error = app.setup_error
+            await transcript.add_error(_title_for(error), error.message, error.fix or "")
+        else:
+            await transcript.mount(Static(Content.styled(WELCOME, "$text-muted"), classes="welcome"))
+        self.query_one("#task", TextArea).focus()
+        self.status_bar.refresh_meter()
+
+    @property
+    def transcript(self) -> Transcript:
+        return self.query_one(Transcript)
+
+    @property
+    def status_bar(self) -> StatusBar:
+        return self.query_one(StatusBar)
+
+    def _show_attachments(self) -> None:
+        line = self.query_one("#attachments", Static)
+        line.display = bool(self.attachments)
+        names = ", ".join(p.name or str(p) for p in self.attachments)
+        line.update(Content.assemble(("Attached: ", "bold"), literal(names), ("  (ctrl+o to change)", "$text-muted")))
+
+    def _set_phase(self, phase: str) -> None:
+        self.phase = phase
+        composer = self.query_one("#composer")
+        composer.display = phase != "running"
+        if phase == "running":
+            self.transcript.focus()
+        else:
+            self.query_one("#task", TextArea).focus()
+            # The composer took rows from the transcript: keep the run's ending in view.
+            self.call_after_refresh(self.transcript.scroll_end, animate=False)
+        self.refresh_bindings()
+        self.status_bar.refresh_meter()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        running = self.phase == "running"
+        if action == "run":
+            return not running
+        if action == "cancel":
+            return running
+        if action == "resume":
+            return not running and self.run_id is not None and self.run_status in RESUMABLE
+        if action == "new":
+            return self.phase == "done"
+        if action == "attach":
+            return not running
+        if action == "copy":
+            answer = self.transcript.answer if self.is_mounted else None
+            return answer is not None and answer.status == "answered" and not running
+        if action == "export":
+            return self.run_id is not None and not running
+        return True
+
+    # ------------------------------------------------------------ actions
+
+    async def action_run(self) -> None:
+        if self.phase == "running":
+            return
+        area = self.query_one("#task", TextArea)
+        task = area.text.strip()
+        if not task:
+            self.notify("Type a task first.", severity="warning")
+            return
+        app = self.appliance
+        if app.history is None or app.factory is None:
+            self.notify("The appliance could not start: see the error above.", severity="error")
+            return
+        attachments = list(self.attachments)
+        await self.transcript.reset()
+        area.text = ""
+        factory = app.factory
+        self._begin(lambda: self._drive(lambda: factory.start(task, attachments)), live=True)
+
+    async def action_resume(self) -> None:
+        app = self.appliance
+        if self.phase == "running" or self.run_id is None or app.history is None or app.factory is None:
+            return
+        history, factory, run_id = app.history, app.factory, self.run_id
+        self._begin(lambda: self._drive(lambda: factory.resume(history, run_id)), live=True)
+
+    def action_cancel(self) -> None:
+        if self.phase != "running":
+            return
+        self._cancel_requested.set()
+        agent = self._agent
+        if agent is not None:
+            agent.cancel()
+        self.meter.state = "cancelling"
+        self.status_bar.refresh_meter()
+
+    async def action_new(self) -> None:
+        if self.phase == "running":
+            return
+        await self.transcript.reset()
+        await self.transcript.mount(Static(Content.styled(WELCOME, "$text-muted"), classes="welcome"))
+        self.run_id, self.run_status = None, ""
+        self.meter.begin(live=True, now=self.clock())
+        self.meter.state, self.meter.started = "idle", None
+        self.attachments = []
+        self._show_attachments()
+        self.query_one("#task", TextArea).text = ""
+        self._set_phase("idle")
+
+    def action_attach(self) -> None:
+        def attached(paths: list[Path] | None) -> None:
+            if paths is not None:
+                self.attachments = paths
+                self._show_attachments()
+
+        self.app.push_screen(AttachDialog(self.attachments), attached)
+
+    def action_copy(self) -> None:
+        answer = self.transcript.answer
+        if answer is None or answer.answer is None:
+            return
+        self.app.copy_to_clipboard(answer.clipboard_text())
+        self.notify("The answer and its sources are on the clipboard.")
+
+    def action_export(self) -> None:
+        history, run_id = self.appliance.history, self.run_id
+        if history is None or run_id is None:
+            return
+
+        def save(path: Path) -> str | None:
+            if path.exists():
+                return f"{path} exists: choose another name"
+            try:
+                report = markdown_report(history.get_run(run_id))
+                path.write_text(report, encoding="utf-8")
+            except ApplianceError as exc:
+                return exc.one_line()
+            except OSError as exc:
+                return f"cannot write {path}: {exc.strerror or exc}"
+            return None
+
+        def written(path: Path | None) -> None:
+            if path is not None:
+                self.notify(f"Exported to {path}")
+
+        self.app.push_screen(ExportDialog(Path.cwd() / f"appliance-{run_id}.md", save), written)
+
+    def action_thinking(self) -> None:
+        transcript = self.transcript
+        transcript.set_thinking_visible(not transcript.show_thinking)
+        self.notify("Thinking shown." if transcript.show_thinking else "Thinking hidden.")
+
+    async def open_run(self, run_id: str, *, then_resume: bool = False) -> None:
+        """Show a past run, replayed from the history through the same widgets as a live one."""
+        history = self.appliance.history
+        if history is None:
+            return
+        if self.phase == "running":
+            self.notify("A run is in progress: cancel it (escape) before opening another.", severity="warning")
+            return
+        await self.transcript.reset()
+        self._then_resume = then_resume
+        self._begin(lambda: self._replay(run_id), live=False)
+
+    # ------------------------------------------------------------ the run's thread
+
+    def _begin(self, work: Callable[[], None], *, live: bool) -> None:
+        self._cancel_requested.clear()
+        self.meter.begin(live=live, now=self.clock())
+        self._set_phase("running")
+        self.worker = self.run_worker(work, thread=True, group="run", exclusive=True, exit_on_error=False)
+
+    def _post_batch(self, events: tuple[AgentEvent, ...]) -> None:
+        self.post_message(RunEvents(events))
+
+    def _drive(self, prepare: Callable[[], PreparedRun]) -> None:
+        history = self.appliance.history
+        assert history is not None
+        try:
+            prepared = prepare()
+        except ApplianceError as exc:
+            self.post_message(RunFailed(exc.message, exc.fix or "", getattr(exc, "component", "")))
+            self.post_message(RunClosed(None, None, "error", [], replay=False))
+            return
+        except Exception as exc:
+            self.post_message(RunFailed(f"internal error: {type(exc).__name__}: {exc}", "report this as a bug"))
+            self.post_message(RunClosed(None, None, "error", [], replay=False))
+            return
+        self._agent = prepared.agent
+        if self._cancel_requested.is_set():
+            prepared.agent.cancel()
+        if prepared.notes or prepared.elapsed_before:
+            self.post_message(RunNotes(prepared.notes, prepared.elapsed_before))
+        batcher = EventBatcher(self._post_batch)
+        finished: RunFinished | None = None
+        failure: RunFailed | None = None
+        events = prepared.agent.run(prepared.state)
+        recorder = history.recorder()
+        try:
+            for event in events:
+                recorder(event)
+                batcher.add(event)
+                if isinstance(event, RunFinished):
+                    finished = event
+        except ApplianceError as exc:
+            # The history could not record a step: stop rather than run on unrecorded.
+            prepared.agent.cancel()
+            _close(events)
+            failure = RunFailed(exc.message, exc.fix or "")
+        except Exception as exc:
+            prepared.agent.cancel()
+            _close(events)
+            failure = RunFailed(f"internal error: {type(exc).__name__}: {exc}", traceback.format_exc(limit=3))
+        finally:
+            batcher.close()
+            self._agent = None
+            prepared.close()
+        if failure is not None:
+            self.post_message(failure)
+        run_id = prepared.state.run_id
+        self.post_message(
+            RunClosed(run_id, finished, finished.status if finished else "error", self._sources(run_id), replay=False)
+        )
+
+    def _replay(self, run_id: str) -> None:
+        history = self.appliance.history
+        assert history is not None
+        batcher = EventBatcher(self._post_batch)
+        finished: RunFinished | None = None
+        try:
+            record = history.get_run(run_id)
+            events: Iterator[AgentEvent] = history.replay_events(record.run_id)
+            for event in events:
+                batcher.add(event)
+                if isinstance(event, RunFinished):
+                    finished = event
+        except ApplianceError as exc:
+            batcher.close()
+            self.post_message(RunFailed(exc.message, exc.fix or ""))
+            self.post_message(RunClosed(None, None, "error", [], replay=True))
+            return
+        batcher.close()
+        self.post_message(RunClosed(record.run_id, finished, record.status, sources(record), replay=True))
+
+    def _sources(self, run_id: str) -> list[str]:
+        history = self.appliance.history
+        try:
+            return sources(history.get_run(run_id)) if history is not None else []
+        except ApplianceError:
+            return []
+
+    # ------------------------------------------------------------ messages from the thread
+
+    async def on_run_events(self, message: RunEvents) -> None:
+        now = self.clock()
+        for event in message.events:
+            self.meter.apply(event, now)
+        if self._cancel_requested.is_set() and self.meter.state == "running":
+            self.meter.state = "cancelling"
+        await self.transcript.apply(message.events)
+        self.status_bar.refresh_meter()
+
+    def on_run_notes(self, message: RunNotes) -> None:
+        self.meter.elapsed_before = message.elapsed_before
+        for note in message.notes:
+            self.transcript.mount(NoteView(note, "warning"))
+
+    async def on_run_failed(self, message: RunFailed) -> None:
+        title = f"{message.component} is unavailable" if message.component else "The run could not go on"
+        await self.transcript.add_error(title, message.message, message.fix)
+
+    @on(RunClosed)
+    async def run_closed(self, message: RunClosed) -> None:
+        transcript = self.transcript
+        if message.run_id is None:
+            # Nothing ran: a new run stays unstarted; a failed resume leaves the run as it was.
+            self.meter.started = None
+            self.meter.state = self.run_status or "error"
+            self._set_phase("done" if self.run_id else "idle")
+            return
+        self.run_id, self.run_status = message.run_id, message.status
+        for view in transcript.query(ToolCallView):
+            if view.finished is None:
+                view.stop_running("stopped" if not message.replay else "did not finish")
+        if message.finished is None and message.replay:
+            if message.status == "running":
+                await transcript.add_notice("warning", "This run is still going on in another process.")
+            else:
+                panel = AnswerPanel(message.status, None, "", None, self.meter.turn)
+                transcript.answer = panel
+                await transcript.mount(panel)
+        if transcript.answer is not None:
+            transcript.answer.set_sources(message.sources)
+        self.meter.state = message.status
+        if message.finished is None and self.meter.started is not None:
+            self.meter.final_elapsed = self.meter.elapsed(self.clock())
+        self._set_phase("done")
+        if self._then_resume and message.status in RESUMABLE:
+            self._then_resume = False
+            await self.action_resume()
+
+    async def wait_idle(self, timeout: float) -> None:
+        """Let a cancelled run finish its bookkeeping (used on quit)."""
+        worker = self.worker
+        if worker is not None and not worker.is_finished:
+            deadline = time.monotonic() + timeout
+            while not worker.is_finished and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+
+
+def _close(events: Iterator[AgentEvent]) -> None:
+    if isinstance(events, Generator):
+        events.close()
+
+
+def _title_for(error: ApplianceError) -> str:
+    if isinstance(error, ComponentUnavailable):
+        return f"{error.component} is unavailable"
+    return "The appliance could not start"

@@ -1,0 +1,88 @@
+"""The main screen driven with Pilot: real runs with the replay backend, recorded in a real history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.store import open_history
+from appliance.tui.app import ApplianceApp
+from appliance.tui.main_screen import MainScreen
+from appliance.tui.transcript import Transcript
+from appliance.tui.widgets import AnswerPanel, ThinkingView, ToolCallView, TurnView
+from tests.tui_support import answer, command, scrape, screen_text, search, use_scripted_tools, wait_for, write_script
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+def tools(appliance_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    use_scripted_tools(monkeypatch)
+    monkeypatch.setenv("APPLIANCE_RESULT_MAX_CHARS", "2000")
+    return appliance_home
+
+
+def options(tmp_path: Path, script: Path, **extra: Any) -> dict[str, Any]:
+    return {"backend": "replay", "replay": script, "db": tmp_path / "history.db", "keep_last": 2, **extra}
+
+
+def main_of(app: ApplianceApp) -> MainScreen:
+    return app.main
+
+
+async def start(pilot: Any, task: str) -> None:
+    await pilot.click("#task")
+    await pilot.press(*task)
+    await pilot.press("ctrl+s")
+
+
+async def test_a_run_with_several_tool_calls(tools: Path, tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path / "run.jsonl",
+        [
+            search("moons of mars", "Start with a search."),
+            scrape("https://example.org/moons-of-mars/1", "number of moons", "Read the first page."),
+            command("flood 5000", "Check something in the sandbox."),
+            command("echo done", "One more step."),
+            "<think>\nI have enough.\n</think>\n\nMars has two moons, Phobos and Deimos.",
+            answer("2"),
+        ],
+    )
+    app = ApplianceApp(options(tmp_path, script))
+    async with app.run_test(size=(100, 40)) as pilot:
+        await start(pilot, "How many moons does Mars have?")
+        main = main_of(app)
+        await wait_for(lambda: main.phase == "done", what="the run to finish")
+        await pilot.pause()
+        transcript = main.query_one(Transcript)
+        calls = list(transcript.query(ToolCallView))
+        tools_called = [c.call.tool for c in calls]
+        assert tools_called == ["google_search", "scrape_and_extract_info", "run_command", "run_command"]
+        assert all(c.finished is not None and c.finished.status == "ok" for c in calls)
+        # The sandbox flood was cut to the 2,000-character cap and is marked; with keep_last 2 the
+        # results of the first two turns left the model's context and are marked too.
+        flood = calls[2]
+        assert flood.finished is not None and flood.finished.truncated
+        assert "-truncated" in flood.classes
+        assert [c.omitted for c in calls] == [True, True, False, False]
+        # Thinking is in its own (folded) widget; the said text streamed into Markdown.
+        turns = list(transcript.query(TurnView))
+        assert turns[0].thinking is not None and "Start with a search." in turns[0].thinking.paragraphs.text
+        assert all(t.query(ThinkingView).first().collapsed for t in turns if t.thinking is not None)
+        assert "Phobos and Deimos" in turns[4].said
+        assert "<use_mcp_tool>" not in "".join(t.said for t in turns)
+        panel = transcript.query_one(AnswerPanel)
+        assert panel.status == "answered" and panel.answer == "2"
+        assert panel.sources == ["https://example.org/moons-of-mars/1"]
+        assert main.meter.state == "answered"
+        assert main.meter.turn == 5 and main.meter.max_turns == 600
+        # Copy puts the answer and its sources on the clipboard.
+        await pilot.press("ctrl+g")
+        assert app.clipboard == "2\n\nSources:\n- https://example.org/moons-of-mars/1"
+        text = screen_text(app)
+        assert "answered" in text and "step 5/600" in text
+    with open_history(tmp_path / "history.db") as history:
+        runs = history.list_runs()
+        assert len(runs) == 1 and runs[0].status == "answered" and runs[0].tool_calls == 4
