@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,68 @@ async def test_a_run_with_several_tool_calls(tools: Path, tmp_path: Path) -> Non
     with open_history(tmp_path / "history.db") as history:
         runs = history.list_runs()
         assert len(runs) == 1 and runs[0].status == "answered" and runs[0].tool_calls == 4
+
+
+async def test_cancel_stops_the_running_tool_and_resume_finishes_the_run(tools: Path, tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    script = write_script(
+        tmp_path / "run.jsonl",
+        [
+            command("wait release", "Wait for the file."),
+            "<think>\nDone waiting.\n</think>\n\nThe file arrived.",
+            answer("released"),
+        ],
+    )
+    app = ApplianceApp(options(tmp_path, script, workspace=workspace))
+    async with app.run_test(size=(100, 30)) as pilot:
+        main = main_of(app)
+        await start(pilot, "Wait for the release file")
+        await wait_for(lambda: (workspace / "waiting").exists(), what="the tool to start")
+        view = main.query_one(ToolCallView)
+        assert view.finished is None and "-running" in view.classes
+        assert main.check_action("cancel", ()) and not main.check_action("resume", ())
+        started = time.monotonic()
+        await pilot.press("escape")
+        await wait_for(lambda: main.phase == "done", what="the cancel to land")
+        # The tool was stopped at once, not after its own end (it would never end on its own).
+        assert time.monotonic() - started < 5
+        assert main.run_status == "interrupted" and main.meter.state == "interrupted"
+        assert view.stopped == "stopped" and "-running" not in view.classes
+        panel = main.query_one(AnswerPanel)
+        assert panel.status == "interrupted"
+        with open_history(tmp_path / "history.db") as history:
+            assert history.get_run(main.run_id or "").status == "interrupted"
+        assert main.check_action("resume", ())
+
+        (workspace / "release").write_text("go", encoding="utf-8")
+        await pilot.press("ctrl+r")
+        await wait_for(lambda: main.phase == "done" and main.run_status != "interrupted", what="the resumed run")
+        assert main.run_status == "answered"
+        panel = main.query_one(AnswerPanel)
+        assert panel.answer == "released"
+        text = screen_text(app)
+        assert "Resumed after turn 1" in "\n".join(str(n.render()) for n in main.query(".note"))
+        assert "answered" in text
+        # The interrupted call ran again and finished; the stopped one stays marked in the transcript.
+        finished = [v for v in main.query(ToolCallView) if v.finished is not None]
+        assert [v.finished.result for v in finished if v.finished] == ["released"]
+    with open_history(tmp_path / "history.db") as history:
+        (run,) = history.list_runs()
+        assert run.status == "answered" and run.answer == "released" and run.turns == 2
+
+
+async def test_cancel_while_the_model_streams(tools: Path, tmp_path: Path) -> None:
+    long_reply = "<think>\n" + "thinking about it " * 400 + "\n</think>\n\nnever said"
+    script = write_script(tmp_path / "run.jsonl", [{"content": long_reply, "delay": 20}, answer("x")])
+    app = ApplianceApp(options(tmp_path, script))
+    async with app.run_test(size=(80, 24)) as pilot:
+        main = main_of(app)
+        await start(pilot, "Think for a long time")
+        await wait_for(lambda: any(t.thinking is not None for t in main.query(TurnView)), what="thinking to stream")
+        started = time.monotonic()
+        await pilot.press("escape")
+        await wait_for(lambda: main.phase == "done", what="the cancel to land")
+        assert time.monotonic() - started < 3
+        assert main.run_status == "interrupted"
+        (turn,) = main.query(TurnView)
+        assert turn.thinking is not None and 0 < len(turn.thinking.paragraphs.text) < len(long_reply)
