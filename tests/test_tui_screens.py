@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import DataTable, Input
+from textual.widgets import DataTable, Input, TextArea
 
 from appliance.install.doctor import Check
 from appliance.store import open_history
@@ -153,8 +153,9 @@ async def test_a_missing_model_is_shown_in_place_with_its_fix(tools: Path, tmp_p
         assert f"model file {missing} not found" in text
         assert "Fix: run `appliance install`" in text
         assert "model is unavailable" in text
-        # Nothing was lost: the app runs on, the task box is back and focused, no run was recorded.
-        assert app.main.query_one("#task").has_focus
+        # Nothing was lost: the app runs on, the task is back in its box, no run was recorded.
+        area = app.main.query_one("#task", TextArea)
+        assert area.has_focus and area.text == "What is the answer?"
         assert app.is_running
         with open_history(tmp_path / "history.db") as history:
             assert history.list_runs() == []

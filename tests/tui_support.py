@@ -8,6 +8,7 @@ by the same code path as a user's (settings -> build_toolbox -> prepare_run).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -137,3 +138,94 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: s
 def screen_text(app: Any) -> str:
     """What the terminal shows now, as plain text lines (the compositor's render of the current screen)."""
     return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+# ---------------------------------------------------------------- fixed runs (for snapshots)
+
+FIXED_SETTINGS = {"profile": "cpu-8b", "agent": {"max_turns": 600, "keep_last": 5}}
+FIXED_BACKEND = {"backend": "llamacpp", "model": "MiroThinker-v1.0-8B-Q4_K_M.gguf", "context_length": 32768}
+
+
+def fixed_run_events(run_id: str, task: str, status: str = "answered") -> list[Any]:
+    """The events of a short research run with exact times and counts, as the loop would emit them."""
+    from appliance.agent import events as ev
+
+    search_result = json.dumps(
+        {
+            "organic": [
+                {"title": "Phobos and Deimos - NASA", "link": "https://science.nasa.gov/mars/moons/", "position": 1},
+                {"title": "Moons of Mars - Wikipedia", "link": "https://en.wikipedia.org/wiki/Moons_of_Mars"},
+            ]
+        },
+        indent=2,
+    )
+    scrape_args = {"url": "https://science.nasa.gov/mars/moons/", "info_to_extract": "how many moons Mars has"}
+    page = "Mars has two small moons, Phobos and Deimos, discovered by Asaph Hall in August 1877."
+    out: list[Any] = [
+        ev.RunStarted(run_id, task, task, "system prompt", FIXED_SETTINGS, FIXED_BACKEND),
+        ev.TurnStarted(1, "turn", 2310),
+        ev.TextDelta(1, "<think>\nI should search for the moons of Mars first.\n</think>\n\nLet me search.\n"),
+        ev.TextDelta(1, tool_call(specs.SEARCH_SERVER, "google_search", {"q": "moons of Mars"}).split("\n\n", 1)[1]),
+        ev.TurnEnded(1, "turn", "", "stop", 2310, 96, 2310, 3.2, 1),
+        ev.ToolCallStarted(1, 0, specs.SEARCH_SERVER, "google_search", {"q": "moons of Mars"}),
+        ev.ToolCallFinished(
+            1, 0, specs.SEARCH_SERVER, "google_search", {"q": "moons of Mars"}, search_result, "ok", 1.4, False, 412
+        ),
+        ev.ObservationAdded(1, search_result, 120),
+        ev.TurnStarted(2, "turn", 2601),
+        ev.TextDelta(2, "<think>\nThe NASA page should say.\n</think>\n\n"),
+        ev.TurnEnded(2, "turn", "", "stop", 2601, 88, 291, 2.9, 1),
+        ev.ToolCallStarted(2, 0, specs.SCRAPE_SERVER, "scrape_and_extract_info", scrape_args),
+        ev.ToolCallFinished(
+            2,
+            0,
+            specs.SCRAPE_SERVER,
+            "scrape_and_extract_info",
+            scrape_args,
+            page + "\n[Result truncated]",
+            "ok",
+            6.8,
+            True,
+            48211,
+        ),
+        ev.ObservationAdded(2, page, 40),
+        ev.ToolResultOmitted(1),
+    ]
+    if status == "interrupted":
+        stopped = "interrupted by the user"
+        out.append(ev.RunFinished(run_id, "interrupted", None, "", 2, 2, 4911, 184, 21.5, stopped, 130))
+        return out
+    out += [
+        ev.TurnStarted(3, "turn", 2702),
+        ev.TextDelta(3, "<think>\nTwo moons.\n</think>\n\nMars has **two** moons: *Phobos* and *Deimos*."),
+        ev.TurnEnded(3, "turn", "", "stop", 2702, 31, 101, 1.1, 0),
+        ev.SummaryStarted("no_tool_call", "Summarize"),
+        ev.TurnStarted(4, "summary", 2760),
+        ev.TextDelta(4, "Mars has two moons, Phobos and Deimos (https://science.nasa.gov/mars/moons/).\n\n\\boxed{2}"),
+        ev.TurnEnded(4, "summary", "", "stop", 2760, 42, 58, 1.5, 0),
+        ev.RunFinished(run_id, "answered", "2", "\\boxed{2}", 3, 2, 10373, 257, 83.4),
+    ]
+    return out
+
+
+def record_fixed_run(db: Path, run_id: str, task: str, status: str = "answered", started_at: str = "") -> None:
+    """Write a fixed run through the store's real recorder, with a fixed start time."""
+    from appliance.agent.events import TextDelta, TurnEnded
+    from appliance.store import open_history
+
+    with open_history(db) as history:
+        recorder = history.recorder()
+        text: dict[int, str] = {}
+        for event in fixed_run_events(run_id, task, status):
+            if isinstance(event, TextDelta):
+                text[event.turn] = text.get(event.turn, "") + event.text
+            if isinstance(event, TurnEnded):
+                # The reply as streamed (the events above leave `content` empty to keep them short).
+                event = dataclasses.replace(event, content=text.get(event.turn, ""))
+            recorder(event)
+        with history.lock:
+            history.db.conn.execute(
+                "UPDATE runs SET started_at = ?, pid = NULL WHERE run_id = ?",
+                (started_at or "2025-01-01T09:45:00.000+00:00", run_id),
+            )
+            history.db.conn.commit()

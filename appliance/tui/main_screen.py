@@ -71,6 +71,7 @@ class MainScreen(Screen[None]):
         self._cancel_requested = threading.Event()
         self.worker: Worker[None] | None = None
         self._then_resume = False
+        self._submitted_task = ""
 
     @property
     def appliance(self) -> ApplianceApp:
@@ -171,6 +172,8 @@ class MainScreen(Screen[None]):
             return
         attachments = list(self.attachments)
         await self.transcript.reset()
+        # Kept until the run has started: a run that cannot start gives the task back.
+        self._submitted_task = task
         area.text = ""
         factory = app.factory
         self._begin(lambda: self._drive(lambda: factory.start(task, attachments)), live=True)
@@ -180,6 +183,7 @@ class MainScreen(Screen[None]):
         if self.phase == "running" or self.run_id is None or app.history is None or app.factory is None:
             return
         history, factory, run_id = app.history, app.factory, self.run_id
+        self._submitted_task = ""
         self._begin(lambda: self._drive(lambda: factory.resume(history, run_id)), live=True)
 
     def action_cancel(self) -> None:
@@ -371,12 +375,19 @@ class MainScreen(Screen[None]):
     async def run_closed(self, message: RunClosed) -> None:
         transcript = self.transcript
         if message.run_id is None:
-            # Nothing ran: a new run stays unstarted; a failed resume leaves the run as it was.
+            # Nothing ran: a new run stays unstarted, its task back in the box; a failed resume
+            # leaves the run as it was.
+            area = self.query_one("#task", TextArea)
+            if self._submitted_task and not area.text:
+                area.text = self._submitted_task
+                area.move_cursor(area.document.end)
+            self._submitted_task = ""
             self.meter.started = None
             self.meter.state = self.run_status or "error"
             self._set_phase("done" if self.run_id else "idle")
             return
         self.run_id, self.run_status = message.run_id, message.status
+        self._submitted_task = ""
         for view in transcript.query(ToolCallView):
             if view.finished is None:
                 view.stop_running("stopped" if not message.replay else "did not finish")

@@ -116,9 +116,10 @@ class RunMeter:
         """(role, text) pieces of the status line, most important first; roles pick the style."""
         state = STATE_LABELS.get(self.state, self.state)
         parts: list[tuple[str, str]] = [(f"state-{self.state}", f"● {state}")]
-        who = " · ".join(p for p in (self.profile, fmt.clean(self.model)) if p)
-        if who:
-            parts.append(("model", who))
+        if self.profile:
+            parts.append(("profile", self.profile))
+        if self.model:
+            parts.append(("model", fmt.clean(self.model)))
         if self.turn or self.max_turns:
             budget = f"/{self.max_turns}" if self.max_turns else ""
             parts.append(("step", f"step {self.turn}{budget}" + (" · final answer" if self.summarizing else "")))

@@ -111,13 +111,13 @@ class StatusScreen(Screen[None]):
             title.append((f"  history {fmt.clean(str(app.history.path))}", "$text-muted"))
         self.query_one("#status-title", Static).update(Content.assemble(*title))
         table = self.query_one("#config", DataTable)
-        table.add_column("Setting", key="key", width=26)
-        table.add_column("Value", key="value", width=30)
-        table.add_column("From", key="origin")
+        table.add_column("Setting", key="key", width=25)
+        table.add_column("Value", key="value", width=26)
+        table.add_column("From", key="origin", width=19)
         if settings is not None:
             # rich Text from plain strings: a str cell would be parsed as markup.
             for key, value, origin in config_rows(settings):
-                table.add_row(Text(key), Text(one_line(value, 30)), Text(fmt.clean(origin)), key=key)
+                table.add_row(Text(key), Text(one_line(value, 26)), Text(one_line(origin, 19)), key=key)
         self.query_one("#status-body").focus()
         self.action_recheck()
 

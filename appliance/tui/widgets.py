@@ -82,7 +82,21 @@ class Paragraphs(Vertical):
             self._live.update(content)
 
 
-class ThinkingView(Collapsible):
+class QuietCollapsible(Collapsible):
+    """A Collapsible that scrolls itself into view only when the user toggled it.
+
+    Textual's Collapsible scrolls to itself on every change; folding a turn's
+    thinking from code would pull a streaming transcript away from its bottom.
+    """
+
+    def _watch_collapsed(self, collapsed: bool) -> None:
+        self._update_collapsed(collapsed)
+        self.post_message(self.Collapsed(self) if collapsed else self.Expanded(self))
+        if self.is_mounted and self.has_focus_within:
+            self.call_after_refresh(self.scroll_visible)
+
+
+class ThinkingView(QuietCollapsible):
     """The model's thinking, dimmed; open while it streams, folded when the turn ends."""
 
     def __init__(self, *, collapsed: bool) -> None:
@@ -97,7 +111,7 @@ class ThinkingView(Collapsible):
         set_collapsible_title(self, Content.styled(f"Thinking · {words:,} words", "italic"))
 
 
-class ToolCallView(Collapsible):
+class ToolCallView(QuietCollapsible):
     """One tool call: what it is about in the title, arguments and a result preview inside."""
 
     def __init__(self, event: ToolCallStarted, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -416,14 +430,25 @@ class StatusBar(Static):
 
 
 # Dropped first when the line is too narrow.
-_DROP_ORDER = ("model", "speed", "context", "clock")
+_DROP_ORDER = ("speed", "profile", "context", "clock")
 
 
 def fit_parts(parts: list[tuple[str, str]], width: int) -> list[tuple[str, str]]:
-    """The status parts that fit `width` columns, leaving out the least important first."""
+    """The status parts that fit `width` columns: the model's name is shortened first, then the
+    least important parts are left out."""
+
+    def length(items: list[tuple[str, str]]) -> int:
+        return sum(len(text) + 3 for _, text in items) - 3
+
     kept = list(parts)
+    if width <= 0 or length(kept) <= width:
+        return kept
+    room = width - length([p for p in kept if p[0] != "model"]) - 3
+    if room >= 12:
+        return [(role, text if role != "model" else text[: room - 1] + "…") for role, text in kept]
+    kept = [p for p in kept if p[0] != "model"]
     for role in _DROP_ORDER:
-        if width <= 0 or sum(len(text) + 3 for _, text in kept) - 3 <= width:
+        if length(kept) <= width:
             break
         kept = [p for p in kept if p[0] != role]
     return kept
