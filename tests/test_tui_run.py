@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.widgets import Input
 
 from appliance.store import open_history
 from appliance.tui.app import ApplianceApp
@@ -152,3 +153,65 @@ async def test_cancel_while_the_model_streams(tools: Path, tmp_path: Path) -> No
         assert main.run_status == "interrupted"
         (turn,) = main.query(TurnView)
         assert turn.thinking is not None and 0 < len(turn.thinking.paragraphs.text) < len(long_reply)
+
+
+async def test_attach_a_file_export_the_run_and_toggle_thinking(
+    tools: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("Phobos is the larger moon.", encoding="utf-8")
+    script = write_script(tmp_path / "run.jsonl", [search("phobos size"), "Phobos is larger.", answer("Phobos")])
+    app = ApplianceApp(options(tmp_path, script))
+    async with app.run_test(size=(100, 30)) as pilot:
+        main = main_of(app)
+        await pilot.press("ctrl+o")
+        field = app.screen.query_one("#attach-path", Input)
+        field.value = str(tmp_path / "missing.txt")  # typing long paths key by key is slow
+        await pilot.press("enter")
+        error = app.screen.query_one("#attach-error")
+        assert error.display and "does not exist" in str(error.render())
+        field.value = str(notes)
+        await pilot.press("enter")
+        await pilot.press("escape")
+        assert main.attachments == [notes.resolve()]
+        assert "notes.txt" in str(main.query_one("#attachments").render())
+        await start(pilot, "Which moon is larger?")
+        await wait_for(lambda: main.phase == "done", what="the run")
+        with open_history(tmp_path / "history.db") as history:
+            (run,) = history.list_runs()
+            assert history.get_run(run.run_id).attachments == (str(notes.resolve()),)
+
+        # Export: the default name is offered; an existing file is refused in the dialog, not overwritten.
+        taken = tmp_path / "taken.md"
+        taken.write_text("keep me", encoding="utf-8")
+        await pilot.press("ctrl+f")
+        field = app.screen.query_one("#export-path", Input)
+        assert field.value == str(tmp_path / f"appliance-{run.run_id}.md")
+        field.value = str(taken)
+        await pilot.press("enter")
+        assert "exists" in str(app.screen.query_one("#export-error").render())
+        assert taken.read_text(encoding="utf-8") == "keep me"
+        field.value = str(tmp_path / "report.md")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen is main
+        report = (tmp_path / "report.md").read_text(encoding="utf-8")
+        assert "## Answer" in report and "Phobos" in report and "Which moon is larger?" in report
+
+        thinking = [t.thinking for t in main.query(TurnView) if t.thinking is not None]
+        assert thinking and all(t.display for t in thinking)
+        await pilot.press("ctrl+t")
+        assert not any(t.display for t in thinking)
+        await pilot.press("ctrl+t")
+        assert all(t.display for t in thinking)
+
+
+async def test_theme_comes_from_the_config(tools: Path, tmp_path: Path) -> None:
+    (tools / "config.toml").write_text('[ui]\ntheme = "light"\n', encoding="utf-8")
+    script = write_script(tmp_path / "run.jsonl", [answer("1")])
+    app = ApplianceApp(options(tmp_path, script))
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert app.theme == "textual-light"
+        await pilot.press("f4")
+        assert app.theme == "textual-dark"

@@ -39,7 +39,8 @@ def model_label(settings: Settings) -> str:
 
 
 class ApplianceApp(App[int]):
-    CSS_PATH = "app.tcss"
+    # Absolute: a relative path would be read beside the file of any subclass.
+    CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "appliance"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("f2", "history", "History"),

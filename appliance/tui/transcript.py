@@ -157,7 +157,7 @@ class Transcript(VerticalScroll):
     async def _finished(self, event: RunFinished) -> None:
         if self.current is not None:
             await self._show(self.current, self._splitter.finish())
-            await self.current.close_stream()
+            await self.current.freeze()
         panel = AnswerPanel(event.status, event.answer, event.final_text, event.error, event.turns)
         self.answer = panel
         await self.mount(panel)

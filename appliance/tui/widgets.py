@@ -11,11 +11,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rich.markdown import Markdown as RichMarkdown
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.content import Content
 from textual.highlight import highlight
 from textual.timer import Timer
+from textual.widget import Widget
 from textual.widgets import Collapsible, Markdown, Static
 from textual.widgets._collapsible import CollapsibleTitle
 from textual.widgets.markdown import MarkdownStream
@@ -48,6 +50,19 @@ class SafeMarkdown(Markdown):
         event.stop()
         if event.href.startswith(("http://", "https://")):
             self.app.open_url(event.href)
+
+
+class FrozenMarkdown(Static):
+    """A finished reply's Markdown as one widget.
+
+    The streaming Markdown widget makes a widget per block (a list item is four);
+    every widget on the screen costs each relayout, so a finished turn keeps one.
+    Rendered by Rich without hyperlinks (a link shows its address instead).
+    """
+
+    def __init__(self, markdown: str, **kwargs: Any) -> None:
+        self.source = fmt.clean(markdown)
+        super().__init__(RichMarkdown(self.source, hyperlinks=False), **kwargs)
 
 
 class Paragraphs(Vertical):
@@ -112,7 +127,11 @@ class ThinkingView(QuietCollapsible):
 
 
 class ToolCallView(QuietCollapsible):
-    """One tool call: what it is about in the title, arguments and a result preview inside."""
+    """One tool call: what it is about in the title; arguments and a result preview inside.
+
+    The inside is built on first expansion: a long run has dozens of calls and
+    most are never opened, and every widget on the screen costs each relayout.
+    """
 
     def __init__(self, event: ToolCallStarted, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.call = event
@@ -123,10 +142,23 @@ class ToolCallView(QuietCollapsible):
         self.stopped = ""
         self._frame = 0
         self._timer: Timer | None = None
-        self.result_view = Static("", classes="tool-result")
-        self.marks_view = Static("", classes="tool-marks")
-        self.marks_view.display = False
-        super().__init__(
+        self._built = False
+        super().__init__(title="tool", collapsed=True, classes="tool-call -running")
+
+    def on_mount(self) -> None:
+        if self.finished is None and not self.stopped:
+            self._timer = self.set_interval(0.2, self._spin)
+        self._refresh_title()
+
+    def _watch_collapsed(self, collapsed: bool) -> None:
+        if not collapsed and not self._built and self.is_mounted:
+            self._built = True
+            self.query_one(Collapsible.Contents).mount_all(self._body())
+        super()._watch_collapsed(collapsed)
+
+    def _body(self) -> list[Static]:
+        event = self.call
+        return [
             Static(
                 Content.assemble(
                     ("Server ", "bold"), fmt.clean(event.server), ("  Tool ", "bold"), fmt.clean(event.tool)
@@ -136,59 +168,66 @@ class ToolCallView(QuietCollapsible):
             Static(Content.styled("Arguments", "bold"), classes="tool-label"),
             Static(highlight(fmt.pretty_arguments(event.arguments), language="json"), classes="tool-arguments"),
             Static(Content.styled("Result", "bold"), classes="tool-label"),
-            self.result_view,
-            self.marks_view,
-            title="tool",
-            collapsed=True,
-            classes="tool-call -running",
-        )
-        self.result_view.update(Content.styled("running…", "italic"))
+            Static(self.result_content(), classes="tool-result"),
+            self._marks_static(Static(classes="tool-marks")),
+        ]
 
-    def on_mount(self) -> None:
-        if self.finished is None:
-            self._timer = self.set_interval(0.2, self._spin)
-        self._refresh_title()
+    def _marks_static(self, marks: Static) -> Static:
+        content = self.marks_content()
+        marks.update(content)
+        marks.display = bool(content.plain)
+        return marks
+
+    def _refresh_body(self) -> None:
+        if self._built:
+            self.query_one(".tool-result", Static).update(self.result_content())
+            self._marks_static(self.query_one(".tool-marks", Static))
 
     def _spin(self) -> None:
         self._frame += 1
         self._refresh_title()
 
-    def finish(self, event: ToolCallFinished) -> None:
-        self.finished = event
+    def _stop_timer(self) -> None:
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
+
+    def finish(self, event: ToolCallFinished) -> None:
+        self.finished = event
+        self._stop_timer()
         self.set_class(False, "-running")
         self.set_class(event.status != "ok", "-failed")
         self.set_class(event.truncated, "-truncated")
-        preview = fmt.search_preview(event.result) if event.tool == "google_search" else None
-        if preview is not None:
-            self.result_view.update(Content(preview))
-        else:
-            text, left_out = fmt.result_preview(event.result)
-            more = f"\n… {left_out:,} more characters" if left_out else ""
-            self.result_view.update(Content.assemble(text or "(empty)", (more, "italic")))
-        self._refresh_marks()
+        self._refresh_body()
         self._refresh_title()
 
     def stop_running(self, label: str) -> None:
         """The call never finished (the run was cancelled, or its process died)."""
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer = None
+        self._stop_timer()
         self.set_class(False, "-running")
         self.set_class(True, "-failed")
         self.stopped = label
-        self.result_view.update(Content.styled(f"({label}: no result)", "italic"))
+        self._refresh_body()
         self._refresh_title()
 
     def mark_omitted(self) -> None:
         self.omitted = True
         self.set_class(True, "-omitted")
-        self._refresh_marks()
+        self._refresh_body()
         self._refresh_title()
 
-    def _refresh_marks(self) -> None:
+    def result_content(self) -> Content:
+        done = self.finished
+        if done is None:
+            return Content.styled(f"({self.stopped}: no result)" if self.stopped else "running…", "italic")
+        preview = fmt.search_preview(done.result) if done.tool == "google_search" else None
+        if preview is not None:
+            return Content(preview)
+        text, left_out = fmt.result_preview(done.result)
+        more = f"\n… {left_out:,} more characters" if left_out else ""
+        return Content.assemble(text or "(empty)", (more, "italic"))
+
+    def marks_content(self) -> Content:
         marks: list[str | tuple[str, str]] = []
         if self.finished is not None and self.finished.truncated:
             marks.append((f"{fmt.TRUNCATED_MARK} the model read the first part only", "bold $text-warning"))
@@ -197,8 +236,7 @@ class ToolCallView(QuietCollapsible):
                 marks.append("\n")
             dropped = "Dropped from the model's context (only the last results are kept)"
             marks.append((dropped, "italic $text-secondary"))
-        self.marks_view.display = bool(marks)
-        self.marks_view.update(Content.assemble(*marks))
+        return Content.assemble(*marks)
 
     def title_content(self) -> Content:
         call, done = self.call, self.finished
@@ -245,6 +283,7 @@ class TurnView(Vertical):
         self.header = Static(self._header_text(), classes="turn-header")
         self.thinking: ThinkingView | None = None
         self.markdown: SafeMarkdown | None = None
+        self.frozen: FrozenMarkdown | None = None
         self._stream: MarkdownStream | None = None
         self.said = ""
         self.tools: dict[int, ToolCallView] = {}
@@ -303,8 +342,18 @@ class TurnView(Vertical):
             await self._stream.stop()
             self._stream = None
 
-    async def finish(self, completion_tokens: int, elapsed_s: float) -> None:
+    async def freeze(self) -> None:
+        """The reply is complete: swap the block-per-widget Markdown for a single widget."""
         await self.close_stream()
+        if self.markdown is not None:
+            frozen = FrozenMarkdown(self.said, classes="said")
+            await self.mount(frozen, after=self.markdown)
+            await self.markdown.remove()
+            self.markdown = None
+            self.frozen = frozen
+
+    async def finish(self, completion_tokens: int, elapsed_s: float) -> None:
+        await self.freeze()
         if self.thinking is not None:
             self.thinking.finish()
             self.thinking.collapsed = True
@@ -407,26 +456,32 @@ class AnswerPanel(Vertical):
         return text
 
 
-class StatusBar(Static):
-    """One line: state, profile and model, step of the budget, context used, speed, elapsed."""
+class StatusBar(Widget):
+    """One line: state, profile and model, step of the budget, context used, speed, elapsed.
+
+    Drawn from the meter on each refresh; a fixed-height line needs no relayout
+    (a Static's update would ask for one on every batch of tokens).
+    """
 
     def __init__(self, meter: RunMeter, clock: Callable[[], float] = time.monotonic, **kwargs: Any) -> None:
-        super().__init__("", **kwargs)
+        super().__init__(**kwargs)
         self.meter = meter
         self.clock = clock
 
     def on_mount(self) -> None:
         self.set_interval(1.0, self.refresh_meter)
-        self.refresh_meter()
 
     def refresh_meter(self) -> None:
-        parts = fit_parts(self.meter.parts(self.clock()), self.size.width - 2 if self.size.width else 0)
+        self.refresh()
+
+    def render(self) -> Content:
+        parts = fit_parts(self.meter.parts(self.clock()), self.size.width)
         styled: list[str | tuple[str, str]] = []
         for index, (role, text) in enumerate(parts):
             if index:
                 styled.append((" │ ", "$text-muted"))
             styled.append((fmt.clean(text), _ROLE_STYLES.get(role, "")))
-        self.update(Content.assemble(*styled))
+        return Content.assemble(*styled)
 
 
 # Dropped first when the line is too narrow.
