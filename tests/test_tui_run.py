@@ -215,3 +215,17 @@ async def test_theme_comes_from_the_config(tools: Path, tmp_path: Path) -> None:
         assert app.theme == "textual-light"
         await pilot.press("f4")
         assert app.theme == "textual-dark"
+
+
+async def test_leaving_the_app_mid_run_records_the_run_as_interrupted(tools: Path, tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    script = write_script(tmp_path / "run.jsonl", [command("wait release"), "x", answer("x")])
+    app = ApplianceApp(options(tmp_path, script, workspace=workspace))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await start(pilot, "wait")
+        await wait_for(lambda: (workspace / "waiting").exists(), what="the tool to start")
+    # The harness closed the app without ctrl+q: the run's thread was still stopped and recorded.
+    assert app.main.thread_done.is_set()
+    with open_history(tmp_path / "history.db") as history:
+        (run,) = history.list_runs()
+        assert run.status == "interrupted"

@@ -112,8 +112,11 @@ async def test_history_search_and_delete_with_confirmation(tools: Path, tmp_path
         await pilot.press("d")
         await pilot.press("y")
         await wait_for(lambda: table.row_count == 0, what="the deleted run to leave the list")
-        await pilot.press("escape")  # leaves the search field? no: the table has focus -> back
+        await pilot.press("escape")
         assert app.screen is app.main
+        # The main screen was showing the deleted run: it starts afresh rather than point at nothing.
+        assert app.main.run_id is None and not app.main.query(TurnView)
+        assert not app.main.check_action("export", ())
     with open_history(tmp_path / "history.db") as history:
         assert [r.task for r in history.list_runs()] == ["When was Phobos discovered?"]
 

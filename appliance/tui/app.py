@@ -20,7 +20,7 @@ from appliance.config import Settings
 from appliance.errors import ApplianceError
 from appliance.options import settings_from_options
 from appliance.store import History, open_history
-from appliance.tui.history_screen import HistoryScreen
+from appliance.tui.history_screen import HistoryScreen, RunDeleted
 from appliance.tui.main_screen import MainScreen
 from appliance.tui.runs import RunFactory
 from appliance.tui.status_screen import Diagnose, StatusScreen, doctor_diagnosis
@@ -65,6 +65,7 @@ class ApplianceApp(App[int]):
         self.settings: Settings | None = None
         self.history: History | None = None
         self.factory: RunFactory | None = None
+        self._main: MainScreen | None = None
         try:
             self.settings = settings_from_options(self.options)
             db = self.options.get("db")
@@ -85,13 +86,13 @@ class ApplianceApp(App[int]):
 
     @property
     def main(self) -> MainScreen:
-        screen = self.get_screen("main")
-        assert isinstance(screen, MainScreen)
-        return screen
+        assert self._main is not None, "the app is not mounted"
+        return self._main
 
     def on_mount(self) -> None:
         attachments = [Path(p).expanduser().resolve() for p in self.options.get("attach") or ()]
-        self.install_screen(MainScreen(attachments, self.clock), "main")
+        self._main = MainScreen(attachments, self.clock)
+        self.install_screen(self._main, "main")
         self.push_screen("main")
 
     def action_history(self) -> None:
@@ -105,6 +106,11 @@ class ApplianceApp(App[int]):
             await self.main.open_run(run_id, then_resume=verb == "resume")
 
         self.push_screen(HistoryScreen(), chosen)
+
+    async def on_run_deleted(self, message: RunDeleted) -> None:
+        main = self.main
+        if main.run_id == message.run_id and main.phase != "running":
+            await main.action_new()
 
     def action_status(self) -> None:
         if not isinstance(self.screen, StatusScreen):

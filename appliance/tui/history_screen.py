@@ -9,6 +9,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.content import Content
+from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Input, Static
@@ -35,6 +36,14 @@ STATUS_STYLES = {
     "error": "$error",
     "running": "$accent",
 }
+
+
+class RunDeleted(Message):
+    """A run left the history; the main screen forgets it if it is showing it."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__()
+        self.run_id = run_id
 
 
 def started_label(iso: str) -> str:
@@ -272,6 +281,7 @@ class HistoryScreen(Screen[tuple[str, str] | None]):
                 self.notify(exc.one_line(), severity="error")
                 return
             self.notify(f"Deleted run {run_id}.")
+            self.app.post_message(RunDeleted(run_id))
             self.reload()
 
         question = f"Delete run {run_id} ({row.status}): {one_line(row.task, 60)}?\nIts record is removed for good."

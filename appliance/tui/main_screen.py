@@ -69,9 +69,14 @@ class MainScreen(Screen[None]):
         self.run_status = ""
         self._agent: Agent | None = None
         self._cancel_requested = threading.Event()
+        # Clear while a run's thread works (set again as its last act).
+        self.thread_done = threading.Event()
+        self.thread_done.set()
         self.worker: Worker[None] | None = None
         self._then_resume = False
         self._submitted_task = ""
+        self._status_bar = StatusBar(self.meter, self.clock, id="status")
+        self._transcript = Transcript(self.clock, id="transcript")
 
     @property
     def appliance(self) -> ApplianceApp:
@@ -83,8 +88,8 @@ class MainScreen(Screen[None]):
     # ------------------------------------------------------------ layout
 
     def compose(self) -> ComposeResult:
-        yield StatusBar(self.meter, self.clock, id="status")
-        yield Transcript(self.clock, id="transcript")
+        yield self._status_bar
+        yield self._transcript
         with Vertical(id="composer"):
             yield Static("", id="attachments")
             yield TextArea(
@@ -112,11 +117,11 @@ class MainScreen(Screen[None]):
 
     @property
     def transcript(self) -> Transcript:
-        return self.query_one(Transcript)
+        return self._transcript
 
     @property
     def status_bar(self) -> StatusBar:
-        return self.query_one(StatusBar)
+        return self._status_bar
 
     def _show_attachments(self) -> None:
         line = self.query_one("#attachments", Static)
@@ -268,9 +273,17 @@ class MainScreen(Screen[None]):
 
     def _begin(self, work: Callable[[], None], *, live: bool) -> None:
         self._cancel_requested.clear()
+        self.thread_done.clear()
         self.meter.begin(live=live, now=self.clock())
         self._set_phase("running")
-        self.worker = self.run_worker(work, thread=True, group="run", exclusive=True, exit_on_error=False)
+
+        def guarded() -> None:
+            try:
+                work()
+            finally:
+                self.thread_done.set()
+
+        self.worker = self.run_worker(guarded, thread=True, group="run", exclusive=True, exit_on_error=False)
 
     def _post_batch(self, events: tuple[AgentEvent, ...]) -> None:
         self.post_message(RunEvents(events))
@@ -408,13 +421,18 @@ class MainScreen(Screen[None]):
             self._then_resume = False
             await self.action_resume()
 
+    def on_unmount(self) -> None:
+        # Closed some other way than ctrl+q (a test harness, a signal): stop the run and let it record
+        # itself as interrupted before the app closes the model and the database under it.
+        if self.phase == "running":
+            self.action_cancel()
+            self.thread_done.wait(timeout=15)
+
     async def wait_idle(self, timeout: float) -> None:
         """Let a cancelled run finish its bookkeeping (used on quit)."""
-        worker = self.worker
-        if worker is not None and not worker.is_finished:
-            deadline = time.monotonic() + timeout
-            while not worker.is_finished and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+        deadline = time.monotonic() + timeout
+        while not self.thread_done.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
 
 def _close(events: Iterator[AgentEvent]) -> None:

@@ -63,11 +63,11 @@ class Transcript(VerticalScroll):
         elif isinstance(event, TurnEnded):
             await self._end_turn(event)
         elif isinstance(event, ToolCallStarted):
-            turn = self._turn_for(event.turn)
+            turn = await self._turn_for(event.turn)
             view = ToolCallView(event, clock=self.clock)
             await turn.add_tool(view)
         elif isinstance(event, ToolCallFinished):
-            tool = self._turn_for(event.turn).tools.get(event.index)
+            tool = (await self._turn_for(event.turn)).tools.get(event.index)
             if tool is not None:
                 tool.finish(event)
         elif isinstance(event, ToolResultOmitted):
@@ -117,12 +117,12 @@ class Transcript(VerticalScroll):
         self.current = view
         await self.mount(view)
 
-    def _turn_for(self, turn: int) -> TurnView:
+    async def _turn_for(self, turn: int) -> TurnView:
         view = self.turns.get(turn)
-        if view is None:  # a resumed run re-executing the calls of a recorded turn
+        if view is None:  # a resumed run re-executing the calls of a recorded turn not on screen
             view = TurnView(turn, "turn", 1)
             self.turns[turn] = view
-            self.mount(view)
+            await self.mount(view)
         return view
 
     async def _stream(self, event: TextDelta) -> None:
