@@ -76,6 +76,8 @@ async def test_open_a_past_run_from_the_history(tools: Path, tmp_path: Path) -> 
         assert replayed == live_calls
         panel = main.query_one(AnswerPanel)
         assert panel.answer == "1877"
+        # No page read, nothing cited: the search's top result is given as the source.
+        assert panel.sources == ["https://example.org/phobos-discovery-year/1"]
         assert main.meter.state == "answered" and not main.meter.live
         assert "When was Phobos discovered?" in str(main.query_one(TaskView).render())
         assert "replay:first.jsonl" in screen_text(app)

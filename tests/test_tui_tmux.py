@@ -113,6 +113,8 @@ def test_a_run_from_a_real_terminal(corpus_env: dict[str, str], tmp_path: Path, 
     term.keys("C-s")
     shown = term.wait_for("Answer", "answered", "ctrl+g copy")
     assert "google_search" in shown and "moons of Mars" in shown
+    # No page was read and the answer cites nothing: the search's top hit stands as the source.
+    assert "Sources" in shown and "1. corpus://" in shown
     term.keys("F2")
     shown = term.wait_for("Past runs", "How many moons does Mars have?")
     assert "answered" in shown

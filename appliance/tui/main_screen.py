@@ -28,12 +28,12 @@ from textual.worker import Worker
 from appliance.agent.events import AgentEvent, RunFinished
 from appliance.agent.loop import Agent
 from appliance.errors import ApplianceError, ComponentUnavailable
-from appliance.store.export import markdown_report, sources
+from appliance.store.export import markdown_report
 from appliance.tui.batching import EventBatcher
 from appliance.tui.dialogs import AttachDialog, ExportDialog
 from appliance.tui.messages import RunClosed, RunEvents, RunFailed, RunNotes
 from appliance.tui.meter import RunMeter
-from appliance.tui.runs import PreparedRun
+from appliance.tui.runs import PreparedRun, answer_sources
 from appliance.tui.transcript import Transcript
 from appliance.tui.widgets import AnswerPanel, NoteView, StatusBar, ToolCallView, literal
 
@@ -355,12 +355,12 @@ class MainScreen(Screen[None]):
             self.post_message(RunClosed(None, None, "error", [], replay=True))
             return
         batcher.close()
-        self.post_message(RunClosed(record.run_id, finished, record.status, sources(record), replay=True))
+        self.post_message(RunClosed(record.run_id, finished, record.status, answer_sources(record), replay=True))
 
     def _sources(self, run_id: str) -> list[str]:
         history = self.appliance.history
         try:
-            return sources(history.get_run(run_id)) if history is not None else []
+            return answer_sources(history.get_run(run_id)) if history is not None else []
         except ApplianceError:
             return []
 

@@ -22,8 +22,33 @@ from appliance.config import Settings
 from appliance.llm.base import Backend
 from appliance.llm.factory import build_backend
 from appliance.options import option_overrides, settings_from_options
-from appliance.store import History
+from appliance.store import History, RunRecord
+from appliance.store.export import sources
 from appliance.store.resume import prepare_resume
+
+SEARCH_FALLBACK = 5
+
+
+def answer_sources(run: RunRecord) -> list[str]:
+    """The sources shown with an answer: the store's (pages read, URLs the answer cites); when there
+    are none, the top result of each search the run made (at most five)."""
+    found = sources(run)
+    if found:
+        return found
+    for step in run.kept_steps:
+        for call in step.calls:
+            if call.tool != "google_search" or call.status != "ok" or not call.result:
+                continue
+            try:
+                organic = json.loads(call.result).get("organic") or []
+            except (ValueError, AttributeError):
+                continue
+            link = organic[0].get("link") if organic and isinstance(organic[0], dict) else None
+            if isinstance(link, str) and link and link not in found:
+                found.append(link)
+            if len(found) >= SEARCH_FALLBACK:
+                return found
+    return found
 
 
 @dataclass
