@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from rich.markdown import Markdown as RichMarkdown
 from textual.app import ComposeResult
@@ -90,11 +90,20 @@ class Paragraphs(Vertical):
 
     async def _show(self, paragraph: str) -> None:
         content = Content(paragraph)
-        if self._live is None:
+        live = self._live
+        if live is None:
             self._live = Static(content, classes="paragraph")
             await self.mount(self._live)
-        else:
-            self._live.update(content)
+            return
+        # A relayout of the whole screen only when the paragraph gained a line: most batches of
+        # tokens land on the line the paragraph already had.
+        width, rules = live.size.width, cast(Any, live.styles)
+        same_height = (
+            width > 0
+            and isinstance(live.visual, Content)
+            and live.visual.get_height(rules, width) == content.get_height(rules, width)
+        )
+        live.update(content, layout=not same_height)
 
 
 class QuietCollapsible(Collapsible):
