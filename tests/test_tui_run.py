@@ -12,8 +12,9 @@ from textual.widgets import Input
 from appliance.store import open_history
 from appliance.tui.app import ApplianceApp
 from appliance.tui.main_screen import MainScreen
+from appliance.tui.toolcall import ToolCallView
 from appliance.tui.transcript import Transcript
-from appliance.tui.widgets import AnswerPanel, ThinkingView, ToolCallView, TurnView
+from appliance.tui.widgets import AnswerPanel, ThinkingView, TurnView
 from tests.tui_support import answer, command, scrape, screen_text, search, use_scripted_tools, wait_for, write_script
 
 pytestmark = pytest.mark.asyncio

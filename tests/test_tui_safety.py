@@ -11,8 +11,9 @@ from textual.content import Content
 from textual.widgets import DataTable, Static
 
 from appliance.tui.app import ApplianceApp
+from appliance.tui.base import literal
 from appliance.tui.history_screen import HistoryScreen
-from appliance.tui.widgets import ToolCallView, literal
+from appliance.tui.toolcall import ToolCallView
 from tests.conftest import tool_call
 from tests.tui_support import screen_text, use_scripted_tools, wait_for, write_script
 

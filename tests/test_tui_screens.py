@@ -14,7 +14,8 @@ from appliance.tui.app import ApplianceApp
 from appliance.tui.dialogs import ConfirmDialog
 from appliance.tui.history_screen import HistoryScreen
 from appliance.tui.status_screen import Diagnosis, StatusScreen
-from appliance.tui.widgets import AnswerPanel, ErrorPanel, TaskView, ToolCallView, TurnView
+from appliance.tui.toolcall import ToolCallView
+from appliance.tui.widgets import AnswerPanel, ErrorPanel, TaskView, TurnView
 from tests.tui_support import answer, command, screen_text, search, use_scripted_tools, wait_for, write_script
 
 pytestmark = pytest.mark.asyncio

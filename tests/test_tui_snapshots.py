@@ -19,7 +19,7 @@ from textual.widgets import Input, TextArea
 from appliance.install.doctor import Check
 from appliance.tui.app import ApplianceApp
 from appliance.tui.status_screen import Diagnosis
-from appliance.tui.widgets import ToolCallView
+from appliance.tui.toolcall import ToolCallView
 from tests.tui_support import record_fixed_run, wait_for, write_script
 
 RUN_ID = "20250101-094500-a1b2c3"

@@ -19,8 +19,8 @@ from appliance.agent.events import (
 from appliance.tui import format as fmt
 from appliance.tui.batching import EventBatcher
 from appliance.tui.meter import RunMeter
+from appliance.tui.statusbar import fit_parts
 from appliance.tui.stream import ReplySplitter, Segment, split_reply
-from appliance.tui.widgets import fit_parts
 from tests.conftest import tool_call
 
 REPLY = (

@@ -14,7 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
-from appliance.tui.widgets import literal
+from appliance.tui.base import literal
 
 
 class ConfirmDialog(ModalScreen[bool]):

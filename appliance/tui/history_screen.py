@@ -19,8 +19,8 @@ from appliance.errors import ApplianceError
 from appliance.store import RunSummary, SearchHit
 from appliance.textutil import one_line
 from appliance.tui import format as fmt
+from appliance.tui.base import literal
 from appliance.tui.dialogs import ConfirmDialog
-from appliance.tui.widgets import literal
 
 if TYPE_CHECKING:
     from appliance.tui.app import ApplianceApp

@@ -29,13 +29,16 @@ from appliance.agent.events import AgentEvent, RunFinished
 from appliance.agent.loop import Agent
 from appliance.errors import ApplianceError, ComponentUnavailable
 from appliance.store.export import markdown_report
+from appliance.tui.base import literal
 from appliance.tui.batching import EventBatcher
 from appliance.tui.dialogs import AttachDialog, ExportDialog
 from appliance.tui.messages import RunClosed, RunEvents, RunFailed, RunNotes
 from appliance.tui.meter import RunMeter
 from appliance.tui.runs import PreparedRun, answer_sources
+from appliance.tui.statusbar import StatusBar
+from appliance.tui.toolcall import ToolCallView
 from appliance.tui.transcript import Transcript
-from appliance.tui.widgets import AnswerPanel, NoteView, StatusBar, ToolCallView, literal
+from appliance.tui.widgets import AnswerPanel, NoteView
 
 if TYPE_CHECKING:
     from appliance.tui.app import ApplianceApp

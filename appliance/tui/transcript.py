@@ -23,7 +23,8 @@ from appliance.agent.events import (
 )
 from appliance.tui import format as fmt
 from appliance.tui.stream import ReplySplitter, Segment, split_reply
-from appliance.tui.widgets import AnswerPanel, ErrorPanel, NoteView, TaskView, ToolCallView, TurnView
+from appliance.tui.toolcall import ToolCallView
+from appliance.tui.widgets import AnswerPanel, ErrorPanel, NoteView, TaskView, TurnView
 
 
 class Transcript(VerticalScroll):

@@ -1,4 +1,4 @@
-"""The pieces of a run on screen: task, turns with thinking and text, tool calls, answer, errors, status bar.
+"""The pieces of a run on screen: task, turns with thinking and text, answer, errors (tool calls: toolcall.py).
 
 Model and tool text is untrusted: it reaches the screen only as literal
 `Content` (never parsed as markup, so "[bold]" or "[@click=app.quit]" stay text)
@@ -7,37 +7,19 @@ or through the Markdown widget, after terminal control sequences are removed.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any, cast
 
 from rich.markdown import Markdown as RichMarkdown
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.content import Content
-from textual.highlight import highlight
-from textual.timer import Timer
-from textual.widget import Widget
-from textual.widgets import Collapsible, Markdown, Static
-from textual.widgets._collapsible import CollapsibleTitle
+from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
-from appliance.agent.events import ToolCallFinished, ToolCallStarted
 from appliance.tui import format as fmt
-from appliance.tui.meter import RunMeter
+from appliance.tui.base import QuietCollapsible, literal, set_collapsible_title
 from appliance.tui.stream import split_reply
-
-SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
-
-
-def literal(text: str, style: str = "") -> Content:
-    """Untrusted text as content that is shown exactly (control sequences removed, no markup)."""
-    return Content.styled(fmt.clean(text), style) if style else Content(fmt.clean(text))
-
-
-def set_collapsible_title(widget: Collapsible, title: Content) -> None:
-    """Collapsible parses a str title as markup; a Content title is shown as is."""
-    widget.query_one(CollapsibleTitle).label = title
+from appliance.tui.toolcall import ToolCallView
 
 
 class SafeMarkdown(Markdown):
@@ -106,20 +88,6 @@ class Paragraphs(Vertical):
         live.update(content, layout=not same_height)
 
 
-class QuietCollapsible(Collapsible):
-    """A Collapsible that scrolls itself into view only when the user toggled it.
-
-    Textual's Collapsible scrolls to itself on every change; folding a turn's
-    thinking from code would pull a streaming transcript away from its bottom.
-    """
-
-    def _watch_collapsed(self, collapsed: bool) -> None:
-        self._update_collapsed(collapsed)
-        self.post_message(self.Collapsed(self) if collapsed else self.Expanded(self))
-        if self.is_mounted and self.has_focus_within:
-            self.call_after_refresh(self.scroll_visible)
-
-
 class ThinkingView(QuietCollapsible):
     """The model's thinking, dimmed; open while it streams, folded when the turn ends."""
 
@@ -133,152 +101,6 @@ class ThinkingView(QuietCollapsible):
     def finish(self) -> None:
         words = fmt.word_count(self.paragraphs.text)
         set_collapsible_title(self, Content.styled(f"Thinking · {words:,} words", "italic"))
-
-
-class ToolCallView(QuietCollapsible):
-    """One tool call: what it is about in the title; arguments and a result preview inside.
-
-    The inside is built on first expansion: a long run has dozens of calls and
-    most are never opened, and every widget on the screen costs each relayout.
-    """
-
-    def __init__(self, event: ToolCallStarted, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.call = event
-        self.clock = clock
-        self.started = clock()
-        self.finished: ToolCallFinished | None = None
-        self.omitted = False
-        self.stopped = ""
-        self._frame = 0
-        self._timer: Timer | None = None
-        self._built = False
-        super().__init__(title="tool", collapsed=True, classes="tool-call -running")
-
-    def on_mount(self) -> None:
-        if self.finished is None and not self.stopped:
-            self._timer = self.set_interval(0.2, self._spin)
-        self._refresh_title()
-
-    def _watch_collapsed(self, collapsed: bool) -> None:
-        if not collapsed and not self._built and self.is_mounted:
-            self._built = True
-            self.query_one(Collapsible.Contents).mount_all(self._body())
-        super()._watch_collapsed(collapsed)
-
-    def _body(self) -> list[Static]:
-        event = self.call
-        return [
-            Static(
-                Content.assemble(
-                    ("Server ", "bold"), fmt.clean(event.server), ("  Tool ", "bold"), fmt.clean(event.tool)
-                ),
-                classes="tool-label",
-            ),
-            Static(Content.styled("Arguments", "bold"), classes="tool-label"),
-            Static(highlight(fmt.pretty_arguments(event.arguments), language="json"), classes="tool-arguments"),
-            Static(Content.styled("Result", "bold"), classes="tool-label"),
-            Static(self.result_content(), classes="tool-result"),
-            self._marks_static(Static(classes="tool-marks")),
-        ]
-
-    def _marks_static(self, marks: Static) -> Static:
-        content = self.marks_content()
-        marks.update(content)
-        marks.display = bool(content.plain)
-        return marks
-
-    def _refresh_body(self) -> None:
-        if self._built:
-            self.query_one(".tool-result", Static).update(self.result_content())
-            self._marks_static(self.query_one(".tool-marks", Static))
-
-    def _spin(self) -> None:
-        self._frame += 1
-        self._refresh_title()
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer = None
-
-    def finish(self, event: ToolCallFinished) -> None:
-        self.finished = event
-        self._stop_timer()
-        self.set_class(False, "-running")
-        self.set_class(event.status != "ok", "-failed")
-        self.set_class(event.truncated, "-truncated")
-        self._refresh_body()
-        self._refresh_title()
-
-    def stop_running(self, label: str) -> None:
-        """The call never finished (the run was cancelled, or its process died)."""
-        self._stop_timer()
-        self.set_class(False, "-running")
-        self.set_class(True, "-failed")
-        self.stopped = label
-        self._refresh_body()
-        self._refresh_title()
-
-    def mark_omitted(self) -> None:
-        self.omitted = True
-        self.set_class(True, "-omitted")
-        self._refresh_body()
-        self._refresh_title()
-
-    def result_content(self) -> Content:
-        done = self.finished
-        if done is None:
-            return Content.styled(f"({self.stopped}: no result)" if self.stopped else "running…", "italic")
-        preview = fmt.search_preview(done.result) if done.tool == "google_search" else None
-        if preview is not None:
-            return Content(preview)
-        text, left_out = fmt.result_preview(done.result)
-        more = f"\n… {left_out:,} more characters" if left_out else ""
-        return Content.assemble(text or "(empty)", (more, "italic"))
-
-    def marks_content(self) -> Content:
-        marks: list[str | tuple[str, str]] = []
-        if self.finished is not None and self.finished.truncated:
-            marks.append((f"{fmt.TRUNCATED_MARK} the model read the first part only", "bold $text-warning"))
-        if self.omitted:
-            if marks:
-                marks.append("\n")
-            dropped = "Dropped from the model's context (only the last results are kept)"
-            marks.append((dropped, "italic $text-secondary"))
-        return Content.assemble(*marks)
-
-    def title_content(self) -> Content:
-        call, done = self.call, self.finished
-        if done is None and self.stopped:
-            mark: tuple[str, str] = ("■", "bold $warning")
-        elif done is None:
-            mark = (SPINNER[self._frame % len(SPINNER)], "bold $accent")
-        elif done.status == "ok":
-            mark = ("✓", "bold $success")
-        else:
-            mark = ("✗", "bold $error")
-        parts: list[str | tuple[str, str]] = [mark, " ", (fmt.clean(call.tool), "bold")]
-        if done is None and self.stopped:
-            parts.append((f"  {self.stopped}", "italic $text-warning"))
-        elif done is None:
-            parts.append((f"  running {fmt.duration(self.clock() - self.started)}", "italic $text-muted"))
-        else:
-            status = "" if done.status == "ok" else f"{done.status} · "
-            size = f"{fmt.count(done.raw_chars)} chars"
-            parts.append((f"  {status}{fmt.duration(done.duration_s)} · {size}", "$text-muted"))
-            if done.truncated:
-                parts.append(("  truncated", "bold $text-warning"))
-        if self.omitted:
-            parts.append(("  omitted", "italic $text-secondary"))
-        subject = fmt.tool_subject(call.tool, call.arguments, 50)
-        if subject:
-            parts.append(f"  {subject}")
-        parts.append((f"  {fmt.clean(call.server)}", "$text-muted"))
-        return Content.assemble(*parts)
-
-    def _refresh_title(self) -> None:
-        if self.is_mounted:
-            set_collapsible_title(self, self.title_content())
 
 
 class TurnView(Vertical):
@@ -463,69 +285,3 @@ class AnswerPanel(Vertical):
         if self.sources:
             text += "\n\nSources:\n" + "\n".join(f"- {fmt.clean(url)}" for url in self.sources)
         return text
-
-
-class StatusBar(Widget):
-    """One line: state, profile and model, step of the budget, context used, speed, elapsed.
-
-    Drawn from the meter on each refresh; a fixed-height line needs no relayout
-    (a Static's update would ask for one on every batch of tokens).
-    """
-
-    def __init__(self, meter: RunMeter, clock: Callable[[], float] = time.monotonic, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.meter = meter
-        self.clock = clock
-
-    def on_mount(self) -> None:
-        self.set_interval(1.0, self.refresh_meter)
-
-    def refresh_meter(self) -> None:
-        self.refresh()
-
-    def render(self) -> Content:
-        parts = fit_parts(self.meter.parts(self.clock()), self.size.width)
-        styled: list[str | tuple[str, str]] = []
-        for index, (role, text) in enumerate(parts):
-            if index:
-                styled.append((" │ ", "$text-muted"))
-            styled.append((fmt.clean(text), _ROLE_STYLES.get(role, "")))
-        return Content.assemble(*styled)
-
-
-# Dropped first when the line is too narrow.
-_DROP_ORDER = ("speed", "profile", "context", "clock")
-
-
-def fit_parts(parts: list[tuple[str, str]], width: int) -> list[tuple[str, str]]:
-    """The status parts that fit `width` columns: the model's name is shortened first, then the
-    least important parts are left out."""
-
-    def length(items: list[tuple[str, str]]) -> int:
-        return sum(len(text) + 3 for _, text in items) - 3
-
-    kept = list(parts)
-    if width <= 0 or length(kept) <= width:
-        return kept
-    room = width - length([p for p in kept if p[0] != "model"]) - 3
-    if room >= 12:
-        return [(role, text if role != "model" else text[: room - 1] + "…") for role, text in kept]
-    kept = [p for p in kept if p[0] != "model"]
-    for role in _DROP_ORDER:
-        if length(kept) <= width:
-            break
-        kept = [p for p in kept if p[0] != role]
-    return kept
-
-
-_ROLE_STYLES = {
-    "state-running": "bold $accent",
-    "state-starting": "bold $accent",
-    "state-cancelling": "bold $warning",
-    "state-answered": "bold $success",
-    "state-no_answer": "bold $warning",
-    "state-error": "bold $error",
-    "state-interrupted": "bold $warning",
-    "state-idle": "bold",
-    "model": "",
-}

@@ -1,0 +1,38 @@
+"""Small pieces the other widgets share: literal text, safe collapsible titles, quiet collapsibles.
+
+Model and tool text is untrusted: it reaches the screen only as literal
+`Content` (never parsed as markup, so "[bold]" or "[@click=app.quit]" stay text),
+after terminal control sequences are removed.
+"""
+
+from __future__ import annotations
+
+from textual.content import Content
+from textual.widgets import Collapsible
+from textual.widgets._collapsible import CollapsibleTitle
+
+from appliance.tui import format as fmt
+
+
+def literal(text: str, style: str = "") -> Content:
+    """Untrusted text as content that is shown exactly (control sequences removed, no markup)."""
+    return Content.styled(fmt.clean(text), style) if style else Content(fmt.clean(text))
+
+
+def set_collapsible_title(widget: Collapsible, title: Content) -> None:
+    """Collapsible parses a str title as markup; a Content title is shown as is."""
+    widget.query_one(CollapsibleTitle).label = title
+
+
+class QuietCollapsible(Collapsible):
+    """A Collapsible that scrolls itself into view only when the user toggled it.
+
+    Textual's Collapsible scrolls to itself on every change; folding a turn's
+    thinking from code would pull a streaming transcript away from its bottom.
+    """
+
+    def _watch_collapsed(self, collapsed: bool) -> None:
+        self._update_collapsed(collapsed)
+        self.post_message(self.Collapsed(self) if collapsed else self.Expanded(self))
+        if self.is_mounted and self.has_focus_within:
+            self.call_after_refresh(self.scroll_visible)
