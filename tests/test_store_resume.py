@@ -200,3 +200,48 @@ def test_resume_keeps_budget_and_flags_override(history: History, tmp_path: Path
     rest = resume_in_process(history, "budget", overrides={"agent.max_turns": 5})
     done = finished(rest)
     assert done.turns == 5 and done.answer == "done"
+
+
+def test_one_recorder_records_runs_one_after_another(history: History, tmp_path: Path) -> None:
+    from appliance.agent.runtime import build_toolbox, prepare_run
+    from appliance.llm.factory import build_backend
+
+    script = write_script(tmp_path / "r.jsonl", [call("echo", text="x"), "done", "\\boxed{1}"])
+    recorder = history.recorder()
+    for run_id in ("first", "second"):
+        settings = settings_for(script)
+        backend = build_backend(settings)
+        toolbox = build_toolbox(settings, lambda backend=backend: backend)  # type: ignore[misc]
+        agent, state = prepare_run(settings, TASK, backend=backend, toolbox=toolbox, run_id=run_id)
+        for event in agent.run(state):
+            recorder(event)
+        toolbox.close()
+    assert comparable(history, "first") == comparable(history, "second")
+    assert [s.calls[0].result for s in history.get_run("second").kept_steps if s.calls] == ["x"]
+
+
+def test_ctrl_c_during_a_write_is_delivered_after_the_commit(
+    history: History, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+
+    from appliance.agent.events import Notice
+    from appliance.store.recorder import Recorder
+
+    script = write_script(tmp_path / "r.jsonl", ["\\boxed{1}", "\\boxed{1}"])
+    run_in_process(history, settings_for(script, **{"tools.enabled": []}), TASK, "sig", stop_after=1)
+    recorder = history.recorder()
+    recorder.run_id = "sig"
+    recorder._seq = 1  # continue the run's event numbering
+    original = Recorder._touch
+
+    def interrupted_touch(self: Recorder) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the transaction
+        original(self)
+
+    monkeypatch.setattr(Recorder, "_touch", interrupted_touch)
+    with pytest.raises(KeyboardInterrupt):
+        recorder(Notice("warning", "written despite the interrupt"))
+    notes = history.get_run("sig").notices
+    assert notes == (("warning", "written despite the interrupt"),)

@@ -23,6 +23,7 @@ from appliance.store.db import (
     owner_alive,
     write_transaction,
 )
+from appliance.store.prune import choose_and_delete, compact
 from appliance.store.rebuild import LogEntry, parse_data, rebuild_state, replay
 from appliance.store.recorder import Recorder
 from appliance.store.records import (
@@ -455,8 +456,7 @@ class History:
         """Delete finished runs started before `older_than` ago, then the oldest until the data fits `max_bytes`.
 
         Running runs are never pruned; tagged runs only with `include_tagged`.
-        A dry run does the same work in a transaction that is rolled back. The
-        file shrinks after a VACUUM, which is skipped while another run is live.
+        A dry run does the same work in a transaction that is rolled back.
         """
         if older_than is None and max_bytes is None:
             raise StoreUsageError("prune needs a limit", "pass --older-than (e.g. 30d) and/or --max-size (e.g. 500MB)")
@@ -467,7 +467,7 @@ class History:
             conn = self.db.conn
             conn.execute("BEGIN IMMEDIATE")
             try:
-                chosen = self._prune_in_transaction(older_than, max_bytes, include_tagged)
+                chosen = choose_and_delete(conn, older_than, max_bytes, include_tagged)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -476,66 +476,8 @@ class History:
 
         chosen: list[str] = self._guarded(work)
         if not dry_run and chosen:
-            self._guarded(self._compact)
+            self._guarded(lambda: compact(self.db.conn))
         return PruneReport(tuple(chosen), before, before if dry_run else self.size_bytes(), dry_run)
-
-    def _prune_in_transaction(
-        self, older_than: dt.timedelta | None, max_bytes: int | None, include_tagged: bool
-    ) -> list[str]:
-        rows = self._rows(
-            "SELECT run_id, started_at, "
-            "length(task) + length(system_prompt) + length(task_message) + coalesce(length(final_text), 0) "
-            "+ (SELECT coalesce(sum(length(content)), 0) FROM messages m WHERE m.run_id = runs.run_id) "
-            "+ (SELECT coalesce(sum(length(result) + length(arguments)), 0) FROM tool_calls c "
-            "   WHERE c.run_id = runs.run_id) AS weight "
-            "FROM runs WHERE status != 'running' "
-            + ("" if include_tagged else "AND run_id NOT IN (SELECT run_id FROM tags) ")
-            + "ORDER BY started_at, id"
-        )
-        chosen: list[str] = []
-        if older_than is not None:
-            cutoff = (dt.datetime.now(dt.UTC) - older_than).isoformat(timespec="milliseconds")
-            chosen = [r["run_id"] for r in rows if r["started_at"] < cutoff]
-            self._delete_runs(chosen)
-        if max_bytes is None:
-            return chosen
-        left = [r for r in rows if r["run_id"] not in chosen]
-        while left and (used := self._used_bytes()) > max_bytes:
-            # Oldest first, as many as their share of the stored text says should free the excess
-            # (at least one); then measure again, the index and page slack make it an estimate.
-            total = max(1, sum(r["weight"] or 0 for r in left))
-            excess, freed = used - max_bytes, 0.0
-            batch: list[str] = []
-            while left and (not batch or freed < excess):
-                row = left.pop(0)
-                batch.append(row["run_id"])
-                freed += used * (row["weight"] or 0) / total
-            self._delete_runs(batch)
-            chosen += batch
-        return chosen
-
-    def _delete_runs(self, run_ids: list[str]) -> None:
-        if not run_ids:
-            return
-        conn = self.db.conn
-        for run_id in run_ids:
-            conn.execute("DELETE FROM runs WHERE run_id = ? AND status != 'running'", (run_id,))
-        # Deleted rows stay in the full-text index as tombstones until its segments are merged.
-        conn.execute("INSERT INTO runs_fts (runs_fts) VALUES ('optimize')")
-        conn.execute("INSERT INTO tool_calls_fts (tool_calls_fts) VALUES ('optimize')")
-
-    def _used_bytes(self) -> int:
-        """Pages in use: what the file shrinks to after a VACUUM (the WAL may hold several copies of a page)."""
-        conn = self.db.conn
-        pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
-        return int(pages) * int(conn.execute("PRAGMA page_size").fetchone()[0])
-
-    def _compact(self) -> None:
-        live = self.db.conn.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
-        if live:
-            return  # VACUUM would hold the write lock for a while: a live run's next step must not wait on it
-        self.db.conn.execute("VACUUM")
-        self.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _message(m: dict[str, Any], content: str) -> MessageRecord:

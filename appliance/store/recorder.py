@@ -237,6 +237,8 @@ class Recorder:
     def _run_started(self, e: RunStarted) -> None:
         self.run_id = e.run_id
         self._clock_start = time.monotonic()
+        self._elapsed_before = 0.0
+        self._reply, self._calls, self._results = None, {}, {}
         if e.resumed:
             self._resume(e)
             return
