@@ -180,7 +180,8 @@ class Agent:
         return cached
 
     def _view(self, state: RunState) -> list[ChatMessage]:
-        history = build_view(state.messages, self.settings.keep_last, self.settings.eviction)
+        agent = self.settings
+        history = build_view(state.messages, agent.keep_last, agent.eviction, agent.eviction_block)
         return [ChatMessage("system", state.system_prompt), *history]
 
     def _prompt_tokens(self, view: list[ChatMessage]) -> int:
@@ -189,7 +190,8 @@ class Agent:
 
     def _omitted_turns(self, state: RunState) -> set[int]:
         """Turn numbers whose results are currently shown as the placeholder."""
-        kept = kept_result_positions(state.messages, self.settings.keep_last, self.settings.eviction)
+        agent = self.settings
+        kept = kept_result_positions(state.messages, agent.keep_last, agent.eviction, agent.eviction_block)
         user_positions = [i for i, m in enumerate(state.messages) if m.role == "user"][1:]
         # The k-th observation (1-based) belongs to the k-th committed turn that called tools;
         # positions are mapped to turns through the assistant message before each.
