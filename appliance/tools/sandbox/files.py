@@ -54,8 +54,17 @@ def sandbox_path(parts: Sequence[str]) -> str:
     return posixpath.join(SANDBOX_HOME, *parts)
 
 
-def _refusal(parts: Sequence[str], exc: OSError) -> PathRefused:
+def _is_link(parent_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _refusal(parts: Sequence[str], exc: OSError, parent_fd: int | None = None) -> PathRefused:
     where = sandbox_path(parts)
+    if parent_fd is not None and parts and _is_link(parent_fd, parts[-1]):
+        return PathRefused(f"{where} is a symbolic link; the file tools do not follow links")
     if exc.errno in (errno.ELOOP, errno.EMLINK):
         return PathRefused(f"{where} is a symbolic link; the file tools do not follow links")
     if exc.errno == errno.ENOTDIR:
@@ -86,9 +95,9 @@ def open_dir(root: Path, parts: Sequence[str], *, create: bool = False, uid: int
                         os.chown(part, uid, uid, dir_fd=fd, follow_symlinks=False)
                     child = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
-                    raise _refusal(parts[: depth + 1], exc) from None
+                    raise _refusal(parts[: depth + 1], exc, fd) from None
             except OSError as exc:
-                raise _refusal(parts[: depth + 1], exc) from None
+                raise _refusal(parts[: depth + 1], exc, fd) from None
             os.close(fd)
             fd = child
         yield fd
@@ -113,7 +122,7 @@ def write_file(root: Path, parts: Sequence[str], source: BinaryIO, *, uid: int |
         try:
             fd = os.open(parts[-1], flags, 0o644, dir_fd=parent)
         except OSError as exc:
-            raise _refusal(parts, exc) from None
+            raise _refusal(parts, exc, parent) from None
         with os.fdopen(fd, "wb") as target:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise PathRefused(f"{sandbox_path(parts)} exists and is not a regular file")
@@ -137,7 +146,7 @@ def read_file(root: Path, parts: Sequence[str]) -> Iterator[BinaryIO]:
         try:
             fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
         except OSError as exc:
-            raise _refusal(parts, exc) from None
+            raise _refusal(parts, exc, parent) from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)

@@ -23,8 +23,10 @@ import json
 import linecache
 import os
 import resource
+import signal
 import sys
 import threading
+import time
 import traceback
 import types
 from typing import Any
@@ -137,9 +139,40 @@ def transform_magics(source: str) -> str:
     return "\n".join(out)
 
 
+def end_leftover_processes(grace: float = 2.0) -> None:
+    """Processes a cell started end with it, as a command's do when its sandbox closes.
+
+    Without this a fork bomb's children would go on forking after the cell
+    returned, and exited children would stay zombies holding process slots.
+    kill(-1) reaches every process of this sandbox but the kernel and init.
+    """
+    deadline = time.monotonic() + grace
+    while True:
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except OSError:
+            break  # ESRCH: nothing else is running
+        _reap()
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.002)
+    _reap()
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 class Kernel:
     def __init__(self, cap: int) -> None:
         self.count = 0
+        self.pid = os.getpid()
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
         self.namespace["__appliance_shell__"] = shell
         self.stdout = Capture(1, cap)
@@ -205,6 +238,9 @@ class Kernel:
                     result = repr(value)
         except BaseException as exc:  # the cell's error, whatever it is, is the answer
             error = self._error(exc)
+        if os.getpid() != self.pid:
+            os._exit(0)  # a child the cell forked got back here: only the kernel itself answers
+        end_leftover_processes()
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

@@ -68,7 +68,7 @@ def protected_paths(settings: Settings, run_dir: Path | None = None) -> list[Pat
 class SandboxServer(ToolServer):
     name = PYTHON_SERVER
 
-    def __init__(self, settings: Settings, *, new_id: Callable[[], str] = new_sandbox_id) -> None:
+    def __init__(self, settings: Settings, *, new_id: Callable[[], str] | None = None) -> None:
         self.settings = settings
         self.limits = Limits.from_settings(settings.sandbox)
         self.new_id = new_id
@@ -160,7 +160,7 @@ class SandboxServer(ToolServer):
                 )
             try:
                 self.host()
-                record = registry.plan(self.new_id(), ctx.workspace)
+                record = registry.plan(self.new_id() if self.new_id else new_sandbox_id(), ctx.workspace)
                 self.record_layout(record, ctx)
             except ApplianceError as exc:
                 return ToolOutput(f"[ERROR]: Failed to create sandbox: {exc.one_line()}", is_error=True)
