@@ -121,7 +121,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         server: HostServer = self.server  # type: ignore[assignment]
         server.hits.append(self.path)
-        body = server.files.get(self.path)
+        body = server.files.get(self.path.split("?", 1)[0])
         if body is None:
             self.send_response(404)
             self.end_headers()

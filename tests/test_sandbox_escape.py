@@ -89,14 +89,19 @@ def test_pip_install_explains_that_packages_cannot_be_downloaded(run: Run) -> No
 # ------------------------------------------------------------------ reading the host
 
 
-def test_host_home_and_root_are_invisible(run: Run) -> None:
+def test_host_home_and_root_are_invisible(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = Path.home()  # the real one, before HOME points at a made-up user's below
+    user_home = tmp_path / "alice"
+    (user_home / ".ssh").mkdir(parents=True)
+    (user_home / ".ssh" / "id_ed25519").write_text("home-secret-0451")
+    monkeypatch.setenv("HOME", str(user_home))
     sid = run.sandbox()
+    leak = run.sh(sid, f"cat {user_home}/.ssh/id_ed25519 ~/.ssh/id_ed25519; ls -A ~")
+    assert "home-secret-0451" not in leak.text and command_parts(leak.text)["stdout"] == ""
     host = run.server.host()
-    home = Path.home()
     # Only the path down to the sandbox's Python may exist (read-only) under a home directory.
     needed = {Path(b).relative_to(home).parts[0] for b in host.python.binds if Path(b).is_relative_to(home)}
-    secrets = [name for name in sorted(os.listdir(home)) if name not in needed][:40]
-    assert secrets, "the host home should hold something to look for"
+    secrets = [p.name for p in sorted(home.iterdir()) if p.name not in needed][:40]
     probe = (
         "import os, json\n" + f"json.dumps([n for n in {secrets!r} if os.path.lexists(os.path.join({str(home)!r}, n))])"
     )

@@ -82,26 +82,47 @@ def _size(text: str, quoted: bool) -> int:
     return len(repr(text)) if quoted else len(text)
 
 
+def _level(sizes: Sequence[int], budget: int) -> int:
+    """The largest L with sum(min(size, L)) <= budget: every piece keeps up to L characters."""
+    low, high = 0, max(sizes, default=0)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if sum(min(size, middle) for size in sizes) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _cut(text: str, size: int, piece: Piece) -> str:
+    """`text` shortened until its printed form is at most `size` characters."""
+    keep = len(text)
+    while keep and _size(text[:keep] if not piece.keep_tail else text[len(text) - keep :], piece.quoted) > size:
+        over = _size(text[:keep] if not piece.keep_tail else text[len(text) - keep :], piece.quoted) - size
+        keep = max(0, keep - max(1, over * len(text) // max(1, _size(text, piece.quoted))))
+    return (text[len(text) - keep :] if keep else "") if piece.keep_tail else text[:keep]
+
+
 def fit(pieces: Sequence[Piece], budget: int) -> list[str]:
-    """Cut the largest pieces until all fit in `budget` characters; every cut piece carries the mark."""
-    texts = [p.text for p in pieces]
+    """Share `budget` characters fairly: small pieces stay whole, the large ones are cut to one level.
+
+    A cut piece (here, or already when its output was captured) carries the mark.
+    """
+    sizes = [_size(p.text, p.quoted) for p in pieces]
     cut = [p.total > len(p.text) for p in pieces]
-    for _ in range(40):
-        sizes = [_size(t, p.quoted) + (_MARK_ROOM if c else 0) for t, p, c in zip(texts, pieces, cut, strict=True)]
-        excess = sum(sizes) - budget
-        if excess <= 0:
-            break
-        i = max(range(len(texts)), key=lambda k: sizes[k])
-        text = texts[i]
-        if not text:
-            break
-        ratio = len(text) / max(1, _size(text, pieces[i].quoted))
-        keep = max(0, len(text) - int(excess * ratio) - (0 if cut[i] else int(_MARK_ROOM * ratio)) - 8)
-        texts[i] = (text[len(text) - keep :] if keep else "") if pieces[i].keep_tail else text[:keep]
-        cut[i] = True
+    marks = sum(_MARK_ROOM for c in cut if c)
+    if sum(sizes) + marks > budget:
+        over = [i for i, size in enumerate(sizes) if size > budget // max(1, len(pieces))]
+        level = _level(sizes, budget - _MARK_ROOM * len(set(over) | {i for i, c in enumerate(cut) if c}))
+        for i, size in enumerate(sizes):
+            if size > level:
+                cut[i] = True
+    else:
+        level = max(sizes, default=0)
     out = []
-    for text, piece, was_cut in zip(texts, pieces, cut, strict=True):
+    for text, piece, was_cut in zip([p.text for p in pieces], pieces, cut, strict=True):
         if was_cut:
+            text = _cut(text, level, piece)
             mark = _MARK.format(shown=len(text), total=max(piece.total, len(piece.text)))
             text = f"{mark}\n{text}" if piece.keep_tail else f"{text}\n{mark}"
         out.append(text)
