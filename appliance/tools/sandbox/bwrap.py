@@ -59,19 +59,12 @@ SHM_BYTES = 128 * 1024 * 1024
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-# What of /etc programs need: the dynamic linker's cache, alternatives, time zone, fonts,
-# MIME and service tables (each bind costs ~0.2 ms a launch, so only these). Users,
-# groups and hosts are written fresh (see identity_files).
-ETC_ENTRIES = (
-    "ld.so.cache",
-    "alternatives",
-    "localtime",
-    "fonts",
-    "mime.types",
-    "nsswitch.conf",
-    "protocols",
-    "services",
-)
+# What of /etc programs need: the dynamic linker's cache, time zone, MIME and service
+# tables are copied into the sandbox (`--file`, cheaper than a bind mount: ~0.3 ms each
+# per launch); alternatives and fonts are directories and are bound. Users, groups and
+# hosts are written fresh (see identity_files).
+ETC_FILES = ("ld.so.cache", "localtime", "mime.types", "nsswitch.conf", "protocols", "services")
+ETC_DIRS = ("alternatives", "fonts")
 
 INSTALL_FIX = (
     "install bubblewrap: apt-get install bubblewrap (Debian/Ubuntu), dnf install bubblewrap (Fedora), "
@@ -416,8 +409,16 @@ class Host:
             elif Path(directory).is_dir():
                 argv += ["--ro-bind", directory, directory]
         make_dirs("/etc/x")
-        for entry in ETC_ENTRIES:
+        launch = Launch(argv)
+        for entry in ETC_DIRS:
             argv += ["--ro-bind-try", f"/etc/{entry}", f"/etc/{entry}"]
+        for entry in ETC_FILES:
+            try:
+                fd = os.open(f"/etc/{entry}", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            launch.fds.append(fd)
+            argv += ["--perms", "0644", "--file", str(fd), f"/etc/{entry}"]
         for bind in self.python.binds:
             make_dirs(bind)
             argv += ["--ro-bind", bind, bind]
@@ -427,11 +428,10 @@ class Host:
         argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm"]
         make_dirs(SANDBOX_HOME)
         argv += ["--bind", str(layout.workspace), SANDBOX_HOME, "--bind", str(layout.tmp), "/tmp"]
-        launch = Launch(argv)
         for target, content in identity_files(inside_uid).items():
             fd = _memfd(Path(target).name, content)
             launch.fds.append(fd)
-            argv += ["--perms", "0644", "--ro-bind-data", str(fd), target]
+            argv += ["--perms", "0644", "--file", str(fd), target]
         argv += ["--chdir", "/", "--clearenv"]
         for key, value in sandbox_env(self.python).items():
             argv += ["--setenv", key, value]
@@ -444,8 +444,12 @@ class Host:
         return launch
 
     def shell_command(self, limits: Limits, command: str) -> list[str]:
-        """bash -c COMMAND in /home/user under the limits (a second bash: $0 and line numbers as usual)."""
-        script = f'cd {SANDBOX_HOME} || exit 125; {limits.ulimit_command()} || exit 125; exec {self.bash} -c "$1"'
+        """COMMAND run by bash in /home/user under the limits.
+
+        `eval` in the same shell rather than a second `bash -c` saves one exec (~2 ms a call).
+        """
+        script = f"cd {SANDBOX_HOME} || exit 125; {limits.ulimit_command()} || exit 125; "
+        script += '__cmd=$1; set --; eval "$__cmd"'
         return [self.bash, "-c", script, "bash", command]
 
     def argv_command(self, limits: Limits, argv: Sequence[str]) -> list[str]:

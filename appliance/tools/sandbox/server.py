@@ -77,6 +77,7 @@ class SandboxServer(ToolServer):
         self._lock = threading.Lock()  # registries and the kernel table
         self._kernels: OrderedDict[tuple[str, str], Kernel] = OrderedDict()
         self._lost: dict[tuple[str, str], str] = {}
+        self._layouts: dict[tuple[str, str], Layout] = {}
         self.transfers = Transfers(settings, self)
 
     def tools(self) -> tuple[Any, ...]:
@@ -94,7 +95,15 @@ class SandboxServer(ToolServer):
             return self._host
 
     def layout(self, workspace: Path, tmp: Path, run_dir: Path | None) -> Layout:
-        """The host directories of a sandbox, created, checked and (root mode) owned by its uid."""
+        """The host directories of a sandbox, created, checked and (root mode) owned by its uid.
+
+        The checks run once per directory pair and server; later calls only make sure
+        the directories still exist (`appliance sandbox clean` may have removed them).
+        """
+        key = (str(workspace), str(tmp))
+        known = self._layouts.get(key)
+        if known is not None and workspace.is_dir() and tmp.is_dir():
+            return known
         check_bind_source(str(workspace), protected_paths(self.settings, run_dir), "the workspace")
         workspace.mkdir(parents=True, exist_ok=True)
         tmp.mkdir(parents=True, exist_ok=True)
@@ -103,7 +112,9 @@ class SandboxServer(ToolServer):
             for top in (workspace, tmp):
                 if top.stat().st_uid != uid:
                     _chown_tree(top, uid)
-        return Layout(workspace, tmp, uid)
+        layout = Layout(workspace, tmp, uid)
+        self._layouts[key] = layout
+        return layout
 
     def record_layout(self, record: SandboxRecord, ctx: CallContext) -> Layout:
         return self.layout(Path(record.workspace), Path(record.tmp), ctx.run_dir)
