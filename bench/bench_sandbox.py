@@ -21,12 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from appliance.config import load_settings  # noqa: E402
-from appliance.tools.base import CallContext  # noqa: E402
-from appliance.tools.sandbox.bwrap import Layout, Limits, sandbox_uid  # noqa: E402
-from appliance.tools.sandbox.kernels import Kernel  # noqa: E402
-from appliance.tools.sandbox.process import run_captured, spawn  # noqa: E402
-from appliance.tools.sandbox.server import SandboxServer  # noqa: E402
+from appliance.config import load_settings
+from appliance.tools.base import CallContext
+from appliance.tools.sandbox.bwrap import Limits
+from appliance.tools.sandbox.host import sandbox_uid
+from appliance.tools.sandbox.kernels import Kernel
+from appliance.tools.sandbox.process import run_captured, spawn
+from appliance.tools.sandbox.server import SandboxServer
 
 
 def timed(function: Callable[[], object]) -> float:
@@ -104,7 +105,8 @@ def main() -> None:
     server.close()
 
     medians = {name: statistics.median(values) for name, values in samples.items()}
-    print(f"sandbox benchmark, {rounds} rounds, median (p90) in ms; mode: {'root/setpriv' if sandbox_uid(workspace) else 'userns'}")
+    mode = "root: setpriv to a sandbox uid" if sandbox_uid(workspace) else "user namespace"
+    print(f"sandbox benchmark, {rounds} rounds, median (p90) in ms; mode: {mode}")
     for name, values in samples.items():
         p90 = sorted(values)[int(0.9 * (len(values) - 1))]
         print(f"  {name:38s} {medians[name]:8.2f} ({p90:.2f})")

@@ -16,7 +16,7 @@ import pytest
 
 from appliance.config import Settings, load_settings
 from appliance.tools.base import CallContext, ToolOutput
-from appliance.tools.sandbox.bwrap import is_real_root, sandbox_uid
+from appliance.tools.sandbox.host import is_real_root, sandbox_uid
 from appliance.tools.sandbox.server import SandboxServer
 
 RUN_ID = "20260101-000000-abcdef"

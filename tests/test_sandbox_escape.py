@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.tools.sandbox.bwrap import is_real_root
+from appliance.tools.sandbox.host import is_real_root
 from tests.sandbox_support import (
     HostServer,
     Run,

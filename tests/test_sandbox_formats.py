@@ -8,9 +8,10 @@ import resource
 import pytest
 
 from appliance.tools.sandbox import formats
-from appliance.tools.sandbox.bwrap import Limits, explain_failure
+from appliance.tools.sandbox.bwrap import Limits
 from appliance.tools.sandbox.files import PathRefused, output_name, sandbox_parts
 from appliance.tools.sandbox.formats import Piece
+from appliance.tools.sandbox.host import explain_failure
 from appliance.tools.sandbox.transfer import looks_like_dir, url_file_name
 
 

@@ -23,7 +23,8 @@ import click
 
 from appliance.config import Settings, load_settings
 from appliance.errors import ConfigError, ExitCode
-from appliance.tools.sandbox.bwrap import SANDBOX_HOME, Limits, is_real_root
+from appliance.tools.sandbox.bwrap import SANDBOX_HOME, Limits
+from appliance.tools.sandbox.host import is_real_root
 from appliance.tools.sandbox.process import kill_group, spawn
 from appliance.tools.sandbox.registry import REGISTRY_FILE, SANDBOXES_DIR
 from appliance.tools.sandbox.server import SandboxServer

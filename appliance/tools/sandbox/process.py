@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from appliance.tools.sandbox.bwrap import Host, Launch, Layout, Limits, explain_failure, sandbox_uid
+from appliance.tools.sandbox.bwrap import Host, Launch, Layout, Limits
+from appliance.tools.sandbox.host import explain_failure, sandbox_uid
 
 # How long to keep reading after a kill, for output already in the pipes.
 _DRAIN_AFTER_KILL = 1.0

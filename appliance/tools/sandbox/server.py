@@ -23,7 +23,8 @@ from appliance.errors import ApplianceError
 from appliance.llm.base import Backend
 from appliance.tools.base import CallContext, ToolOutput, ToolServer
 from appliance.tools.sandbox import formats
-from appliance.tools.sandbox.bwrap import Host, Layout, Limits, check_bind_source, preflight, resolve_host, sandbox_uid
+from appliance.tools.sandbox.bwrap import Host, Layout, Limits
+from appliance.tools.sandbox.host import check_bind_source, preflight, resolve_host, sandbox_uid
 from appliance.tools.sandbox.kernels import CellResult, Kernel, KernelUnavailable
 from appliance.tools.sandbox.process import probe, run_captured
 from appliance.tools.sandbox.registry import Registry, SandboxRecord, new_sandbox_id
