@@ -23,10 +23,11 @@ from appliance.tools.sandbox.host import discover_python, find_bwrap, is_real_ro
 from appliance.tools.sandbox.process import kill_group, spawn
 
 UNPRIVILEGED = 65534
+Fixture = tuple[Host, Layout, int | None]
 
 
 @pytest.fixture
-def userns_layout() -> Iterator[tuple[Host, Layout, int | None]]:
+def userns_layout() -> Iterator[Fixture]:
     as_uid = UNPRIVILEGED if is_real_root() else None
     scratch = Path(tempfile.mkdtemp(prefix="appliance-userns-", dir="/tmp"))
     scratch.chmod(0o755)
@@ -41,9 +42,7 @@ def userns_layout() -> Iterator[tuple[Host, Layout, int | None]]:
     shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run(
-    fixture: tuple[Host, Layout, int | None], script: str, limits: Limits, timeout: float = 20
-) -> tuple[int, str, str]:
+def _run(fixture: Fixture, script: str, limits: Limits, timeout: float = 20) -> tuple[int, str, str]:
     host, layout, as_uid = fixture
     launch = host.build(layout, host.shell_command(limits, script))
     extra = {"user": as_uid, "group": as_uid, "extra_groups": []} if as_uid is not None else {}
