@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
 
 from appliance.tools.sandbox.server import MAX_KERNELS, SandboxServer
@@ -136,3 +138,22 @@ def test_background_processes_end_with_their_cell(run: Run) -> None:
     assert "Result(" in out.text
     listing = run.py(sid, "import os\nsorted(int(p) for p in os.listdir('/proc') if p.isdigit()) == [1, os.getpid()]")
     assert "Result(True)" in listing.text, listing.text
+
+
+def test_a_cancelled_call_stops_at_once_and_the_next_one_hears_the_state_is_gone(run: Run) -> None:
+    sid = run.sandbox()
+    run.py(sid, "before = 1")
+    cancel = threading.Event()
+    ctx = dataclasses.replace(run.ctx, cancel=cancel)
+    threading.Timer(0.5, cancel.set).start()
+    started = time.monotonic()
+    out = run.server.call("run_python_code", {"code_block": "import time\ntime.sleep(60)", "sandbox_id": sid}, ctx)
+    assert out.is_error and "cancelled" in out.text and time.monotonic() - started < 10
+    after = run.py(sid, "before")
+    assert "the previous call was cancelled" in after.text and "NameError" in after.text
+    stopped = threading.Event()
+    threading.Timer(0.5, stopped.set).start()
+    command = run.server.call(
+        "run_command", {"command": "sleep 60", "sandbox_id": sid}, dataclasses.replace(run.ctx, cancel=stopped)
+    )
+    assert command.is_error and "cancelled" in command.text

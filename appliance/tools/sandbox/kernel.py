@@ -12,6 +12,7 @@ code gets fresh pipes on 0, 1 and 2, so nothing it prints can corrupt a
 reply). Output is read by threads that keep the first `cap` bytes of each
 stream and count the rest. Each code block runs in one shared namespace; the
 value of a final expression is returned as its repr, like a notebook cell.
+Processes a cell starts end with the cell (as a command's end with it).
 """
 
 from __future__ import annotations

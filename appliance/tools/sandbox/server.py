@@ -230,7 +230,9 @@ class SandboxServer(ToolServer):
                 except KernelUnavailable as exc:
                     return ToolOutput(f"[ERROR]: The sandbox's Python could not start: {exc}", is_error=True)
             cell = kernel.execute(code, timeout=self.time_limit(ctx), cancel=ctx.cancel)
-        used = cell.status == "ok"
+        if cell.status == "cancelled":  # nobody read a result: the next call says the state is gone
+            self._lost[key] = "the previous call was cancelled"
+        used = cell.status == "ok" or (cell.status == "cancelled" and record.python_used)
         if used != record.python_used:
             record.python_used = used
             with self._lock:
