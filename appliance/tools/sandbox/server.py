@@ -158,6 +158,8 @@ class SandboxServer(ToolServer):
                 return self.transfers.to_local(sandbox_id, str(args["sandbox_file_path"]), local, ctx)
         except ApplianceError as exc:
             return ToolOutput(f"[ERROR]: The sandbox is unavailable: {exc.one_line()}", is_error=True)
+        except OSError as exc:  # bwrap vanished, the disk is full, ...: the model reads it, the run goes on
+            return ToolOutput(f"[ERROR]: The sandbox failed: {exc}", is_error=True)
         return ToolOutput(f"[ERROR]: Unknown tool: {tool}", is_error=True)
 
     def create_sandbox(self, ctx: CallContext) -> ToolOutput:
