@@ -382,3 +382,21 @@ def test_environment_carries_no_host_secrets(run: Run, monkeypatch: pytest.Monke
     assert "secret" not in json.dumps(env)
     assert env["HOME"] == "/home/user" and not any(key.startswith("APPLIANCE") for key in env)
     assert sys.executable not in env.get("_", "")
+
+
+def test_every_limit_is_in_force_for_commands_and_the_kernel(make_run: RunFactory) -> None:
+    run = make_run(
+        sandbox__cpu_seconds=77, sandbox__memory_mb=700, sandbox__max_processes=55, sandbox__max_file_mb=33,
+        sandbox__open_files=99,
+    )  # fmt: skip
+    sid = run.sandbox()
+    shell = command_parts(run.sh(sid, "ulimit -H -t -v -u -f -n -c").text)["stdout"].split("\n")
+    values = [line.rsplit(" ", 1)[-1] for line in shell if line]
+    assert values == ["77", str(700 * 1024), "55", str(33 * 1024), "99", "0"], shell
+    code = (
+        "import resource as r\n"
+        "[r.getrlimit(getattr(r, n)) for n in "
+        "('RLIMIT_CPU', 'RLIMIT_AS', 'RLIMIT_NPROC', 'RLIMIT_FSIZE', 'RLIMIT_NOFILE', 'RLIMIT_CORE')]"
+    )
+    expected = [(77, 77), (700 * 2**20,) * 2, (55, 55), (33 * 2**20,) * 2, (99, 99), (0, 0)]
+    assert f"Result({expected!r})" in run.py(sid, code).text

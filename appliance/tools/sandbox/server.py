@@ -14,13 +14,14 @@ import sys
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from appliance.config import Settings
 from appliance.errors import ApplianceError
 from appliance.llm.base import Backend
+from appliance.protocol.tooldefs import ToolSpec
 from appliance.tools.base import CallContext, ToolOutput, ToolServer
 from appliance.tools.sandbox import formats
 from appliance.tools.sandbox.bwrap import Host, Layout, Limits
@@ -81,7 +82,7 @@ class SandboxServer(ToolServer):
         self._layouts: dict[tuple[str, str], Layout] = {}
         self.transfers = Transfers(settings, self)
 
-    def tools(self) -> tuple[Any, ...]:
+    def tools(self) -> Sequence[ToolSpec]:
         return PYTHON_TOOLS
 
     # ------------------------------------------------------------ shared machinery
