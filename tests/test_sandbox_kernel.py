@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import threading
 import time
 
+from appliance.tools.sandbox.kernels import KERNEL_SOURCE
 from appliance.tools.sandbox.server import MAX_KERNELS, SandboxServer
 from tests.sandbox_support import Run, RunFactory, command_parts, make_run, run
 
@@ -157,3 +159,17 @@ def test_a_cancelled_call_stops_at_once_and_the_next_one_hears_the_state_is_gone
         "run_command", {"command": "sleep 60", "sandbox_id": sid}, dataclasses.replace(run.ctx, cancel=stopped)
     )
     assert command.is_error and "cancelled" in command.text
+
+
+def test_a_huge_result_is_cut_and_the_state_survives(run: Run) -> None:
+    sid = run.sandbox()
+    out = run.py(sid, "big = list(range(3_000_000))\nbig")
+    assert len(out.text) < 20_500 and "[Result truncated" in out.text and "Result([0, 1, 2" in out.text
+    assert "Result(3000000)" in run.py(sid, "len(big)").text
+    error = run.py(sid, "raise ValueError('v' * 1_000_000)")
+    assert len(error.text) < 20_500 and "ValueError" in error.text
+
+
+def test_the_kernel_source_is_python_3_8_syntax() -> None:
+    # It runs on the sandbox's interpreter, which the installer may pick older than the appliance's.
+    ast.parse(KERNEL_SOURCE, feature_version=(3, 8))

@@ -172,6 +172,7 @@ def _reap() -> None:
 
 class Kernel:
     def __init__(self, cap: int) -> None:
+        self.cap = cap  # characters of a result, an error value, a traceback (its end)
         self.count = 0
         self.pid = os.getpid()
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
@@ -205,7 +206,8 @@ class Kernel:
             lines = traceback.format_exception_only(type(exc), exc)
         else:
             lines = traceback.format_exception(type(exc), exc, tb)
-        return {"name": type(exc).__name__, "value": str(exc), "traceback": "".join(lines).rstrip("\n")}
+        trace = "".join(lines).rstrip("\n")
+        return {"name": type(exc).__name__, "value": str(exc)[: self.cap], "traceback": trace[-self.cap :]}
 
     def execute(self, source: str) -> dict[str, Any]:
         self.count += 1
@@ -214,6 +216,7 @@ class Kernel:
         self.stderr.reset()
         self._streams()
         result = None
+        result_chars = 0
         error = None
         try:
             try:
@@ -237,6 +240,8 @@ class Kernel:
                 if value is not None:
                     self.namespace["_"] = value
                     result = repr(value)
+                    result_chars = len(result)
+                    result = result[: self.cap]
         except BaseException as exc:  # the cell's error, whatever it is, is the answer
             error = self._error(exc)
         if os.getpid() != self.pid:
@@ -255,6 +260,7 @@ class Kernel:
             "stdout_bytes": out_total,
             "stderr_bytes": err_total,
             "result": result,
+            "result_chars": result_chars,
             "error": error,
             "count": self.count,
         }

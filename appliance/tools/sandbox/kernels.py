@@ -34,6 +34,7 @@ class CellResult:
     stdout_bytes: int = 0
     stderr_bytes: int = 0
     result: str | None = None
+    result_chars: int = 0
     error: dict[str, str] | None = None
     detail: str = ""
     duration_s: float = 0.0
@@ -165,6 +166,7 @@ class Kernel:
             stdout_bytes=int(reply.get("stdout_bytes", 0)),
             stderr_bytes=int(reply.get("stderr_bytes", 0)),
             result=reply.get("result"),
+            result_chars=int(reply.get("result_chars", 0)),
             error=reply.get("error"),
             duration_s=elapsed,
         )

@@ -306,8 +306,8 @@ class SandboxServer(ToolServer):
         stderr = _piece_text(cell.stderr, cell.stderr_bytes)
         result = None
         if cell.result is not None:
-            shown = formats.readable(cell.result, len(cell.result))
-            result = formats.Piece(shown, len(shown), quoted=False)
+            shown = formats.readable(cell.result, cell.result_chars)
+            result = formats.Piece(shown, max(len(shown), cell.result_chars), quoted=False)
         text = formats.execution(result, stdout, stderr, error, cap)
         seen = [stdout.text, stderr.text, *(error[1:2] if error else ()), error[2].text if error else ""]
         notes.insert(0, formats.offline_note(seen, self.settings.tools.enabled))
