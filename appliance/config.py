@@ -91,6 +91,9 @@ class ToolsSettings:
 
 @dataclass
 class SandboxSettings:
+    # The bubblewrap binary (a name looked up on PATH, or a path).
+    bwrap: str = "bwrap"
+    # The sandbox's interpreter; empty: the appliance's own (sys.executable).
     python: str = ""
     cpu_seconds: int = 600
     memory_mb: int = 4096
