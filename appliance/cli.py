@@ -308,7 +308,8 @@ def prompt_command(ctx: click.Context, /, date_text: str | None, **options: Any)
         raise ApplianceError(f"--date {date_text!r} is not a date", "write it as YYYY-MM-DD") from exc
     toolbox = build_toolbox(settings, lambda: build_backend(settings))
     try:
-        click.echo(render_system_prompt(date, toolbox.server_specs()))
+        # Exactly the prompt's bytes when piped (golden comparisons); a newline for a terminal.
+        click.echo(render_system_prompt(date, toolbox.server_specs()), nl=sys.stdout.isatty())
     finally:
         toolbox.close()
 

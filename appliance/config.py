@@ -73,8 +73,8 @@ class AgentSettings:
     tool_timeout: float = 600.0
     result_max_chars: int = 100_000
     # "exact" is the reference's last-K (the faithful default); "blocks" evicts
-    # results `eviction_block` at a time (0 = K) so the prompt prefix stays
-    # stable for the KV cache (see docs/performance.md).
+    # results `eviction_block` at a time (0 = 2K: K..3K-1 results visible) so
+    # the prompt prefix stays stable for the KV cache (see docs/performance.md).
     eviction: str = "exact"
     eviction_block: int = 0
     # The v1.0 evaluation configuration hides this tool; offering it changes
@@ -415,7 +415,9 @@ def validate(settings: Settings) -> None:
     if agent.eviction not in ("exact", "blocks"):
         raise ConfigError(f"unknown eviction mode '{agent.eviction}'", "set [agent] eviction to exact or blocks")
     if agent.eviction_block < 0:
-        raise ConfigError(f"eviction_block must be >= 0, got {agent.eviction_block}", "use 0 (= keep_last) or a size")
+        raise ConfigError(
+            f"eviction_block must be >= 0, got {agent.eviction_block}", "use 0 (= 2 x keep_last) or a size"
+        )
     if settings.model.context_length < 256:
         raise ConfigError(
             f"context_length {settings.model.context_length} is too small", "set [model] context_length >= 256"

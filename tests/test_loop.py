@@ -117,10 +117,10 @@ def test_blocks_eviction_keeps_between_k_and_2k_minus_1(tmp_path: Path) -> None:
     changes = 0
     for i in range(20):
         messages += [ChatMessage("assistant", f"a{i}"), ChatMessage("user", f"r{i}")]
-        results = [m.content for m in build_view(messages, 5, "blocks") if m.role == "user"][1:]
+        results = [m.content for m in build_view(messages, 5, "blocks", 5) if m.role == "user"][1:]
         kept = sum(1 for r in results if r != OMITTED)
         assert kept == len(results) if len(results) < 5 else 5 <= kept <= 9
-        prefix = [m.content for m in build_view(messages, 5, "blocks")][: 2 * (i + 1)]
+        prefix = [m.content for m in build_view(messages, 5, "blocks", 5)][: 2 * (i + 1)]
         if previous_prefix is not None and prefix[: len(previous_prefix)] != previous_prefix:
             changes += 1
         previous_prefix = prefix
@@ -323,11 +323,12 @@ def test_replay_that_ends_early_is_a_clear_error(tmp_path: Path) -> None:
     assert "ended after 1 turns" in (done.error or "") and "add more lines" in (done.error or "")
 
 
-def test_blocks_with_a_larger_block_keep_k_to_k_plus_block_minus_1() -> None:
+def test_blocks_default_to_2k_and_keep_k_to_k_plus_block_minus_1() -> None:
     messages = [ChatMessage("user", "task")]
     for i in range(30):
         messages += [ChatMessage("assistant", f"a{i}"), ChatMessage("user", f"r{i}")]
-        kept = [m.content for m in build_view(messages, 5, "blocks", 10) if m.role == "user"][1:]
+        kept = [m.content for m in build_view(messages, 5, "blocks") if m.role == "user"][1:]
+        assert kept == [m.content for m in build_view(messages, 5, "blocks", 10) if m.role == "user"][1:]
         visible = [r for r in kept if r != OMITTED]
         n = i + 1
         assert len(visible) == (n if n < 15 else 5 + (n - 5) % 10)
@@ -336,7 +337,9 @@ def test_blocks_with_a_larger_block_keep_k_to_k_plus_block_minus_1() -> None:
 
 def test_the_loop_uses_the_configured_eviction_mode(tmp_path: Path) -> None:
     turns = [command(f"echo {i}") for i in range(1, 12)] + [ANSWER, SUMMARY]
-    agent, state, backend = make_agent(turns, [ScriptedPython()], tmp_path, keep_last=3, eviction="blocks")
+    agent, state, backend = make_agent(
+        turns, [ScriptedPython()], tmp_path, keep_last=3, eviction="blocks", eviction_block=3
+    )
     events = run_all(agent, state)
     assert finished(events).status == "answered"
     # With K=3 and blocks of 3, 3..5 results are visible, and the prompt of each turn
