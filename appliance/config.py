@@ -57,6 +57,9 @@ class ModelSettings:
     top_p: float = 0.95
     repeat_penalty: float = 1.05
     seed: int = -1
+    # An interrupted run leaves its KV cache in its run directory when it is at
+    # most this big, so `appliance resume` does not evaluate the prefix again (0: never).
+    kv_checkpoint_mb: int = 4096
     # Optional GBNF grammars constraining normal turns and the summary turn
     # (file paths). Useful for small models that slip the format, and for
     # deterministic tests with random weights.

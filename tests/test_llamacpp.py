@@ -36,9 +36,11 @@ def backend(tiny_gguf: Path, tmp_path: Path) -> LlamaCppBackend:
     )
 
 
-def collect(backend: LlamaCppBackend, messages: list[ChatMessage], **kwargs: object) -> tuple[str, Completion]:
+def collect(
+    backend: LlamaCppBackend, messages: list[ChatMessage], max_tokens: int = 400, **kwargs: object
+) -> tuple[str, Completion]:
     chunks, completion = [], None
-    for event in backend.stream_chat(messages, max_tokens=400, **kwargs):  # type: ignore[arg-type]
+    for event in backend.stream_chat(messages, max_tokens=max_tokens, **kwargs):  # type: ignore[arg-type]
         if isinstance(event, TextChunk):
             chunks.append(event.text)
         else:
@@ -126,3 +128,45 @@ def test_headless_run_end_to_end_on_llama_cpp(tiny_gguf: Path, tmp_path: Path, a
     assert (payload["status"], payload["answer"], payload["turns"], payload["tool_calls"]) == ("answered", "42", 2, 2)
     assert payload["prompt_tokens"] > 1000  # the system prompt and the task were really tokenized
     assert result.stderr.count("tool-python/run_command") == 2
+
+
+def test_kv_checkpoint_lets_a_new_process_skip_the_prefix(tiny_gguf: Path, tmp_path: Path) -> None:
+    history = [ChatMessage("system", "Checkpoint test. " * 60), ChatMessage("user", "the task " * 30)]
+    clear_model_cache()
+    first = LlamaCppBackend(tiny_gguf, context_length=4096, temperature=0.0, seed=3)
+    _, done = collect(first, history, max_tokens=30)
+    checkpoint = tmp_path / "kv-cache.bin"
+    assert not first.save_checkpoint(checkpoint, max_bytes=1024)  # too big for the budget: nothing written
+    assert not checkpoint.exists()
+    assert first.save_checkpoint(checkpoint, max_bytes=1 << 30)
+    cached_tokens = int(first.llm.n_tokens)
+
+    clear_model_cache()  # as if the process had died: a fresh model with an empty cache
+    second = LlamaCppBackend(tiny_gguf, context_length=4096, temperature=0.0, seed=3)
+    assert second.load_checkpoint(checkpoint) == cached_tokens
+    history += [ChatMessage("assistant", done.text), ChatMessage("user", "a new result")]
+    _, resumed = collect(second, history, max_tokens=30)
+    assert resumed.evaluated_tokens <= resumed.prompt_tokens - done.prompt_tokens + 3
+
+    clear_model_cache()
+    cold = LlamaCppBackend(tiny_gguf, context_length=4096, temperature=0.0, seed=3)
+    _, baseline = collect(cold, history, max_tokens=30)
+    assert baseline.evaluated_tokens == baseline.prompt_tokens
+    assert resumed.text == baseline.text  # the restored cache gives the same greedy output
+
+
+def test_a_foreign_or_broken_checkpoint_restores_nothing(tiny_gguf: Path, tmp_path: Path) -> None:
+    clear_model_cache()
+    backend = LlamaCppBackend(tiny_gguf, context_length=4096, temperature=0.0)
+    collect(backend, [ChatMessage("user", "hello " * 50)], max_tokens=10)
+    checkpoint = tmp_path / "kv.bin"
+    assert backend.save_checkpoint(checkpoint, max_bytes=1 << 30)
+    clear_model_cache()
+    other_context = LlamaCppBackend(tiny_gguf, context_length=2048, temperature=0.0)
+    assert other_context.load_checkpoint(checkpoint) == 0
+    checkpoint.write_bytes(b"garbage")
+    clear_model_cache()
+    same = LlamaCppBackend(tiny_gguf, context_length=4096, temperature=0.0)
+    assert same.load_checkpoint(checkpoint) == 0
+    _, completion = collect(same, [ChatMessage("user", "hello " * 50)], max_tokens=10)
+    assert completion.evaluated_tokens == completion.prompt_tokens  # a clean, empty cache
