@@ -220,7 +220,7 @@ def open_history(settings: Settings, db: Path | None) -> Any:
 
 
 def run_headless(options: dict[str, Any], task: str, *, as_json: bool, verbose: bool) -> int:
-    from appliance.agent.runtime import build_toolbox, prepare_run
+    from appliance.agent.runtime import build_toolbox, prepare_run, save_kv_checkpoint
     from appliance.llm.factory import build_backend
 
     settings = settings_from_options(options)
@@ -240,6 +240,8 @@ def run_headless(options: dict[str, Any], task: str, *, as_json: bool, verbose: 
         if history is not None:
             subscribers.insert(0, history.recorder())
         finished = drive(agent.run(state), subscribers, agent.cancel)
+        if finished.status in ("interrupted", "error") and save_kv_checkpoint(backend, settings, state.run_id):
+            click.echo(f"appliance: kept the model's cache for `appliance resume {state.run_id}`", err=True)
     finally:
         toolbox.close()
         backend.close()
