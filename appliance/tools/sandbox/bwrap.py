@@ -251,6 +251,10 @@ class Host:
                 continue
             launch.fds.append(fd)
             argv += ["--perms", "0644", "--file", str(fd), f"/etc/{entry}"]
+        # Home and /tmp first: a Python installed under /tmp or a home (a CI
+        # checkout's venv) is bound afterwards, on top, instead of being hidden.
+        make_dirs(SANDBOX_HOME)
+        argv += ["--bind", str(layout.workspace), SANDBOX_HOME, "--bind", str(layout.tmp), "/tmp"]
         for bind in self.python.binds:
             make_dirs(bind)
             argv += ["--ro-bind", bind, bind]
@@ -258,8 +262,6 @@ class Host:
         for name in ("python", "python3"):
             argv += ["--symlink", self.python.executable, f"{SANDBOX_BIN}/{name}"]
         argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm"]
-        make_dirs(SANDBOX_HOME)
-        argv += ["--bind", str(layout.workspace), SANDBOX_HOME, "--bind", str(layout.tmp), "/tmp"]
         for target, content in identity_files(inside_uid).items():
             fd = _memfd(Path(target).name, content)
             launch.fds.append(fd)
