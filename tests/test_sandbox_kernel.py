@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import threading
 import time
+from pathlib import Path
 
 from appliance.tools.sandbox.kernels import KERNEL_SOURCE
 from appliance.tools.sandbox.server import MAX_KERNELS, SandboxServer
@@ -173,3 +174,17 @@ def test_a_huge_result_is_cut_and_the_state_survives(run: Run) -> None:
 def test_the_kernel_source_is_python_3_8_syntax() -> None:
     # It runs on the sandbox's interpreter, which the installer may pick older than the appliance's.
     ast.parse(KERNEL_SOURCE, feature_version=(3, 8))
+
+
+def test_a_python_installed_under_tmp_is_visible_inside(make_run: RunFactory, tmp_path: Path) -> None:
+    """A checkout's venv under /tmp (a CI clone) must not be hidden by the sandbox's own /tmp."""
+    import subprocess
+    import sys
+
+    venv = tmp_path / "venv-under-tmp"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    run = make_run(sandbox__python=str(venv / "bin" / "python"))
+    sid = run.sandbox()
+    out = run.py(sid, "import sys; sys.prefix")
+    assert f"Result('{venv}')" in out.text, out.text
+    assert "Result(2)" in run.py(sid, "1 + 1").text
