@@ -28,8 +28,9 @@ from appliance.agent.events import (
     TurnEnded,
     TurnRolledBack,
 )
-from appliance.config import Settings, load_settings
+from appliance.config import Settings
 from appliance.errors import ApplianceError, ExitCode
+from appliance.options import collect_common, common_options, option_overrides, settings_from_options
 from appliance.textutil import one_line, strip_control
 
 # Subcommands live beside the code they drive and are imported on first use.
@@ -87,66 +88,6 @@ class LazyGroup(click.Group):
             return unavailable
         assert isinstance(loaded, click.Command)
         return loaded
-
-
-# ------------------------------------------------------------------ options
-
-_COMMON = [
-    click.option("--profile", help="Hardware/model profile (see `appliance profiles`)."),
-    click.option("--backend", type=str, help="llamacpp | openai | replay"),
-    click.option("--replay", "replay", type=click.Path(path_type=Path), help="JSONL of scripted assistant turns."),
-    click.option("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1"),
-    click.option("--model", "model", help="GGUF file (llamacpp) or model name (openai)."),
-    click.option("--max-turns", type=int, help="Turn budget (default 600)."),
-    click.option("--keep-last", type=int, help="Tool results kept in context (default 5, -1 = all)."),
-    click.option("--workspace", type=click.Path(path_type=Path), help="Host directory used as the sandbox home."),
-    click.option("--db", type=click.Path(path_type=Path), help="History database (default: data dir)."),
-    click.option(
-        "--attach",
-        multiple=True,
-        type=click.Path(path_type=Path),
-        help="File or directory the model may upload into its sandbox (repeatable).",
-    ),
-]
-
-
-def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed(_COMMON):
-        func = option(func)
-    return func
-
-
-def collect_common(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
-    """Options given to a subcommand win over the same options given before it."""
-    merged = dict(ctx.obj or {})
-    for key, value in values.items():
-        if value not in (None, ()):
-            merged[key] = value
-    return merged
-
-
-def option_overrides(options: dict[str, Any]) -> dict[str, Any]:
-    """Command-line options as "section.key" settings overrides (None: not given)."""
-    overrides: dict[str, Any] = {
-        "model.backend": options.get("backend"),
-        # Absolute, so `appliance resume` finds the script from any directory.
-        "model.replay": str(Path(options["replay"]).expanduser().resolve()) if options.get("replay") else None,
-        "model.base_url": options.get("base_url"),
-        "agent.max_turns": options.get("max_turns"),
-        "agent.keep_last": options.get("keep_last"),
-    }
-    model = options.get("model")
-    if model:
-        backend = options.get("backend")
-        is_file = model.endswith(".gguf") or Path(model).expanduser().exists()
-        overrides["model.path" if is_file and backend != "openai" else "model.name"] = model
-    if options.get("replay") and not options.get("backend"):
-        overrides["model.backend"] = "replay"
-    return overrides
-
-
-def settings_from_options(options: dict[str, Any]) -> Settings:
-    return load_settings(profile=options.get("profile"), overrides=option_overrides(options))
 
 
 # ------------------------------------------------------------------ headless

@@ -163,6 +163,16 @@ class ExtractionSettings:
 
 
 @dataclass
+class EvalSettings:
+    # An LLM judge for `appliance eval` (any OpenAI-compatible server); empty: GAIA exact match only.
+    judge_url: str = ""
+    judge_model: str = ""
+    judge_api_key: str = ""
+    # Optional GBNF grammar file for a llama.cpp judge (forces a one-word verdict).
+    judge_grammar: str = ""
+
+
+@dataclass
 class UiSettings:
     theme: str = "dark"
 
@@ -176,6 +186,7 @@ class Settings:
     search: SearchSettings = field(default_factory=SearchSettings)
     scrape: ScrapeSettings = field(default_factory=ScrapeSettings)
     extraction: ExtractionSettings = field(default_factory=ExtractionSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
     ui: UiSettings = field(default_factory=UiSettings)
     profile: str = DEFAULT_PROFILE
     # Where each value came from, for `appliance doctor` and the status screen.
