@@ -125,10 +125,12 @@ def collect_common(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def settings_from_options(options: dict[str, Any]) -> Settings:
+def option_overrides(options: dict[str, Any]) -> dict[str, Any]:
+    """Command-line options as "section.key" settings overrides (None: not given)."""
     overrides: dict[str, Any] = {
         "model.backend": options.get("backend"),
-        "model.replay": str(options["replay"]) if options.get("replay") else None,
+        # Absolute, so `appliance resume` finds the script from any directory.
+        "model.replay": str(Path(options["replay"]).expanduser().resolve()) if options.get("replay") else None,
         "model.base_url": options.get("base_url"),
         "agent.max_turns": options.get("max_turns"),
         "agent.keep_last": options.get("keep_last"),
@@ -140,7 +142,11 @@ def settings_from_options(options: dict[str, Any]) -> Settings:
         overrides["model.path" if is_file and backend != "openai" else "model.name"] = model
     if options.get("replay") and not options.get("backend"):
         overrides["model.backend"] = "replay"
-    return load_settings(profile=options.get("profile"), overrides=overrides)
+    return overrides
+
+
+def settings_from_options(options: dict[str, Any]) -> Settings:
+    return load_settings(profile=options.get("profile"), overrides=option_overrides(options))
 
 
 # ------------------------------------------------------------------ headless
@@ -210,13 +216,10 @@ def drive(
 
 
 def open_history(settings: Settings, db: Path | None) -> Any:
-    """The history store, if this build has one (issue 5); None otherwise."""
-    try:
-        store = importlib.import_module("appliance.store")
-    except ImportError:
-        return None
-    opener = getattr(store, "open_history", None)
-    return opener(db or settings.dirs.default_db) if opener else None
+    """The run history (--db, or history.db in the data directory); a bad file fails here, before any work."""
+    from appliance.store import open_history as open_store
+
+    return open_store(db or settings.dirs.default_db)
 
 
 def run_headless(options: dict[str, Any], task: str, *, as_json: bool, verbose: bool) -> int:
@@ -224,29 +227,58 @@ def run_headless(options: dict[str, Any], task: str, *, as_json: bool, verbose: 
     from appliance.llm.factory import build_backend
 
     settings = settings_from_options(options)
-    backend = build_backend(settings)
-    toolbox = build_toolbox(settings, lambda: backend)
+    history = open_history(settings, options.get("db"))
     try:
-        agent, state = prepare_run(
-            settings,
-            task,
-            backend=backend,
-            toolbox=toolbox,
-            workspace=options.get("workspace"),
-            attachments=list(options.get("attach") or ()),
-        )
-        subscribers: list[Callable[[AgentEvent], None]] = [HeadlessPrinter(verbose=verbose)]
-        history = open_history(settings, options.get("db"))
-        if history is not None:
-            subscribers.insert(0, history.recorder())
-        finished = drive(agent.run(state), subscribers, agent.cancel)
-        if finished.status in ("interrupted", "error") and save_kv_checkpoint(backend, settings, state.run_id):
-            click.echo(f"appliance: kept the model's cache for `appliance resume {state.run_id}`", err=True)
+        backend = build_backend(settings)
+        toolbox = build_toolbox(settings, lambda: backend)
+        try:
+            agent, state = prepare_run(
+                settings,
+                task,
+                backend=backend,
+                toolbox=toolbox,
+                workspace=options.get("workspace"),
+                attachments=list(options.get("attach") or ()),
+            )
+            subscribers = [history.recorder(), HeadlessPrinter(verbose=verbose)]
+            finished = drive(agent.run(state), subscribers, agent.cancel)
+            if finished.status in ("interrupted", "error") and save_kv_checkpoint(backend, settings, state.run_id):
+                click.echo(f"appliance: kept the model's cache for `appliance resume {state.run_id}`", err=True)
+        finally:
+            toolbox.close()
+            backend.close()
     finally:
-        toolbox.close()
-        backend.close()
+        history.close()
     emit_result(finished, as_json=as_json)
-    return finished.exit_code
+    return int(finished.exit_code)
+
+
+def resume_headless(options: dict[str, Any], run_id: str, *, as_json: bool, verbose: bool) -> int:
+    """Continue a recorded run with its own settings; flags given to `resume` override them."""
+    from appliance.store.resume import prepare_resume
+
+    history = open_history(settings_from_options(options), options.get("db"))
+    try:
+        given = {k: v for k, v in option_overrides(options).items() if v is not None}
+        resumed = prepare_resume(
+            history, run_id, given, profile=options.get("profile"), workspace=options.get("workspace")
+        )
+        printer = HeadlessPrinter(verbose=verbose)
+        try:
+            for note in resumed.notes:
+                printer.stream.write(f"appliance: {strip_control(note)}\n")
+            state = resumed.state
+            printer.stream.write(
+                f"appliance: resuming run {state.run_id} after turn {state.turn} "
+                f"({state.tool_calls} tool calls so far)\n"
+            )
+            finished = drive(resumed.agent.run(state), [history.recorder(), printer], resumed.agent.cancel)
+        finally:
+            resumed.close()
+    finally:
+        history.close()
+    emit_result(finished, as_json=as_json)
+    return int(finished.exit_code)
 
 
 def emit_result(finished: RunFinished, *, as_json: bool) -> None:
@@ -325,11 +357,13 @@ def prompt_command(ctx: click.Context, /, date_text: str | None, **options: Any)
 def resume_command(ctx: click.Context, /, run_id: str, as_json: bool, verbose: bool, **options: Any) -> None:
     """Continue an interrupted run from its last completed step."""
     options = collect_common(ctx, options)
-    settings = settings_from_options(options)
-    history = open_history(settings, options.get("db"))
-    if history is None:
-        raise ApplianceError("this build has no run history", "reinstall the appliance")
-    ctx.exit(history.resume(run_id, options, printer=HeadlessPrinter(verbose=verbose), as_json=as_json))
+    try:
+        code = resume_headless(options, run_id, as_json=as_json, verbose=verbose)
+    except ApplianceError as exc:
+        if as_json:
+            click.echo(json.dumps({"run_id": run_id, "status": "error", "answer": None, "error": exc.one_line()}))
+        raise
+    ctx.exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,6 +27,7 @@ class RunStarted:
     attachments: tuple[str, ...] = ()
     resumed: bool = False
     turn: int = 0
+    workspace: str = ""  # the sandbox home on the host (--workspace or the run's own)
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,8 @@ class RunState:
     summary_reason: str | None = None
     elapsed_before: float = 0.0
     resumed: bool = False
+    # Replies discarded in a row just before this point: a resumed run keeps the same rollback budget.
+    rollback_streak: int = 0
 
 
 @dataclass
@@ -134,6 +136,7 @@ class Agent:
             attachments=state.attachments,
             resumed=state.resumed,
             turn=state.turn,
+            workspace=str(self.ctx.workspace),
         )
         status, answer, final_text, error, code = "error", None, "", None, ExitCode.USAGE
         try:
@@ -241,7 +244,7 @@ class Agent:
         max_turns = self.settings.max_turns
         max_rollbacks = self.settings.max_rollbacks
         attempts = 0
-        rollbacks = 0
+        rollbacks = state.rollback_streak
 
         # A resumed run may stop between a recorded reply and its results:
         # execute that reply's calls rather than sampling a new one.
@@ -250,9 +253,28 @@ class Agent:
             if not calls:
                 state.summary_reason = "no_tool_call"
                 return
-            yield from self._execute(state, state.turn, calls, allow_duplicates=True, stop_when_wasted=False)
-            if not (yield from self._fits_next_turn(state)):
-                return
+            # The same rules as when the reply first arrived, so a resumed run goes where the live one went.
+            can_roll_back = rollbacks < max_rollbacks - 1
+            wasted = yield from self._execute(
+                state, state.turn, calls, allow_duplicates=not can_roll_back, stop_when_wasted=can_roll_back
+            )
+            if wasted is not None:
+                state.messages.pop()
+                state.turn -= 1
+                rollbacks += 1
+                yield TurnRolledBack(state.turn + 1, "turn", wasted[0], wasted[1])
+            else:
+                rollbacks = 0
+                if not (yield from self._fits_next_turn(state)):
+                    return
+        elif (
+            # Stopped right after a turn's results: the live loop checked the context next.
+            state.resumed
+            and len(state.messages) > 1
+            and state.messages[-1].role == "user"
+            and not (yield from self._fits_next_turn(state))
+        ):
+            return
 
         while state.turn < max_turns and attempts < max_turns + _EXTRA_ATTEMPTS:
             self._check_cancel()

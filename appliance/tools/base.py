@@ -192,6 +192,9 @@ class ToolBox:
                         f"Tool call timed out after {ctx.timeout:g} seconds. Try a smaller step that finishes faster.",
                         "timeout",
                     )
+            except KeyboardInterrupt:
+                call_ctx.cancel.set()  # Ctrl-C: stop the server's work too, or the process waits for it at exit
+                raise
             except Exception as exc:  # a server bug must never end the run
                 return outcome(f"Tool execution failed: {type(exc).__name__}: {exc}", "failed")
         return outcome(result.text, "error" if result.is_error else "ok", dict(result.meta))

@@ -1,0 +1,189 @@
+"""A run as a ChatML trajectory (for fine-tuning) or as a readable Markdown report. Pure functions."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+
+from appliance.agent.context import build_view
+from appliance.llm.base import ChatMessage
+from appliance.protocol.parsing import split_thinking, text_before_tool_call
+from appliance.store.records import RunRecord, Step
+from appliance.textutil import strip_control
+
+View = Literal["full", "context"]
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029]")
+_URL = re.compile(r"https?://[^\s<>\"'`)\]}]+")
+
+
+def safe_json(value: Any) -> str:
+    """One line of JSON that a terminal cannot interpret: C1 controls are written as \\u escapes."""
+    text = json.dumps(value, ensure_ascii=False)
+    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+# ---------------------------------------------------------------- ChatML
+
+
+def conversation(run: RunRecord) -> list[ChatMessage]:
+    """The run's final history: the task, every kept reply and observation, the summary prompt.
+
+    An observation removed before the summary (the reference drops a trailing
+    result) is left out, as the model never read it again.
+    """
+    messages = [ChatMessage("user", run.task_message)]
+    for step in run.kept_steps:
+        if step.reply.kind != "turn":
+            continue
+        messages.append(ChatMessage("assistant", step.reply.content))
+        obs = step.observation
+        if obs is not None and obs.state == "kept" and not obs.dropped:
+            messages.append(ChatMessage("user", obs.content))
+    if run.summary_prompt is not None:
+        messages.append(ChatMessage("user", run.summary_prompt.content))
+    return messages
+
+
+def final_reply(run: RunRecord) -> Step | None:
+    summaries = [s for s in run.kept_steps if s.reply.kind == "summary"]
+    return summaries[-1] if summaries else None
+
+
+def chatml(run: RunRecord, view: View = "full") -> dict[str, Any]:
+    """{"messages": [system, user, assistant, ...], "metadata": {...}}, one object per run.
+
+    view="full": every observation whole, as the reference's collected traces are.
+    view="context": what the model saw when it wrote the final answer, old
+    results replaced by the placeholder under the run's own keep-last rule.
+    """
+    messages = conversation(run)
+    if view == "context":
+        agent = run.settings.get("agent", {}) if isinstance(run.settings.get("agent"), dict) else {}
+        keep_last = int(agent.get("keep_last", 5))
+        messages = build_view(messages, keep_last, str(agent.get("eviction", "exact")))
+    final = final_reply(run)
+    if final is not None:
+        messages.append(ChatMessage("assistant", final.reply.content))
+    return {
+        "messages": [{"role": "system", "content": run.system_prompt}]
+        + [{"role": m.role, "content": m.content} for m in messages],
+        "metadata": {
+            "run_id": run.run_id,
+            "task": run.task,
+            "answer": run.answer,
+            "status": run.status,
+            "model": run.model,
+            "backend": run.backend,
+            "turns": run.turns,
+            "tool_calls": run.tool_calls,
+            "started_at": run.started_at,
+            "view": view,
+        },
+    }
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+def fence(text: str, info: str = "text") -> str:
+    """A fenced block that the content cannot close early, whatever backticks it holds."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    ticks = "`" * max(3, longest + 1)
+    return f"{ticks}{info}\n{text.rstrip()}\n{ticks}"
+
+
+def _cut(text: str, limit: int | None) -> str:
+    if limit is None or len(text) <= limit:
+        return text
+    return text[:limit] + f"\n… [{len(text) - limit:,} more characters; --full shows all]"
+
+
+def sources(run: RunRecord) -> list[str]:
+    """URLs the agent read (arguments of successful calls), then URLs cited in the final answer."""
+    found: list[str] = []
+
+    def add(url: str) -> None:
+        url = url.rstrip(".,;:")
+        if url not in found:
+            found.append(url)
+
+    for step in run.kept_steps:
+        for call in step.calls:
+            if call.status != "ok" or call.tool == "google_search":
+                continue
+            for value in call.arguments.values():
+                match = _URL.match(value) if isinstance(value, str) else None
+                if match:
+                    add(match.group())
+    final = final_reply(run)
+    for url in _URL.findall(final.reply.content if final else (run.final_text or "")):
+        add(url)
+    return found
+
+
+def _step_markdown(step: Step, limit: int | None) -> list[str]:
+    reply = step.reply
+    out: list[str] = []
+    if reply.state == "rolled_back":
+        detail = f": {reply.rollback_detail}" if reply.rollback_detail else ""
+        out.append(f"*Turn {reply.turn}, attempt discarded ({reply.rollback_reason}{detail}).*")
+        return out
+    title = "Final answer turn" if reply.kind == "summary" else f"Turn {reply.turn}"
+    out.append(f"### {title}")
+    thinking, rest = split_thinking(reply.content)
+    said = text_before_tool_call(rest)
+    if thinking:
+        out += ["**Thinking**", fence(_cut(thinking, limit))]
+    if said:
+        out += ["**Reply**" if reply.kind == "summary" else "**Said**", fence(_cut(said, limit))]
+    for call in step.calls:
+        meta = f"{call.status}"
+        if call.duration_s is not None:
+            meta += f", {call.duration_s:.1f} s"
+        if call.truncated:
+            meta += ", truncated"
+        out += [
+            f"**Tool call** `{call.server}` / `{call.tool}`",
+            fence(json.dumps(call.arguments, ensure_ascii=False, indent=2), "json"),
+            f"**Result** ({meta})",
+            fence(_cut(call.result if call.result is not None else "(no result: the call did not finish)", limit)),
+        ]
+    if step.observation is not None and step.observation.omitted:
+        out.append("*(These results were later shown to the model as “Tool result is omitted to save tokens.”)*")
+    return out
+
+
+def markdown_report(run: RunRecord, *, limit: int | None = 2000, include_discarded: bool = True) -> str:
+    """Task, each step, sources and answer. Control characters are removed; code fences contain the rest."""
+    lines = [f"# Run {run.run_id}", ""]
+    facts = [
+        f"- **Status:** {run.status}" + (f" ({run.error})" if run.error else ""),
+        f"- **Model:** {run.model or '?'} ({run.backend or '?'})",
+        f"- **Started:** {run.started_at}" + (f", finished {run.finished_at}" if run.finished_at else ""),
+        f"- **Turns:** {run.turns}, **tool calls:** {run.tool_calls}, "
+        f"**tokens:** {run.prompt_tokens:,} prompt / {run.completion_tokens:,} completion, "
+        f"**time:** {run.elapsed_s:.1f} s",
+    ]
+    if run.resumes:
+        facts.append(f"- **Resumed:** {run.resumes} time(s)")
+    if run.tags:
+        facts.append(f"- **Tags:** {', '.join(run.tags)}")
+    if run.workspace:
+        facts.append(f"- **Workspace:** `{run.workspace}`")
+    for path in run.attachments:
+        facts.append(f"- **Attachment:** `{path}`")
+    lines += [*facts, "", "## Task", "", fence(run.task), "", "## Steps", ""]
+    for step in run.steps:
+        if step.reply.state == "pending" or (step.reply.state == "rolled_back" and not include_discarded):
+            continue
+        lines += [*_step_markdown(step, limit), ""]
+    found = sources(run)
+    lines += ["## Sources", ""]
+    lines += [f"- <{url}>" for url in found] if found else ["(none recorded)"]
+    lines += ["", "## Answer", ""]
+    lines.append(fence(run.answer) if run.answer else "(no answer)")
+    for level, message in run.notices:
+        if level != "info":
+            lines += ["", f"> {level}: {message.splitlines()[0] if message else ''}"]
+    return strip_control("\n".join(lines)) + "\n"

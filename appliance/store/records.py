@@ -1,0 +1,184 @@
+"""What the history hands out: plain frozen records, no database handles.
+
+Timestamps are ISO-8601 strings in UTC ("2026-11-26T09:45:12.345+00:00").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from appliance.agent.loop import RunState
+
+Status = Literal["running", "answered", "no_answer", "error", "interrupted"]
+STATUSES: tuple[str, ...] = ("running", "answered", "no_answer", "error", "interrupted")
+# A reply is `pending` from the moment it is recorded until the loop decides
+# whether it stands (the next event); a resumed run samples a pending one again.
+MessageState = Literal["pending", "kept", "rolled_back"]
+MessageKind = Literal["turn", "summary", "observation", "summary_prompt"]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    task: str
+    status: str
+    answer: str | None
+    started_at: str
+    turns: int
+    tool_calls: int
+    model: str
+    tags: tuple[str, ...] = ()
+    finished_at: str | None = None
+    elapsed_s: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolCallRecord:
+    id: int
+    turn: int
+    index: int
+    server: str
+    tool: str
+    arguments: dict[str, Any] = field(hash=False)
+    result: str | None  # None while the call runs (or if the process died during it)
+    status: str  # "running", then the call's status (ok, error, timeout, ...)
+    duration_s: float | None
+    truncated: bool
+    raw_chars: int | None
+    started_at: str
+    finished_at: str | None
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """An assistant reply, an observation (the joined tool results), or the summary prompt."""
+
+    id: int
+    seq: int
+    turn: int
+    kind: str  # MessageKind
+    role: str
+    content: str
+    state: str  # MessageState
+    rollback_reason: str | None = None
+    rollback_detail: str | None = None
+    tokens: int | None = None
+    prompt_tokens: int | None = None
+    prompt_estimate: int | None = None
+    evaluated_tokens: int | None = None
+    finish_reason: str | None = None
+    elapsed_s: float | None = None
+    attempt: int | None = None
+    call_count: int | None = None
+    omitted: bool = False  # the observation is shown to the model as the placeholder now
+    dropped: bool = False  # the observation was removed before the summary turn
+    reply_id: int | None = None
+    created_at: str = ""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One model reply with the tool calls it made and the observation they produced."""
+
+    reply: MessageRecord
+    calls: tuple[ToolCallRecord, ...] = ()
+    observation: MessageRecord | None = None
+
+    @property
+    def kept(self) -> bool:
+        return self.reply.state == "kept"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything about one run."""
+
+    run_id: str
+    task: str
+    task_message: str
+    system_prompt: str
+    status: str
+    answer: str | None
+    final_text: str | None
+    error: str | None
+    exit_code: int | None
+    profile: str | None
+    model: str
+    backend: str
+    backend_info: dict[str, Any] = field(hash=False)
+    settings: dict[str, Any] = field(hash=False)
+    workspace: str | None
+    attachments: tuple[str, ...]
+    started_at: str
+    updated_at: str
+    finished_at: str | None
+    elapsed_s: float
+    turns: int
+    tool_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    pid: int | None
+    host: str | None
+    tags: tuple[str, ...]
+    steps: tuple[Step, ...]
+    summary_prompt: MessageRecord | None
+    notices: tuple[tuple[str, str], ...]  # (level, message)
+    resumes: int
+    summary_reason: str | None = None
+
+    def summary(self) -> RunSummary:
+        return RunSummary(
+            self.run_id,
+            self.task,
+            self.status,
+            self.answer,
+            self.started_at,
+            self.turns,
+            self.tool_calls,
+            self.model,
+            self.tags,
+            self.finished_at,
+            self.elapsed_s,
+            self.error,
+        )
+
+    @property
+    def kept_steps(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if s.kept)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    run_id: str
+    task: str
+    status: str
+    started_at: str
+    field: str  # task | answer | tool_result
+    snippet: str  # matched terms wrapped in [ ]
+    turn: int | None = None
+    tool: str | None = None
+
+
+@dataclass
+class ResumePoint:
+    """What `appliance resume` needs to continue a run where it stopped."""
+
+    run: RunRecord
+    state: RunState
+    settings: dict[str, Any]  # the run's settings snapshot (secrets redacted)
+    workspace: str | None
+    attachments: tuple[str, ...]
+    replay_position: int  # model replies already consumed (a replay script skips that many lines)
+    redo_calls: int  # tool calls of an unfinished turn that will run again
+    discarded_replies: int  # replies recorded but never decided on; they are sampled again
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    run_ids: tuple[str, ...]
+    bytes_before: int
+    bytes_after: int
+    dry_run: bool
+    removed_dirs: tuple[str, ...] = ()
