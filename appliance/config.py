@@ -222,6 +222,13 @@ def _section_fields(section: str) -> dict[str, dataclasses.Field[Any]]:
     return {f.name: f for f in dataclasses.fields(SECTIONS[section])}
 
 
+# APPLIANCE_* variables that are not config keys: directories, the profile, and
+# the installer's and test script's own switches.
+NON_CONFIG_ENV = frozenset({"APPLIANCE_HOME", "APPLIANCE_PROFILE", "APPLIANCE_SHARED_DIR", "APPLIANCE_PREFIX",
+                            "APPLIANCE_TUNE_NATIVE", "APPLIANCE_SKIP_LINT"})  # fmt: skip
+NON_CONFIG_ENV_PREFIXES = ("APPLIANCE_TEST_", "APPLIANCE_INSTALL_")
+
+
 def env_names() -> dict[str, tuple[str, str]]:
     """Environment variable name -> (section, key), long and unique short forms."""
     names: dict[str, tuple[str, str]] = {}
@@ -390,8 +397,22 @@ def load_settings(
     _apply_layer(merged, origins, load_profile(chosen, dirs), f"profile {chosen}")
     _apply_layer(merged, origins, user_config, str(config_path))
 
+    names = env_names()
+    unknown = sorted(
+        name for name in env
+        if name.startswith("APPLIANCE_") and name not in names and name not in NON_CONFIG_ENV
+        and not name.startswith(NON_CONFIG_ENV_PREFIXES)
+    )  # fmt: skip
+    if unknown:
+        # A typo (or an ambiguous short form such as APPLIANCE_MAX_TOKENS, a key of two
+        # sections) would otherwise be ignored without a word.
+        hint = difflib.get_close_matches(unknown[0], list(names), n=1)
+        raise ConfigError(
+            f"unknown environment variable {unknown[0]}" + (f" (did you mean {hint[0]}?)" if hint else ""),
+            "use APPLIANCE_SECTION_KEY for [section] key (see README, Configuration), or unset it",
+        )
     env_layer: dict[str, dict[str, Any]] = {}
-    for name, (section, key) in env_names().items():
+    for name, (section, key) in names.items():
         if name in env:
             env_layer.setdefault(section, {})[key] = env[name]
     for section, values in env_layer.items():

@@ -181,7 +181,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--synchronous", choices=["normal", "full"], default="normal", help="SQLite synchronous mode")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         work = Path(tmp)
         models = (work / "a.gguf", work / "b.gguf")
         for model in models:  # two files: two Llama objects, two KV caches
@@ -208,7 +208,8 @@ def main() -> None:
     print(f"turn without store (median):  {median('bare') * ms:9.3f} ms")
     print(f"turn with store (median):     {median('stored') * ms:9.3f} ms")
     print(
-        f"store time per turn (median): {median('store') * ms:9.3f} ms  ({median('commits') / (turns + 1):.1f} commits)"
+        f"store time per turn (median): {median('store') * ms:9.3f} ms  "
+        f"({median('commits') / (turns + 1):.1f} commits a turn)"
     )
     print(f"database size: {median('bytes') / 1024:.0f} KiB for {turns} turns")
     print(f"store cost per step, direct:  {100 * statistics.median(direct):.3f} %  (store time / time without store)")

@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from appliance.agent.loop import Agent, RunState
-from appliance.agent.runtime import build_toolbox, discard_kv_checkpoint, make_agent, restore_kv_checkpoint, run_dirs
+from appliance.agent.runtime import (
+    build_toolbox,
+    discard_kv_checkpoint,
+    make_agent,
+    restore_kv_checkpoint,
+    run_dirs,
+)
 from appliance.config import SECRET_KEYS, SECTIONS, Settings, load_settings
 from appliance.llm.base import Backend
 from appliance.llm.factory import build_backend
