@@ -353,3 +353,17 @@ def test_the_loop_uses_the_configured_eviction_mode(tmp_path: Path) -> None:
     assert boundaries == 2  # when the 6th and the 9th result arrive
     # After 11 results the first two blocks (turns 1-6) are out of the context.
     assert [e.turn for e in of_type(events, ToolResultOmitted)] == list(range(1, 7))
+
+
+def test_a_summary_that_would_not_fit_drops_the_latest_turns_first(tmp_path: Path) -> None:
+    long_reply = "<think>" + " ".join(f"thought{i}" for i in range(2500)) + "</think> I think I know."
+    agent, state, backend = make_agent([long_reply, SUMMARY], [], tmp_path, context_length=9000, max_tokens=20_000)
+    events = run_all(agent, state)
+    rolled = of_type(events, TurnRolledBack)
+    assert [(r.turn, r.reason) for r in rolled] == [(1, "context_full")]
+    (summary,) = of_type(events, SummaryStarted)
+    assert summary.reason == "context_full"
+    done = finished(events)
+    assert (done.status, done.answer, done.turns) == ("answered", "2", 0)
+    assert all(long_reply != m.content for m in backend.prompts[-1])
+    assert backend.count_messages(backend.prompts[-1]) + 1125 <= 9000  # room for the answer (context / 8)

@@ -469,6 +469,22 @@ class Agent:
             state.messages.pop()
             dropped = state.turn
         prompt = render_summary_prompt(state.task)
+        # The summary needs room for its answer: when the latest turns fill the
+        # window (a long last reply, a small context), they are dropped, newest
+        # first, as the mid-run context check drops the turn that overflows.
+        reserve = min(self.max_tokens, max(256, self.backend.context_length // 8))
+        summary_tokens = self._tokens(prompt) + self.backend.message_overhead
+        while (
+            len(state.messages) > 1
+            and self._prompt_tokens(self._view(state)) + summary_tokens + reserve > self.backend.context_length
+        ):
+            if state.messages[-1].role == "user":
+                state.messages.pop()
+                continue
+            state.messages.pop()
+            yield TurnRolledBack(state.turn, "turn", "context_full", "the summary would not fit the context window")
+            state.turn -= 1
+            reason = "context_full"
         state.phase = "summary"
         yield SummaryStarted(reason, prompt, dropped)  # type: ignore[arg-type]
         state.messages.append(ChatMessage("user", prompt))

@@ -131,7 +131,7 @@ def eval_command(
                 replay = sample_dir() / "replays"
             extra["model.backend"] = "replay"
     if replay is not None and replay.is_dir():
-        # One script per task: the settings carry a placeholder path, the runner picks the file.
+        # One script per task (DIR/TASK_ID.jsonl): the runner gives each run its own.
         extra["model.replay"] = str(replay / f"{tasks[0].task_id}.jsonl")
     settings = _settings(options, extra)
     db_path = Path(options["db"]) if options.get("db") else settings.dirs.default_db

@@ -7,6 +7,7 @@ same output directory skips what is done and resumes runs that were cut off.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -112,20 +113,22 @@ class EvalRunner:
             self._local.history = history
         return history
 
-    def _backend_for(self, task: EvalTask, replay_start: int = 0) -> tuple[Backend, bool]:
-        """(backend, owned): a replay script per task, otherwise one backend shared by all runs."""
-        if self.settings.model.backend == "replay":
-            script = self.replay
-            if script is not None and script.is_dir():
-                script = script / f"{task.task_id}.jsonl"
-            from appliance.llm.replay import ReplayBackend
+    def _settings_for(self, task: EvalTask) -> Settings:
+        """The run's settings: with a directory of replay scripts, this task's own script.
 
-            assert script is not None
-            return ReplayBackend.from_file(
-                script, context_length=self.settings.model.context_length, start_at=replay_start
-            ), True
+        Recorded with the run, so a resumed run replays the same script.
+        """
+        if self.settings.model.backend != "replay" or self.replay is None or not self.replay.is_dir():
+            return self.settings
+        model = dataclasses.replace(self.settings.model, replay=str(self.replay / f"{task.task_id}.jsonl"))
+        return dataclasses.replace(self.settings, model=model)
+
+    def _backend_for(self, settings: Settings) -> tuple[Backend, bool]:
+        """(backend, owned): a replay script per run, otherwise one backend shared by all runs."""
+        if settings.model.backend == "replay":
+            return build_backend(settings), True
         if self._shared_backend is None:
-            self._shared_backend = build_backend(self.settings)
+            self._shared_backend = build_backend(settings)
         return self._shared_backend, False
 
     @contextmanager
@@ -187,12 +190,13 @@ class EvalRunner:
             finally:
                 resumed.close()
         else:
-            backend, owned = self._backend_for(task)
-            toolbox = build_toolbox(self.settings, lambda: backend)
+            settings = self._settings_for(task)
+            backend, owned = self._backend_for(settings)
+            toolbox = build_toolbox(settings, lambda: backend)
             try:
                 attachments = [task.attachment] if task.attachment else []
                 agent, state = prepare_run(
-                    self.settings, task.question, backend=backend, toolbox=toolbox, attachments=attachments
+                    settings, task.question, backend=backend, toolbox=toolbox, attachments=attachments
                 )
                 with self._tracked(agent):
                     finished = _drive(agent, agent.run(state), [history.recorder(), forward])
