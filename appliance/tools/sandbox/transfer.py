@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import posixpath
 import secrets
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from appliance.config import Settings
 from appliance.tools.base import CallContext, ToolOutput
-from appliance.tools.fetcher import Fetcher, FetchError, fetcher_from_settings
+from appliance.tools.fetcher import FetchError, LazyFetcher
 from appliance.tools.sandbox import files
 from appliance.tools.sandbox.files import PathRefused
 
@@ -40,19 +39,10 @@ class Transfers:
     def __init__(self, settings: Settings, server: SandboxServer) -> None:
         self.settings = settings
         self.server = server
-        self._fetcher: Fetcher | None = None
-        self._fetcher_lock = threading.Lock()
-
-    def fetcher(self) -> Fetcher:
-        with self._fetcher_lock:
-            if self._fetcher is None:
-                self._fetcher = fetcher_from_settings(self.settings.scrape)
-            return self._fetcher
+        self.fetcher = LazyFetcher(settings.scrape)
 
     def close(self) -> None:
-        if self._fetcher is not None:
-            self._fetcher.close()
-            self._fetcher = None
+        self.fetcher.close()
 
     def upload(self, sandbox_id: str, local: str, destination: str, ctx: CallContext) -> ToolOutput:
         found = self.server.find(sandbox_id, ctx)
@@ -101,7 +91,7 @@ class Transfers:
         incoming.mkdir(parents=True, exist_ok=True)
         scratch = incoming / secrets.token_hex(8)
         try:
-            fetched = self.fetcher().download(url, scratch, cancel=ctx.cancel.is_set)
+            fetched = self.fetcher.get().download(url, scratch, cancel=ctx.cancel.is_set)
             if not fetched.ok:
                 return ToolOutput(
                     f"[ERROR]: Failed to download file from {url} to {where}: the server answered HTTP "
