@@ -30,7 +30,7 @@ from appliance.agent.events import (
 )
 from appliance.config import Settings
 from appliance.errors import ApplianceError, ExitCode
-from appliance.options import option_overrides, settings_from_options
+from appliance.options import collect_common, common_options, option_overrides, settings_from_options
 from appliance.textutil import one_line, strip_control
 
 # Subcommands live beside the code they drive and are imported on first use.
@@ -88,42 +88,6 @@ class LazyGroup(click.Group):
             return unavailable
         assert isinstance(loaded, click.Command)
         return loaded
-
-
-# ------------------------------------------------------------------ options
-
-_COMMON = [
-    click.option("--profile", help="Hardware/model profile (see `appliance profiles`)."),
-    click.option("--backend", type=str, help="llamacpp | openai | replay"),
-    click.option("--replay", "replay", type=click.Path(path_type=Path), help="JSONL of scripted assistant turns."),
-    click.option("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1"),
-    click.option("--model", "model", help="GGUF file (llamacpp) or model name (openai)."),
-    click.option("--max-turns", type=int, help="Turn budget (default 600)."),
-    click.option("--keep-last", type=int, help="Tool results kept in context (default 5, -1 = all)."),
-    click.option("--workspace", type=click.Path(path_type=Path), help="Host directory used as the sandbox home."),
-    click.option("--db", type=click.Path(path_type=Path), help="History database (default: data dir)."),
-    click.option(
-        "--attach",
-        multiple=True,
-        type=click.Path(path_type=Path),
-        help="File or directory the model may upload into its sandbox (repeatable).",
-    ),
-]
-
-
-def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed(_COMMON):
-        func = option(func)
-    return func
-
-
-def collect_common(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
-    """Options given to a subcommand win over the same options given before it."""
-    merged = dict(ctx.obj or {})
-    for key, value in values.items():
-        if value not in (None, ()):
-            merged[key] = value
-    return merged
 
 
 # ------------------------------------------------------------------ headless
@@ -200,7 +164,7 @@ def open_history(settings: Settings, db: Path | None) -> Any:
 
 
 def run_headless(options: dict[str, Any], task: str, *, as_json: bool, verbose: bool) -> int:
-    from appliance.agent.runtime import build_toolbox, prepare_run
+    from appliance.agent.runtime import build_toolbox, prepare_run, save_kv_checkpoint
     from appliance.llm.factory import build_backend
 
     settings = settings_from_options(options)
@@ -219,6 +183,8 @@ def run_headless(options: dict[str, Any], task: str, *, as_json: bool, verbose: 
             )
             subscribers = [history.recorder(), HeadlessPrinter(verbose=verbose)]
             finished = drive(agent.run(state), subscribers, agent.cancel)
+            if finished.status in ("interrupted", "error") and save_kv_checkpoint(backend, settings, state.run_id):
+                click.echo(f"appliance: kept the model's cache for `appliance resume {state.run_id}`", err=True)
         finally:
             toolbox.close()
             backend.close()
@@ -317,7 +283,8 @@ def prompt_command(ctx: click.Context, /, date_text: str | None, **options: Any)
         raise ApplianceError(f"--date {date_text!r} is not a date", "write it as YYYY-MM-DD") from exc
     toolbox = build_toolbox(settings, lambda: build_backend(settings))
     try:
-        click.echo(render_system_prompt(date, toolbox.server_specs()))
+        # Exactly the prompt's bytes when piped (golden comparisons); a newline for a terminal.
+        click.echo(render_system_prompt(date, toolbox.server_specs()), nl=sys.stdout.isatty())
     finally:
         toolbox.close()
 

@@ -57,6 +57,9 @@ class ModelSettings:
     top_p: float = 0.95
     repeat_penalty: float = 1.05
     seed: int = -1
+    # An interrupted run leaves its KV cache in its run directory when it is at
+    # most this big, so `appliance resume` does not evaluate the prefix again (0: never).
+    kv_checkpoint_mb: int = 4096
     # Optional GBNF grammars constraining normal turns and the summary turn
     # (file paths). Useful for small models that slip the format, and for
     # deterministic tests with random weights.
@@ -72,8 +75,11 @@ class AgentSettings:
     summary_retries: int = 3
     tool_timeout: float = 600.0
     result_max_chars: int = 100_000
-    # "exact" is the reference's last-K; issue 8 adds cache-friendly modes.
+    # "exact" is the reference's last-K (the faithful default); "blocks" evicts
+    # results `eviction_block` at a time (0 = 2K: K..3K-1 results visible) so
+    # the prompt prefix stays stable for the KV cache (see docs/performance.md).
     eviction: str = "exact"
+    eviction_block: int = 0
     # The v1.0 evaluation configuration hides this tool; offering it changes
     # the system prompt the model sees.
     offer_download_tool: bool = False
@@ -88,6 +94,9 @@ class ToolsSettings:
 
 @dataclass
 class SandboxSettings:
+    # The bubblewrap binary (a name looked up on PATH, or a path).
+    bwrap: str = "bwrap"
+    # The sandbox's interpreter; empty: the appliance's own (sys.executable).
     python: str = ""
     cpu_seconds: int = 600
     memory_mb: int = 4096
@@ -154,6 +163,16 @@ class ExtractionSettings:
 
 
 @dataclass
+class EvalSettings:
+    # An LLM judge for `appliance eval` (any OpenAI-compatible server); empty: GAIA exact match only.
+    judge_url: str = ""
+    judge_model: str = ""
+    judge_api_key: str = ""
+    # Optional GBNF grammar file for a llama.cpp judge (forces a one-word verdict).
+    judge_grammar: str = ""
+
+
+@dataclass
 class UiSettings:
     theme: str = "dark"
 
@@ -167,6 +186,7 @@ class Settings:
     search: SearchSettings = field(default_factory=SearchSettings)
     scrape: ScrapeSettings = field(default_factory=ScrapeSettings)
     extraction: ExtractionSettings = field(default_factory=ExtractionSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
     ui: UiSettings = field(default_factory=UiSettings)
     profile: str = DEFAULT_PROFILE
     # Where each value came from, for `appliance doctor` and the status screen.
@@ -200,6 +220,13 @@ SECTIONS: dict[str, type[Any]] = {
 
 def _section_fields(section: str) -> dict[str, dataclasses.Field[Any]]:
     return {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+
+
+# APPLIANCE_* variables that are not config keys: directories, the profile, and
+# the installer's and test script's own switches.
+NON_CONFIG_ENV = frozenset({"APPLIANCE_HOME", "APPLIANCE_PROFILE", "APPLIANCE_SHARED_DIR", "APPLIANCE_PREFIX",
+                            "APPLIANCE_TUNE_NATIVE", "APPLIANCE_SKIP_LINT"})  # fmt: skip
+NON_CONFIG_ENV_PREFIXES = ("APPLIANCE_TEST_", "APPLIANCE_INSTALL_")
 
 
 def env_names() -> dict[str, tuple[str, str]]:
@@ -370,8 +397,22 @@ def load_settings(
     _apply_layer(merged, origins, load_profile(chosen, dirs), f"profile {chosen}")
     _apply_layer(merged, origins, user_config, str(config_path))
 
+    names = env_names()
+    unknown = sorted(
+        name for name in env
+        if name.startswith("APPLIANCE_") and name not in names and name not in NON_CONFIG_ENV
+        and not name.startswith(NON_CONFIG_ENV_PREFIXES)
+    )  # fmt: skip
+    if unknown:
+        # A typo (or an ambiguous short form such as APPLIANCE_MAX_TOKENS, a key of two
+        # sections) would otherwise be ignored without a word.
+        hint = difflib.get_close_matches(unknown[0], list(names), n=1)
+        raise ConfigError(
+            f"unknown environment variable {unknown[0]}" + (f" (did you mean {hint[0]}?)" if hint else ""),
+            "use APPLIANCE_SECTION_KEY for [section] key (see README, Configuration), or unset it",
+        )
     env_layer: dict[str, dict[str, Any]] = {}
-    for name, (section, key) in env_names().items():
+    for name, (section, key) in names.items():
         if name in env:
             env_layer.setdefault(section, {})[key] = env[name]
     for section, values in env_layer.items():
@@ -408,6 +449,10 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"keep_last must be -1 (keep all) or >= 0, got {agent.keep_last}", "use --keep-last K")
     if agent.eviction not in ("exact", "blocks"):
         raise ConfigError(f"unknown eviction mode '{agent.eviction}'", "set [agent] eviction to exact or blocks")
+    if agent.eviction_block < 0:
+        raise ConfigError(
+            f"eviction_block must be >= 0, got {agent.eviction_block}", "use 0 (= 2 x keep_last) or a size"
+        )
     if settings.model.context_length < 256:
         raise ConfigError(
             f"context_length {settings.model.context_length} is too small", "set [model] context_length >= 256"

@@ -1,15 +1,51 @@
-"""The common command-line options as settings: shared by the CLI and the terminal UI.
+"""Command-line options shared by every face (`appliance`, its subcommands, the eval harness, the TUI).
 
-Kept apart from appliance.cli so the UI (a layer below the CLI) can read the
-same flags the same way without importing the CLI.
+They map onto settings overrides ("section.key"), the top layer of the
+configuration precedence (see appliance/config.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import click
+
 from appliance.config import Settings, load_settings
+
+_COMMON = [
+    click.option("--profile", help="Hardware/model profile (see `appliance profiles`)."),
+    click.option("--backend", type=str, help="llamacpp | openai | replay"),
+    click.option("--replay", "replay", type=click.Path(path_type=Path), help="JSONL of scripted assistant turns."),
+    click.option("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1"),
+    click.option("--model", "model", help="GGUF file (llamacpp) or model name (openai)."),
+    click.option("--max-turns", type=int, help="Turn budget (default 600)."),
+    click.option("--keep-last", type=int, help="Tool results kept in context (default 5, -1 = all)."),
+    click.option("--workspace", type=click.Path(path_type=Path), help="Host directory used as the sandbox home."),
+    click.option("--db", type=click.Path(path_type=Path), help="History database (default: data dir)."),
+    click.option(
+        "--attach",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        help="File or directory the model may upload into its sandbox (repeatable).",
+    ),
+]
+
+
+def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_COMMON):
+        func = option(func)
+    return func
+
+
+def collect_common(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """Options given to a subcommand win over the same options given before it."""
+    merged = dict(ctx.obj or {})
+    for key, value in values.items():
+        if value not in (None, ()):
+            merged[key] = value
+    return merged
 
 
 def option_overrides(options: dict[str, Any]) -> dict[str, Any]:

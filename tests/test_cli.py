@@ -117,3 +117,14 @@ def test_prompt_command_without_tools_has_no_listing(appliance_home: Path) -> No
     assert "## Server name" not in result.stdout
     bad = run_cli(["prompt", "--date", "tomorrow"], env=NO_TOOLS)
     assert bad.returncode == 2 and "YYYY-MM-DD" in bad.stderr
+
+
+def test_prompt_command_prints_the_reference_prompt_byte_for_byte(appliance_home: Path) -> None:
+    golden = REPO_ROOT / "tests" / "golden"
+    result = run_cli(["prompt", "--date", "2025-11-26"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (golden / "system_prompt_v1.txt").read_text(encoding="utf-8")
+    offered = run_cli(["prompt", "--date", "2025-11-26"], env={"APPLIANCE_OFFER_DOWNLOAD_TOOL": "1"})
+    assert offered.stdout == (golden / "system_prompt_with_download.txt").read_text(encoding="utf-8")
+    python_only = run_cli(["prompt", "--date", "2025-11-26"], env={"APPLIANCE_TOOLS_ENABLED": "tool-python"})
+    assert python_only.stdout == (golden / "system_prompt_python_only.txt").read_text(encoding="utf-8")

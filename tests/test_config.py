@@ -112,3 +112,16 @@ def test_secrets_are_redacted_in_snapshots(appliance_home: Path) -> None:
     assert settings.model.api_key == "sk-secret"
     assert "sk-secret" not in repr(settings.as_dict())
     assert settings.as_dict()["model"]["api_key"] == "***"
+
+
+def test_unknown_or_ambiguous_environment_variables_are_errors(appliance_home: Path) -> None:
+    base = {"APPLIANCE_HOME": str(appliance_home)}
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={**base, "APPLIANCE_MAX_TOKENS": "300"})  # model and extraction both have it
+    assert "unknown environment variable APPLIANCE_MAX_TOKENS" in info.value.one_line()
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={**base, "APPLIANCE_SEARXNG_ULR": "http://x"})
+    assert "did you mean APPLIANCE_SEARXNG_URL?" in info.value.one_line()
+    # The installer's and the test script's own variables are not config keys.
+    settings = load_settings(environ={**base, "APPLIANCE_TEST_VENV": "/v", "APPLIANCE_PREFIX": "/p"})
+    assert settings.model.max_tokens > 0

@@ -36,9 +36,11 @@ def backend(tiny_gguf: Path, tmp_path: Path) -> LlamaCppBackend:
     )
 
 
-def collect(backend: LlamaCppBackend, messages: list[ChatMessage], **kwargs: object) -> tuple[str, Completion]:
+def collect(
+    backend: LlamaCppBackend, messages: list[ChatMessage], max_tokens: int = 400, **kwargs: object
+) -> tuple[str, Completion]:
     chunks, completion = [], None
-    for event in backend.stream_chat(messages, max_tokens=400, **kwargs):  # type: ignore[arg-type]
+    for event in backend.stream_chat(messages, max_tokens=max_tokens, **kwargs):  # type: ignore[arg-type]
         if isinstance(event, TextChunk):
             chunks.append(event.text)
         else:
@@ -113,8 +115,8 @@ def test_headless_run_end_to_end_on_llama_cpp(tiny_gguf: Path, tmp_path: Path, a
         "APPLIANCE_TOOLS_ENABLED": "",
         "APPLIANCE_MODEL_GRAMMAR": str(tmp_path / "turn.gbnf"),
         "APPLIANCE_MODEL_SUMMARY_GRAMMAR": str(tmp_path / "summary.gbnf"),
-        "APPLIANCE_CONTEXT_LENGTH": "4096",
-        "APPLIANCE_MAX_TOKENS": "300",
+        "APPLIANCE_MODEL_CONTEXT_LENGTH": "4096",
+        "APPLIANCE_MODEL_MAX_TOKENS": "300",
     }
     result = run_cli(
         ["--task", "What is six times seven?", "--backend", "llamacpp", "--model", str(tiny_gguf), "--max-turns", "2",
@@ -126,3 +128,103 @@ def test_headless_run_end_to_end_on_llama_cpp(tiny_gguf: Path, tmp_path: Path, a
     assert (payload["status"], payload["answer"], payload["turns"], payload["tool_calls"]) == ("answered", "42", 2, 2)
     assert payload["prompt_tokens"] > 1000  # the system prompt and the task were really tokenized
     assert result.stderr.count("tool-python/run_command") == 2
+
+
+def test_kv_checkpoint_lets_a_new_process_skip_the_prefix(tiny_gguf: Path, tmp_path: Path) -> None:
+    history = [ChatMessage("system", "Checkpoint test. " * 60), ChatMessage("user", "the task " * 30)]
+    clear_model_cache()
+    first = LlamaCppBackend(tiny_gguf, context_length=4096, temperature=0.0, seed=3)
+    _, done = collect(first, history, max_tokens=30)
+    checkpoint = tmp_path / "kv-cache.bin"
+    assert not first.save_checkpoint(checkpoint, max_bytes=1024)  # too big for the budget: nothing written
+    assert not checkpoint.exists()
+    assert first.save_checkpoint(checkpoint, max_bytes=1 << 30)
+    cached_tokens = int(first.llm.n_tokens)
+
+    clear_model_cache()  # as if the process had died: a fresh model with an empty cache
+    second = LlamaCppBackend(tiny_gguf, context_length=4096, temperature=0.0, seed=3)
+    assert second.load_checkpoint(checkpoint) == cached_tokens
+    history += [ChatMessage("assistant", done.text), ChatMessage("user", "a new result")]
+    _, resumed = collect(second, history, max_tokens=30)
+    assert resumed.evaluated_tokens <= resumed.prompt_tokens - done.prompt_tokens + 3
+
+    clear_model_cache()
+    cold = LlamaCppBackend(tiny_gguf, context_length=4096, temperature=0.0, seed=3)
+    _, baseline = collect(cold, history, max_tokens=30)
+    assert baseline.evaluated_tokens == baseline.prompt_tokens
+    assert resumed.text == baseline.text  # the restored cache gives the same greedy output
+
+
+def test_a_foreign_or_broken_checkpoint_restores_nothing(tiny_gguf: Path, tmp_path: Path) -> None:
+    clear_model_cache()
+    backend = LlamaCppBackend(tiny_gguf, context_length=4096, temperature=0.0)
+    collect(backend, [ChatMessage("user", "hello " * 50)], max_tokens=10)
+    checkpoint = tmp_path / "kv.bin"
+    assert backend.save_checkpoint(checkpoint, max_bytes=1 << 30)
+    clear_model_cache()
+    other_context = LlamaCppBackend(tiny_gguf, context_length=2048, temperature=0.0)
+    assert other_context.load_checkpoint(checkpoint) == 0
+    checkpoint.write_bytes(b"garbage")
+    clear_model_cache()
+    same = LlamaCppBackend(tiny_gguf, context_length=4096, temperature=0.0)
+    assert same.load_checkpoint(checkpoint) == 0
+    _, completion = collect(same, [ChatMessage("user", "hello " * 50)], max_tokens=10)
+    assert completion.evaluated_tokens == completion.prompt_tokens  # a clean, empty cache
+
+
+def test_interrupted_run_keeps_its_kv_cache_for_resume(tiny_gguf: Path, tmp_path: Path, appliance_home: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from tests.conftest import REPO_ROOT, cli_env
+
+    # A stateless run_python_code (no sandbox id) that takes a few seconds inside the real sandbox.
+    slow_call = (
+        "<use_mcp_tool>\n<server_name>tool-python</server_name>\n<tool_name>run_python_code</tool_name>\n"
+        '<arguments>\n{"code_block": "import time; time.sleep(4); print(6 * 7)"}\n</arguments>\n</use_mcp_tool>'
+    )
+    (tmp_path / "turn.gbnf").write_text(gbnf_literal(slow_call), encoding="utf-8")
+    (tmp_path / "summary.gbnf").write_text(gbnf_literal("\\boxed{42}"), encoding="utf-8")
+    settings_env = {
+        "APPLIANCE_TOOLS_ENABLED": "tool-python",
+        "APPLIANCE_MODEL_GRAMMAR": str(tmp_path / "turn.gbnf"),
+        "APPLIANCE_MODEL_SUMMARY_GRAMMAR": str(tmp_path / "summary.gbnf"),
+        "APPLIANCE_MODEL_CONTEXT_LENGTH": "8192",
+        "APPLIANCE_MODEL_MAX_TOKENS": "300",
+    }
+    args = ["--backend", "llamacpp", "--model", str(tiny_gguf), "--max-turns", "1", "--json"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "--task", "Wait, then answer.", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+        env=cli_env({"APPLIANCE_HOME": str(appliance_home), **settings_env}),
+    )  # fmt: skip
+    calling = threading.Event()
+    lines: list[str] = []
+
+    def read_stderr() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+            if "tool-python/run_python_code" in line:
+                calling.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    assert calling.wait(60), "".join(lines)
+    process.send_signal(signal.SIGINT)  # in the middle of the tool call
+    stdout = process.stdout.read() if process.stdout else ""
+    process.wait(60)
+    reader.join(10)
+    stderr = "".join(lines)
+    assert process.returncode == 130, stderr
+    run_id = json.loads(stdout)["run_id"]
+    checkpoint = appliance_home / "runs" / run_id / "kv-cache.bin"
+    assert checkpoint.is_file() and "kept the model's cache" in stderr
+
+    resumed = run_cli(["resume", run_id, *args], env=settings_env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "restored the model's cache" in resumed.stderr
+    assert json.loads(resumed.stdout)["answer"] == "42"
+    assert not checkpoint.exists()  # used once

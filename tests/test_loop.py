@@ -117,10 +117,10 @@ def test_blocks_eviction_keeps_between_k_and_2k_minus_1(tmp_path: Path) -> None:
     changes = 0
     for i in range(20):
         messages += [ChatMessage("assistant", f"a{i}"), ChatMessage("user", f"r{i}")]
-        results = [m.content for m in build_view(messages, 5, "blocks") if m.role == "user"][1:]
+        results = [m.content for m in build_view(messages, 5, "blocks", 5) if m.role == "user"][1:]
         kept = sum(1 for r in results if r != OMITTED)
         assert kept == len(results) if len(results) < 5 else 5 <= kept <= 9
-        prefix = [m.content for m in build_view(messages, 5, "blocks")][: 2 * (i + 1)]
+        prefix = [m.content for m in build_view(messages, 5, "blocks", 5)][: 2 * (i + 1)]
         if previous_prefix is not None and prefix[: len(previous_prefix)] != previous_prefix:
             changes += 1
         previous_prefix = prefix
@@ -321,3 +321,49 @@ def test_replay_that_ends_early_is_a_clear_error(tmp_path: Path) -> None:
     done = finished(run_all(agent, state))
     assert done.status == "error" and done.exit_code == 2
     assert "ended after 1 turns" in (done.error or "") and "add more lines" in (done.error or "")
+
+
+def test_blocks_default_to_2k_and_keep_k_to_k_plus_block_minus_1() -> None:
+    messages = [ChatMessage("user", "task")]
+    for i in range(30):
+        messages += [ChatMessage("assistant", f"a{i}"), ChatMessage("user", f"r{i}")]
+        kept = [m.content for m in build_view(messages, 5, "blocks") if m.role == "user"][1:]
+        assert kept == [m.content for m in build_view(messages, 5, "blocks", 10) if m.role == "user"][1:]
+        visible = [r for r in kept if r != OMITTED]
+        n = i + 1
+        assert len(visible) == (n if n < 15 else 5 + (n - 5) % 10)
+        assert visible == [f"r{j}" for j in range(n - len(visible), n)]  # always the newest ones
+
+
+def test_the_loop_uses_the_configured_eviction_mode(tmp_path: Path) -> None:
+    turns = [command(f"echo {i}") for i in range(1, 12)] + [ANSWER, SUMMARY]
+    agent, state, backend = make_agent(
+        turns, [ScriptedPython()], tmp_path, keep_last=3, eviction="blocks", eviction_block=3
+    )
+    events = run_all(agent, state)
+    assert finished(events).status == "answered"
+    # With K=3 and blocks of 3, 3..5 results are visible, and the prompt of each turn
+    # extends the previous one except at a block boundary.
+    boundaries = 0
+    for before, after in zip(backend.prompts, backend.prompts[1:11], strict=False):
+        visible = [m for m in after[2:] if m.role == "user" and m.content != OMITTED]
+        assert 1 <= len(visible) <= 5
+        if after[: len(before)] != before:
+            boundaries += 1
+    assert boundaries == 2  # when the 6th and the 9th result arrive
+    # After 11 results the first two blocks (turns 1-6) are out of the context.
+    assert [e.turn for e in of_type(events, ToolResultOmitted)] == list(range(1, 7))
+
+
+def test_a_summary_that_would_not_fit_drops_the_latest_turns_first(tmp_path: Path) -> None:
+    long_reply = "<think>" + " ".join(f"thought{i}" for i in range(2500)) + "</think> I think I know."
+    agent, state, backend = make_agent([long_reply, SUMMARY], [], tmp_path, context_length=9000, max_tokens=20_000)
+    events = run_all(agent, state)
+    rolled = of_type(events, TurnRolledBack)
+    assert [(r.turn, r.reason) for r in rolled] == [(1, "context_full")]
+    (summary,) = of_type(events, SummaryStarted)
+    assert summary.reason == "context_full"
+    done = finished(events)
+    assert (done.status, done.answer, done.turns) == ("answered", "2", 0)
+    assert all(long_reply != m.content for m in backend.prompts[-1])
+    assert backend.count_messages(backend.prompts[-1]) + 1125 <= 9000  # room for the answer (context / 8)

@@ -91,8 +91,8 @@ def test_headless_run_through_the_server(server: LlamaServer, tmp_path: Path, ap
         "APPLIANCE_TOOLS_ENABLED": "",
         "APPLIANCE_MODEL_GRAMMAR": str(tmp_path / "turn.gbnf"),
         "APPLIANCE_MODEL_SUMMARY_GRAMMAR": str(tmp_path / "summary.gbnf"),
-        "APPLIANCE_CONTEXT_LENGTH": "4096",
-        "APPLIANCE_MAX_TOKENS": "300",
+        "APPLIANCE_MODEL_CONTEXT_LENGTH": "4096",
+        "APPLIANCE_MODEL_MAX_TOKENS": "300",
     }
     result = run_cli(
         ["--task", "6 x 7?", "--backend", "openai", "--base-url", server.base_url, "--max-turns", "1", "--json"],

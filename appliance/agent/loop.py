@@ -183,7 +183,8 @@ class Agent:
         return cached
 
     def _view(self, state: RunState) -> list[ChatMessage]:
-        history = build_view(state.messages, self.settings.keep_last, self.settings.eviction)
+        agent = self.settings
+        history = build_view(state.messages, agent.keep_last, agent.eviction, agent.eviction_block)
         return [ChatMessage("system", state.system_prompt), *history]
 
     def _prompt_tokens(self, view: list[ChatMessage]) -> int:
@@ -192,7 +193,8 @@ class Agent:
 
     def _omitted_turns(self, state: RunState) -> set[int]:
         """Turn numbers whose results are currently shown as the placeholder."""
-        kept = kept_result_positions(state.messages, self.settings.keep_last, self.settings.eviction)
+        agent = self.settings
+        kept = kept_result_positions(state.messages, agent.keep_last, agent.eviction, agent.eviction_block)
         user_positions = [i for i, m in enumerate(state.messages) if m.role == "user"][1:]
         # The k-th observation (1-based) belongs to the k-th committed turn that called tools;
         # positions are mapped to turns through the assistant message before each.
@@ -467,6 +469,22 @@ class Agent:
             state.messages.pop()
             dropped = state.turn
         prompt = render_summary_prompt(state.task)
+        # The summary needs room for its answer: when the latest turns fill the
+        # window (a long last reply, a small context), they are dropped, newest
+        # first, as the mid-run context check drops the turn that overflows.
+        reserve = min(self.max_tokens, max(256, self.backend.context_length // 8))
+        summary_tokens = self._tokens(prompt) + self.backend.message_overhead
+        while (
+            len(state.messages) > 1
+            and self._prompt_tokens(self._view(state)) + summary_tokens + reserve > self.backend.context_length
+        ):
+            if state.messages[-1].role == "user":
+                state.messages.pop()
+                continue
+            state.messages.pop()
+            yield TurnRolledBack(state.turn, "turn", "context_full", "the summary would not fit the context window")
+            state.turn -= 1
+            reason = "context_full"
         state.phase = "summary"
         yield SummaryStarted(reason, prompt, dropped)  # type: ignore[arg-type]
         state.messages.append(ChatMessage("user", prompt))

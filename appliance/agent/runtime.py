@@ -127,3 +127,31 @@ def make_agent(
         max_tokens=settings.model.max_tokens,
         settings_snapshot=settings.as_dict(redact=True),
     )
+
+
+def kv_checkpoint_path(settings: Settings, run_id: str) -> Path:
+    return settings.dirs.run_dir(run_id) / "kv-cache.bin"
+
+
+def save_kv_checkpoint(backend: Backend, settings: Settings, run_id: str) -> bool:
+    """Keep an interrupted run's KV cache (in-process backends only), within [model] kv_checkpoint_mb."""
+    save = getattr(backend, "save_checkpoint", None)
+    budget = settings.model.kv_checkpoint_mb * 1024 * 1024
+    if save is None or budget <= 0:
+        return False
+    return bool(save(kv_checkpoint_path(settings, run_id), budget))
+
+
+def restore_kv_checkpoint(backend: Backend, settings: Settings, run_id: str) -> int:
+    """Load a run's KV checkpoint if there is one for this model; returns the tokens restored."""
+    load = getattr(backend, "load_checkpoint", None)
+    path = kv_checkpoint_path(settings, run_id)
+    if load is None or not path.is_file():
+        return 0
+    return int(load(path))
+
+
+def discard_kv_checkpoint(settings: Settings, run_id: str) -> None:
+    path = kv_checkpoint_path(settings, run_id)
+    for stale in (path, path.with_name(path.name + ".json")):
+        stale.unlink(missing_ok=True)

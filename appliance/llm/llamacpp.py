@@ -9,6 +9,8 @@ us report how many prompt tokens were really evaluated.
 
 from __future__ import annotations
 
+import ctypes
+import json
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -192,6 +194,64 @@ class LlamaCppBackend(Backend):
             # Every generated token but the last is evaluated into the cache.
             generated = max(completion_tokens, int(self.llm.n_tokens) - len(prompt) + 1)
             yield Completion("".join(parts), finish, len(prompt), generated, evaluated)
+
+    # ------------------------------------------------------------ KV checkpoints
+
+    def save_checkpoint(self, path: Path, max_bytes: int) -> bool:
+        """Write the KV cache and its tokens, so a resumed run skips re-evaluating its prefix.
+
+        Written only when the state is at most `max_bytes` (a long context on a big
+        model is gigabytes); the file is replaced atomically. Returns whether it was written.
+        """
+        llama_cpp = self._llama_cpp
+        with self._lock:
+            n_tokens = int(self.llm.n_tokens)
+            ctx = self.llm._ctx.ctx
+            if n_tokens == 0 or int(llama_cpp.llama_state_get_size(ctx)) > max_bytes:
+                return False
+            tokens = (llama_cpp.llama_token * n_tokens)(*[int(t) for t in self.llm.input_ids[:n_tokens]])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(path.name + ".partial")
+            if not llama_cpp.llama_state_save_file(ctx, str(partial).encode(), tokens, n_tokens):
+                partial.unlink(missing_ok=True)
+                return False
+            meta = {"model": str(self.model_path.resolve()), "size": self.model_path.stat().st_size,
+                    "n_ctx": self.context_length, "tokens": n_tokens}  # fmt: skip
+            path.with_name(path.name + ".json").write_text(json.dumps(meta), encoding="utf-8")
+            partial.replace(path)
+            return True
+
+    def load_checkpoint(self, path: Path) -> int:
+        """Restore a checkpoint written by the same model and context size; returns the tokens restored.
+
+        A missing, foreign or unreadable checkpoint restores nothing (the run just
+        evaluates its prompt again), and leaves the cache empty rather than half-loaded.
+        """
+        llama_cpp = self._llama_cpp
+        try:
+            meta = json.loads(path.with_name(path.name + ".json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return 0
+        same_model = meta.get("model") == str(self.model_path.resolve()) and meta.get("size") == (
+            self.model_path.stat().st_size
+        )
+        if not same_model or meta.get("n_ctx") != self.context_length or not path.is_file():
+            return 0
+        with self._lock:
+            capacity = self.context_length
+            tokens = (llama_cpp.llama_token * capacity)()
+            count = ctypes.c_size_t(0)
+            ctx = self.llm._ctx.ctx
+            if not llama_cpp.llama_state_load_file(ctx, str(path).encode(), tokens, capacity, ctypes.byref(count)):
+                self.llm.reset()
+                llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+                return 0
+            n_tokens = int(count.value)
+            self.llm.input_ids[:n_tokens] = tokens[:n_tokens]
+            self.llm.n_tokens = n_tokens
+            # The logits of the last token are not part of the file: evaluate it again.
+            self.llm._requires_eval = True
+            return n_tokens
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from appliance.agent.loop import Agent, RunState
-from appliance.agent.runtime import build_toolbox, make_agent, run_dirs
+from appliance.agent.runtime import (
+    build_toolbox,
+    discard_kv_checkpoint,
+    make_agent,
+    restore_kv_checkpoint,
+    run_dirs,
+)
 from appliance.config import SECRET_KEYS, SECTIONS, Settings, load_settings
 from appliance.llm.base import Backend
 from appliance.llm.factory import build_backend
@@ -91,6 +97,10 @@ def prepare_resume(
     if point.redo_calls:
         notes.append(f"{point.redo_calls} tool call(s) of turn {point.state.turn} did not finish and run again")
     backend = build_backend(settings, replay_start=point.replay_position)
+    restored = restore_kv_checkpoint(backend, settings, point.run.run_id)
+    if restored:
+        notes.append(f"restored the model's cache of the interrupted run ({restored} tokens)")
+    discard_kv_checkpoint(settings, point.run.run_id)  # used once; a later interruption writes a fresh one
     try:
         toolbox = build_toolbox(settings, lambda: backend)
     except BaseException:

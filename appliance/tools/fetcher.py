@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -275,25 +276,8 @@ class Fetcher:
     ) -> FetchResult:
         started = time.monotonic()
         with self.open(url, headers=headers, cancel=cancel) as (response, redirects, deadline):
-            declared = response.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > self.max_bytes:
-                raise TooLarge(f"{url} is {int(declared):,} bytes, over the {self.max_bytes:,}-byte limit")
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in self._chunks(response, deadline, url, cancel):
-                size += len(chunk)
-                if size > self.max_bytes:
-                    raise TooLarge(f"{url} is larger than the {self.max_bytes:,}-byte limit")
-                chunks.append(chunk)
-            return FetchResult(
-                url,
-                str(response.url),
-                response.status_code,
-                {k.lower(): v for k, v in response.headers.items()},
-                b"".join(chunks),
-                redirects,
-                time.monotonic() - started,
-            )
+            content = b"".join(self._capped_body(response, deadline, url, cancel))
+            return _result(url, response, redirects, content, started)
 
     def download(
         self,
@@ -307,41 +291,24 @@ class Fetcher:
         started = time.monotonic()
         with self.open(url, headers=headers, cancel=cancel) as (response, redirects, deadline):
             if not 200 <= response.status_code < 300:
-                return FetchResult(
-                    url,
-                    str(response.url),
-                    response.status_code,
-                    {k.lower(): v for k, v in response.headers.items()},
-                    b"",
-                    redirects,
-                )
-            declared = response.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > self.max_bytes:
-                raise TooLarge(f"{url} is {int(declared):,} bytes, over the {self.max_bytes:,}-byte limit")
-            size = 0
+                return _result(url, response, redirects, b"", started)
             try:
                 with destination.open("xb") as handle:
-                    for chunk in self._chunks(response, deadline, url, cancel):
-                        size += len(chunk)
-                        if size > self.max_bytes:
-                            raise TooLarge(f"{url} is larger than the {self.max_bytes:,}-byte limit")
+                    for chunk in self._capped_body(response, deadline, url, cancel):
                         handle.write(chunk)
             except BaseException:
                 destination.unlink(missing_ok=True)
                 raise
-            return FetchResult(
-                url,
-                str(response.url),
-                response.status_code,
-                {k.lower(): v for k, v in response.headers.items()},
-                b"",
-                redirects,
-                time.monotonic() - started,
-            )
+            return _result(url, response, redirects, b"", started)
 
-    def _chunks(
+    def _capped_body(
         self, response: httpx.Response, deadline: float, url: str, cancel: Callable[[], bool] | None
     ) -> Iterator[bytes]:
+        """The body as it arrives, within the size cap, the deadline and the cancel flag."""
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+            raise TooLarge(f"{url} is {int(declared):,} bytes, over the {self.max_bytes:,}-byte limit")
+        size = 0
         try:
             # No chunk size: each piece is yielded as it arrives, so the deadline is checked
             # while a server drips bytes (a fixed size would wait for the whole buffer).
@@ -350,11 +317,42 @@ class Fetcher:
                     raise FetchTimeout(f"{url} took longer than {self.timeout:g}s to download")
                 if cancel is not None and cancel():
                     raise FetchError("the fetch was cancelled")
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise TooLarge(f"{url} is larger than the {self.max_bytes:,}-byte limit")
                 yield chunk
         except httpx.TimeoutException as exc:
             raise FetchTimeout(f"{url} stalled for more than {self.timeout:g}s") from exc
         except httpx.HTTPError as exc:
             raise FetchError(f"the connection to {url} failed mid-download: {exc}") from exc
+
+
+def _result(url: str, response: httpx.Response, redirects: list[str], content: bytes, started: float) -> FetchResult:
+    headers = {k.lower(): v for k, v in response.headers.items()}
+    return FetchResult(
+        url, str(response.url), response.status_code, headers, content, redirects, time.monotonic() - started
+    )
+
+
+class LazyFetcher:
+    """A Fetcher made on first use from the [scrape] settings, shared by a tool server's threads."""
+
+    def __init__(self, scrape: Any) -> None:
+        self.scrape = scrape
+        self._fetcher: Fetcher | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Fetcher:
+        with self._lock:
+            if self._fetcher is None:
+                self._fetcher = fetcher_from_settings(self.scrape)
+            return self._fetcher
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fetcher is not None:
+                self._fetcher.close()
+                self._fetcher = None
 
 
 def fetcher_from_settings(scrape: Any) -> Fetcher:

@@ -8,7 +8,6 @@ address policy keeps the model away from loopback and private networks.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -17,7 +16,7 @@ from urllib.parse import urlsplit
 
 from appliance.config import Settings
 from appliance.tools.documents import UnsupportedDocument, convert
-from appliance.tools.fetcher import Fetcher, FetchError, fetcher_from_settings
+from appliance.tools.fetcher import Fetcher, FetchError, LazyFetcher
 from appliance.tools.scrape.cache import Page, PageCache
 from appliance.tools.search.corpus import Corpus, CorpusError, parse_document_url
 from appliance.tools.search.engine import corpus_path
@@ -54,18 +53,10 @@ class PageReader:
         )
         self.corpus = Corpus(corpus_path(settings.search, settings.dirs))
         self.zim = ZimLibrary(settings.search.zim_paths)
-        self._fetcher: Fetcher | None = None
-        self._lock = threading.Lock()
-
-    def fetcher(self) -> Fetcher:
-        with self._lock:
-            if self._fetcher is None:
-                self._fetcher = fetcher_from_settings(self.settings.scrape)
-            return self._fetcher
+        self.fetcher = LazyFetcher(settings.scrape)
 
     def close(self) -> None:
-        if self._fetcher is not None:
-            self._fetcher.close()
+        self.fetcher.close()
         self.zim.close()
 
     def read(
@@ -95,7 +86,7 @@ class PageReader:
 
     def _fetch(self, url: str, headers: dict[str, str] | None, cancel: Callable[[], bool] | None) -> Page:
         try:
-            result = self.fetcher().fetch(url, headers=headers, cancel=cancel)
+            result = self.fetcher.get().fetch(url, headers=headers, cancel=cancel)
         except FetchError as exc:
             raise ReadError(str(exc)) from exc
         if not result.ok:

@@ -1,0 +1,278 @@
+"""Run every task of a dataset K times, headless, each run stored in the history with an eval tag.
+
+Progress is kept in RESULTS (one JSON line per finished run, written and synced
+before the next run is counted), so an interrupted eval started again with the
+same output directory skips what is done and resumes runs that were cut off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.agent.events import AgentEvent, RunFinished, RunStarted
+from appliance.agent.loop import Agent
+from appliance.agent.runtime import build_toolbox, prepare_run
+from appliance.config import Settings
+from appliance.eval.dataset import EvalTask
+from appliance.eval.judge import Judge
+from appliance.eval.scoring import question_scorer
+from appliance.llm.base import Backend
+from appliance.llm.factory import build_backend
+from appliance.store import History, open_history
+from appliance.store.resume import prepare_resume
+
+RESULTS = "results.jsonl"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    task_id: str
+    run_index: int
+    run_id: str
+    level: str
+    expected: str
+    answer: str | None
+    status: str
+    exact_match: bool
+    judge: str | None
+    correct: bool
+    turns: int
+    tool_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    elapsed_s: float
+    error: str | None = None
+
+
+def load_results(out_dir: Path) -> list[RunResult]:
+    """Finished runs recorded so far (a torn last line from a crash is ignored)."""
+    path = out_dir / RESULTS
+    if not path.is_file():
+        return []
+    results = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            results.append(RunResult(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError):
+            continue
+    return results
+
+
+def run_tag(name: str, task_id: str, run_index: int) -> str:
+    return f"eval:{name}:{task_id}:{run_index}"
+
+
+class EvalRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        name: str,
+        out_dir: Path,
+        db_path: Path,
+        runs: int = 1,
+        concurrency: int = 1,
+        judge: Judge | None = None,
+        replay: Path | None = None,
+        on_result: Callable[[RunResult], None] | None = None,
+        on_event: Callable[[EvalTask, int, AgentEvent], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.name = name
+        self.out_dir = out_dir
+        self.db_path = db_path
+        self.runs = max(1, runs)
+        self.concurrency = max(1, concurrency)
+        self.judge = judge
+        self.replay = replay
+        self.on_result = on_result
+        self.on_event = on_event
+        self._write_lock = threading.Lock()
+        self._agents: set[Agent] = set()
+        self._agents_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._shared_backend: Backend | None = None
+        self._local = threading.local()
+
+    # ------------------------------------------------------------ plumbing
+
+    def _history(self) -> History:
+        history: History | None = getattr(self._local, "history", None)
+        if history is None:
+            history = open_history(self.db_path)
+            self._local.history = history
+        return history
+
+    def _settings_for(self, task: EvalTask) -> Settings:
+        """The run's settings: with a directory of replay scripts, this task's own script.
+
+        Recorded with the run, so a resumed run replays the same script.
+        """
+        if self.settings.model.backend != "replay" or self.replay is None or not self.replay.is_dir():
+            return self.settings
+        model = dataclasses.replace(self.settings.model, replay=str(self.replay / f"{task.task_id}.jsonl"))
+        return dataclasses.replace(self.settings, model=model)
+
+    def _backend_for(self, settings: Settings) -> tuple[Backend, bool]:
+        """(backend, owned): a replay script per run, otherwise one backend shared by all runs."""
+        if settings.model.backend == "replay":
+            return build_backend(settings), True
+        if self._shared_backend is None:
+            self._shared_backend = build_backend(settings)
+        return self._shared_backend, False
+
+    @contextmanager
+    def _tracked(self, agent: Agent) -> Iterator[None]:
+        with self._agents_lock:
+            self._agents.add(agent)
+        try:
+            if self._stopping.is_set():
+                agent.cancel()
+            yield
+        finally:
+            with self._agents_lock:
+                self._agents.discard(agent)
+
+    def stop(self) -> None:
+        """Cancel every running task (Ctrl-C); their runs end as interrupted and resume next time."""
+        self._stopping.set()
+        with self._agents_lock:
+            for agent in self._agents:
+                agent.cancel()
+
+    def _record(self, result: RunResult) -> None:
+        with self._write_lock:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with (self.out_dir / RESULTS).open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        if self.on_result is not None:
+            self.on_result(result)
+
+    # ------------------------------------------------------------ one run
+
+    def _interrupted_run(self, tag: str) -> str | None:
+        for summary in self._history().list_runs(limit=5, tag=tag):
+            if summary.status in ("interrupted", "running"):
+                return summary.run_id
+        return None
+
+    def run_one(self, task: EvalTask, run_index: int) -> RunResult | None:
+        """One run of one task; None when it was cancelled (it will resume next time)."""
+        history = self._history()
+        tag = run_tag(self.name, task.task_id, run_index)
+        started = time.monotonic()
+
+        def forward(event: AgentEvent) -> None:
+            if isinstance(event, RunStarted) and not event.resumed:
+                history.tag_run(event.run_id, f"eval:{self.name}")
+                history.tag_run(event.run_id, tag)
+            if self.on_event is not None:
+                self.on_event(task, run_index, event)
+
+        previous = self._interrupted_run(tag)
+        if previous is not None:
+            resumed = prepare_resume(history, previous)
+            try:
+                with self._tracked(resumed.agent):
+                    finished = _drive(resumed.agent, resumed.agent.run(resumed.state), [history.recorder(), forward])
+            finally:
+                resumed.close()
+        else:
+            settings = self._settings_for(task)
+            backend, owned = self._backend_for(settings)
+            toolbox = build_toolbox(settings, lambda: backend)
+            try:
+                attachments = [task.attachment] if task.attachment else []
+                agent, state = prepare_run(
+                    settings, task.question, backend=backend, toolbox=toolbox, attachments=attachments
+                )
+                with self._tracked(agent):
+                    finished = _drive(agent, agent.run(state), [history.recorder(), forward])
+            finally:
+                toolbox.close()
+                if owned:
+                    backend.close()
+        if finished.status == "interrupted":
+            return None
+        exact = question_scorer(finished.answer, task.answer)
+        verdict = self.judge.grade(task.question, task.answer, finished.answer) if self.judge else None
+        result = RunResult(
+            task_id=task.task_id,
+            run_index=run_index,
+            run_id=finished.run_id,
+            level=task.level,
+            expected=task.answer,
+            answer=finished.answer,
+            status=finished.status,
+            exact_match=exact,
+            judge=verdict,
+            correct=(verdict == "CORRECT") if verdict is not None else exact,
+            turns=finished.turns,
+            tool_calls=finished.tool_calls,
+            prompt_tokens=finished.prompt_tokens,
+            completion_tokens=finished.completion_tokens,
+            elapsed_s=round(finished.elapsed_s if finished.elapsed_s else time.monotonic() - started, 3),
+            error=finished.error,
+        )
+        self._record(result)
+        return result
+
+    # ------------------------------------------------------------ all of it
+
+    def pending(self, tasks: Sequence[EvalTask]) -> list[tuple[EvalTask, int]]:
+        done = {(r.task_id, r.run_index) for r in load_results(self.out_dir)}
+        return [(task, k) for k in range(1, self.runs + 1) for task in tasks if (task.task_id, k) not in done]
+
+    def run(self, tasks: Sequence[EvalTask]) -> bool:
+        """Run what is pending; True when everything finished, False when stopped (Ctrl-C)."""
+        queue = self.pending(tasks)
+        try:
+            with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="eval") as pool:
+                running: set[Future[RunResult | None]] = set()
+                while queue or running:
+                    while queue and len(running) < self.concurrency and not self._stopping.is_set():
+                        task, index = queue.pop(0)
+                        running.add(pool.submit(self.run_one, task, index))
+                    if not running:
+                        break
+                    try:
+                        done, running = _wait(running)
+                    except KeyboardInterrupt:
+                        self.stop()
+                        continue
+                    for future in done:
+                        future.result()  # a bug in a run surfaces here rather than vanishing
+        finally:
+            if self._shared_backend is not None:
+                self._shared_backend.close()
+        return not self._stopping.is_set() and not self.pending(tasks)
+
+
+def _wait(running: set[Future[RunResult | None]]) -> tuple[set[Future[RunResult | None]], set[Future[Any]]]:
+    done, not_done = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+    return set(done), set(not_done)
+
+
+def _drive(
+    agent: Agent, events: Iterator[AgentEvent], subscribers: Sequence[Callable[[AgentEvent], None]]
+) -> RunFinished:
+    finished: RunFinished | None = None
+    for event in events:
+        for subscriber in subscribers:
+            subscriber(event)
+        if isinstance(event, RunFinished):
+            finished = event
+    assert finished is not None
+    return finished
