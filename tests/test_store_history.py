@@ -280,3 +280,13 @@ def test_no_history_yet(appliance_home: Path) -> None:
     assert result.returncode == 0 and "No runs recorded yet" in result.stderr
     assert not (appliance_home / "history.db").exists()
     assert cli("show", "x").returncode == 3
+
+
+def test_listing_before_anything_was_recorded_is_empty_not_an_error(appliance_home: Path) -> None:
+    from tests.conftest import run_cli
+
+    as_json = run_cli(["history", "list", "--json"])
+    assert (as_json.returncode, as_json.stdout) == (0, "")
+    plain = run_cli(["history", "list"])
+    assert plain.returncode == 0 and "No runs recorded yet" in plain.stderr
+    assert not (appliance_home / "history.db").exists()  # listing never creates the database

@@ -110,9 +110,11 @@ def list_command(ctx: click.Context, limit: int, status: str | None, tag: str | 
         with _history(ctx) as store:
             runs = store.list_runs(limit=limit, status=status, tag=tag)
     except StoreError as exc:
-        if "there is no history database" not in exc.message or as_json:
+        if "there is no history database" not in exc.message:
             raise
-        click.echo(f"No runs recorded yet ({exc.message.split(' at ', 1)[-1]} does not exist).", err=True)
+        # Nothing recorded yet is an empty list (no JSON lines), not an error.
+        if not as_json:
+            click.echo(f"No runs recorded yet ({exc.message.split(' at ', 1)[-1]} does not exist).", err=True)
         return
     if as_json:
         for run in runs:
