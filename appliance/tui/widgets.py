@@ -100,7 +100,7 @@ class ThinkingView(QuietCollapsible):
 
     def finish(self) -> None:
         words = fmt.word_count(self.paragraphs.text)
-        set_collapsible_title(self, Content.styled(f"Thinking · {words:,} words", "italic"))
+        set_collapsible_title(self, Content.styled(f"Thinking · {words:,} word{'' if words == 1 else 's'}", "italic"))
 
 
 class TurnView(Vertical):
