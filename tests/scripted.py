@@ -4,6 +4,7 @@ components; here the subject is the loop."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
@@ -112,7 +113,7 @@ def make_agent(
     toolbox = ToolBox(servers, hidden=hidden)
     ctx = CallContext("run-test", tmp_path, tmp_path / "ws", tmp_path / "out", timeout=tool_timeout)
     agent = Agent(backend, toolbox, AgentSettings(**agent_settings), ctx, max_tokens=max_tokens)
-    system = render_system_prompt(__import__("datetime").date(2025, 1, 1), toolbox.server_specs())
+    system = render_system_prompt(dt.date(2025, 1, 1), toolbox.server_specs())
     state = new_state("run-test", task, render_task_message(task), system)
     return agent, state, backend
 
