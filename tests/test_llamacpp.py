@@ -24,6 +24,19 @@ def gbnf_literal(text: str) -> str:
     return "root ::= " + json.dumps(text)
 
 
+def grammar_env(tmp_path: Path, turn: str, summary: str, *, tools: str = "", context: int = 4096) -> dict[str, str]:
+    """Settings (as environment) for a CLI run whose turns and summary are forced by literal grammars."""
+    (tmp_path / "turn.gbnf").write_text(gbnf_literal(turn), encoding="utf-8")
+    (tmp_path / "summary.gbnf").write_text(gbnf_literal(summary), encoding="utf-8")
+    return {
+        "APPLIANCE_TOOLS_ENABLED": tools,
+        "APPLIANCE_MODEL_GRAMMAR": str(tmp_path / "turn.gbnf"),
+        "APPLIANCE_MODEL_SUMMARY_GRAMMAR": str(tmp_path / "summary.gbnf"),
+        "APPLIANCE_MODEL_CONTEXT_LENGTH": str(context),
+        "APPLIANCE_MODEL_MAX_TOKENS": "300",
+    }
+
+
 @pytest.fixture
 def backend(tiny_gguf: Path, tmp_path: Path) -> LlamaCppBackend:
     grammar = tmp_path / "turn.gbnf"
@@ -109,15 +122,7 @@ def test_a_corrupt_gguf_is_component_unavailable(tmp_path: Path) -> None:
 
 
 def test_headless_run_end_to_end_on_llama_cpp(tiny_gguf: Path, tmp_path: Path, appliance_home: Path) -> None:
-    (tmp_path / "turn.gbnf").write_text(gbnf_literal(CALL_TEXT), encoding="utf-8")
-    (tmp_path / "summary.gbnf").write_text(gbnf_literal("\\boxed{42}"), encoding="utf-8")
-    env = {
-        "APPLIANCE_TOOLS_ENABLED": "",
-        "APPLIANCE_MODEL_GRAMMAR": str(tmp_path / "turn.gbnf"),
-        "APPLIANCE_MODEL_SUMMARY_GRAMMAR": str(tmp_path / "summary.gbnf"),
-        "APPLIANCE_MODEL_CONTEXT_LENGTH": "4096",
-        "APPLIANCE_MODEL_MAX_TOKENS": "300",
-    }
+    env = grammar_env(tmp_path, CALL_TEXT, "\\boxed{42}")
     result = run_cli(
         ["--task", "What is six times seven?", "--backend", "llamacpp", "--model", str(tiny_gguf), "--max-turns", "2",
          "--json"],
@@ -185,15 +190,7 @@ def test_interrupted_run_keeps_its_kv_cache_for_resume(tiny_gguf: Path, tmp_path
         "<use_mcp_tool>\n<server_name>tool-python</server_name>\n<tool_name>run_python_code</tool_name>\n"
         '<arguments>\n{"code_block": "import time; time.sleep(4); print(6 * 7)"}\n</arguments>\n</use_mcp_tool>'
     )
-    (tmp_path / "turn.gbnf").write_text(gbnf_literal(slow_call), encoding="utf-8")
-    (tmp_path / "summary.gbnf").write_text(gbnf_literal("\\boxed{42}"), encoding="utf-8")
-    settings_env = {
-        "APPLIANCE_TOOLS_ENABLED": "tool-python",
-        "APPLIANCE_MODEL_GRAMMAR": str(tmp_path / "turn.gbnf"),
-        "APPLIANCE_MODEL_SUMMARY_GRAMMAR": str(tmp_path / "summary.gbnf"),
-        "APPLIANCE_MODEL_CONTEXT_LENGTH": "8192",
-        "APPLIANCE_MODEL_MAX_TOKENS": "300",
-    }
+    settings_env = grammar_env(tmp_path, slow_call, "\\boxed{42}", tools="tool-python", context=8192)
     args = ["--backend", "llamacpp", "--model", str(tiny_gguf), "--max-turns", "1", "--json"]
     process = subprocess.Popen(
         [sys.executable, "-m", "appliance", "--task", "Wait, then answer.", *args],

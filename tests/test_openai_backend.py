@@ -21,7 +21,7 @@ from appliance.llm.base import ChatMessage, Completion, TextChunk
 from appliance.llm.openai import OpenAIBackend, ServerWentAway
 from tests.conftest import run_cli
 from tests.scripted import ScriptedPython, make_agent
-from tests.test_llamacpp import CALL_TEXT, gbnf_literal
+from tests.test_llamacpp import CALL_TEXT, gbnf_literal, grammar_env
 
 
 def free_port() -> int:
@@ -85,15 +85,7 @@ def test_streams_a_turn_and_reports_server_usage(server: LlamaServer) -> None:
 
 
 def test_headless_run_through_the_server(server: LlamaServer, tmp_path: Path, appliance_home: Path) -> None:
-    (tmp_path / "turn.gbnf").write_text(gbnf_literal(CALL_TEXT), encoding="utf-8")
-    (tmp_path / "summary.gbnf").write_text(gbnf_literal("\\boxed{42}"), encoding="utf-8")
-    env = {
-        "APPLIANCE_TOOLS_ENABLED": "",
-        "APPLIANCE_MODEL_GRAMMAR": str(tmp_path / "turn.gbnf"),
-        "APPLIANCE_MODEL_SUMMARY_GRAMMAR": str(tmp_path / "summary.gbnf"),
-        "APPLIANCE_MODEL_CONTEXT_LENGTH": "4096",
-        "APPLIANCE_MODEL_MAX_TOKENS": "300",
-    }
+    env = grammar_env(tmp_path, CALL_TEXT, "\\boxed{42}")
     result = run_cli(
         ["--task", "6 x 7?", "--backend", "openai", "--base-url", server.base_url, "--max-turns", "1", "--json"],
         env=env,
