@@ -26,10 +26,15 @@ from appliance.tools.base import CallContext, ToolBox, ToolOutput, ToolServer
 class RecordingReplay(ReplayBackend):
     """A replay backend that keeps every prompt it was given."""
 
-    def __init__(self, turns: Sequence[str], **kwargs: Any) -> None:
-        super().__init__([ReplayTurn(t) for t in turns], **kwargs)
+    def __init__(self, turns: Sequence[str | ReplayTurn], **kwargs: Any) -> None:
+        super().__init__([t if isinstance(t, ReplayTurn) else ReplayTurn(t) for t in turns], **kwargs)
         self.prompts: list[list[ChatMessage]] = []
         self.purposes: list[str] = []
+
+    @property
+    def last_messages(self) -> list[str]:
+        """The last message of every prompt (for single-message calls such as extraction)."""
+        return [prompt[-1].content for prompt in self.prompts]
 
     def stream_chat(
         self,

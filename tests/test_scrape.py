@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from appliance.config import Settings, load_settings
-from appliance.llm.base import Backend, ChatMessage, Purpose, StreamEvent
-from appliance.llm.replay import ReplayBackend, ReplayTurn
+from appliance.llm.base import Backend, ChatMessage
 from appliance.tools.base import CallContext, ToolBox
 from appliance.tools.scrape.extract import EXTRACT_INFO_PROMPT, Extractor, build_prompt, clean_reply, split_to_fit
 from appliance.tools.scrape.server import HF_REFUSAL, ScrapeServer, create_server
@@ -20,27 +18,7 @@ from appliance.tools.search.corpus import Corpus
 from appliance.tools.specs import SCRAPE_SERVER, SCRAPE_TOOLS
 from tests.conftest import REPO_ROOT
 from tests.pagefixtures import ARTICLE_FACTS, SJIS_TEXT, PageServer, standard_routes
-
-
-class RecordingReplay(ReplayBackend):
-    """The replay backend, remembering every prompt it was given."""
-
-    def __init__(self, turns: Sequence[str], **kwargs: Any) -> None:
-        super().__init__([ReplayTurn(t) for t in turns], source="extract.jsonl", **kwargs)
-        self.prompts: list[str] = []
-        self.purposes: list[Purpose] = []
-
-    def stream_chat(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        max_tokens: int,
-        purpose: Purpose = "turn",
-        cancel: threading.Event | None = None,
-    ) -> Iterator[StreamEvent]:
-        self.prompts.append(messages[-1].content)
-        self.purposes.append(purpose)
-        yield from super().stream_chat(messages, max_tokens=max_tokens, purpose=purpose, cancel=cancel)
+from tests.scripted import RecordingReplay
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +61,7 @@ def test_server_lists_the_reference_tool_unchanged(tmp_path: Path, pages: PageSe
 
 
 def test_article_is_read_and_only_the_extract_returned(tmp_path: Path, pages: PageServer) -> None:
-    backend = RecordingReplay(["The Kettle Valley Railway opened in 1915."])
+    backend = RecordingReplay(["The Kettle Valley Railway opened in 1915."], source="extract.jsonl")
     server = ScrapeServer(make_settings(tmp_path, pages), lambda: backend)
     data, output = scrape(server, pages.url("/article"))
     assert data["success"] is True and data["error"] == ""
@@ -91,7 +69,7 @@ def test_article_is_read_and_only_the_extract_returned(tmp_path: Path, pages: Pa
     assert data["extracted_info"] == "The Kettle Valley Railway opened in 1915."
     assert data["model_used"] == "replay:extract.jsonl" and data["tokens_used"] > 100
     assert list(data) == ["success", "url", "extracted_info", "error", "scrape_stats", "model_used", "tokens_used"]
-    [prompt] = backend.prompts
+    [prompt] = backend.last_messages
     assert backend.purposes == ["extract"]
     assert prompt.startswith(EXTRACT_INFO_PROMPT.split("{}")[0] + "When did it open?")
     assert f"The line opened in {ARTICLE_FACTS['opened']}" in prompt
@@ -114,7 +92,10 @@ def test_a_repeated_read_comes_from_the_cache(tmp_path: Path, pages: PageServer)
     _, second = scrape(server, pages.url("/plain.txt"), "other question")
     assert pages.hits["/plain.txt"] == before + 1
     assert (first.meta["source"], second.meta["source"]) == ("web", "cache")
-    assert backend.prompts[0].split("CONTENT TO ANALYZE:")[1] == backend.prompts[1].split("CONTENT TO ANALYZE:")[1]
+    assert (
+        backend.last_messages[0].split("CONTENT TO ANALYZE:")[1]
+        == backend.last_messages[1].split("CONTENT TO ANALYZE:")[1]
+    )
     # A new process (new server object) still finds it: the cache is on disk.
     fresh = ScrapeServer(make_settings(tmp_path, pages), lambda: backend)
     _, third = scrape(fresh, pages.url("/plain.txt"), "third question")
@@ -140,7 +121,7 @@ def test_pdf_is_converted(tmp_path: Path, pages: PageServer) -> None:
     server = ScrapeServer(make_settings(tmp_path, pages), lambda: backend)
     data, output = scrape(server, pages.url("/report-octet"), "lead level")
     assert data["extracted_info"] == "Lead: 3.4 ppb." and output.meta["kind"] == "pdf"
-    assert "The 90th percentile lead level was 3.4 ppb" in backend.prompts[0]
+    assert "The 90th percentile lead level was 3.4 ppb" in backend.last_messages[0]
 
 
 @pytest.mark.parametrize(
@@ -154,7 +135,7 @@ def test_non_utf8_pages_are_decoded(tmp_path: Path, pages: PageServer, path: str
     backend = RecordingReplay(["ok"])
     server = ScrapeServer(make_settings(tmp_path, pages), lambda: backend)
     assert scrape(server, pages.url(path))[0]["success"]
-    assert message in backend.prompts[0]
+    assert message in backend.last_messages[0]
 
 
 @pytest.mark.parametrize(
@@ -181,7 +162,7 @@ def test_failures_are_reported_without_calling_the_model(
     assert data["success"] is False and data["error"].startswith("Scraping failed: ")
     assert error in data["error"]
     assert data["scrape_stats"] == {} and data["tokens_used"] == 0 and data["extracted_info"] == ""
-    assert backend.prompts == []
+    assert backend.last_messages == []
 
 
 def test_loopback_is_refused_unless_allowed(tmp_path: Path, pages: PageServer) -> None:
@@ -215,7 +196,7 @@ def test_corpus_documents_are_read_without_network(tmp_path: Path, pages: PageSe
     server = ScrapeServer(settings, lambda: backend)
     data, output = scrape(server, hit.link, "Where is the assembly point?")
     assert data["extracted_info"] == "North car park." and output.meta["source"] == "corpus"
-    assert "The fire assembly point is the north car park." in backend.prompts[0]
+    assert "The fire assembly point is the north car park." in backend.last_messages[0]
     missing, _ = scrape(server, "corpus://999/nothing.md")
     assert "no document 999" in missing["error"]
 
@@ -237,16 +218,16 @@ def test_long_pages_are_split_and_the_extracts_merged(tmp_path: Path, pages: Pag
     data, output = scrape(ScrapeServer(settings, lambda: backend), pages.url("/long"), info)
     assert data["success"], data["error"]
     assert output.meta["parts"] == len(parts)
-    part_prompts = backend.prompts[: len(parts)]
-    merge_prompts = backend.prompts[len(parts) :]
-    assert all(backend.count_messages([ChatMessage("user", p)]) <= 1200 - 200 for p in backend.prompts)
+    part_prompts = backend.last_messages[: len(parts)]
+    merge_prompts = backend.last_messages[len(parts) :]
+    assert all(backend.count_messages([ChatMessage("user", p)]) <= 1200 - 200 for p in backend.last_messages)
     # Nothing of the page is lost between the parts.
     for n in range(1, 61):
         assert any(f"Section {n}. The survey crews" in p for p in part_prompts)
     assert sum("14.6 metres" in p for p in part_prompts) == 1
     assert "[Extract from part 1 of" in merge_prompts[0]
-    assert data["extracted_info"] == backend.turns[len(backend.prompts) - 1].content
-    assert output.meta["extraction_calls"] == len(backend.prompts)
+    assert data["extracted_info"] == backend.turns[len(backend.last_messages) - 1].content
+    assert output.meta["extraction_calls"] == len(backend.last_messages)
 
 
 def test_thinking_is_stripped_and_repetition_retried(tmp_path: Path, pages: PageServer) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +13,10 @@ from appliance.agent import runtime
 from appliance.agent.context import OMITTED
 from appliance.agent.events import AgentEvent, RunFinished, TextDelta, TurnEnded
 from appliance.agent.runtime import build_toolbox, prepare_run
-from appliance.llm.base import ChatMessage, Purpose, StreamEvent
-from appliance.llm.replay import ReplayBackend, load_replay
+from appliance.llm.replay import load_replay
 from appliance.store import History, StoreError, open_history
 from tests.conftest import run_cli
+from tests.scripted import RecordingReplay
 from tests.store_support import call, finished, run_in_process, settings_for, write_script
 
 TASK = "Which city hosts the Louvre?"
@@ -30,25 +28,6 @@ SCRIPT = [
     "<think>Paris.</think> Done.",
     "The Louvre is in \\boxed{Paris}. Source: https://example.org/louvre",
 ]
-
-
-class RecordingReplay(ReplayBackend):
-    """The replay backend, keeping every prompt it was sent."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.prompts: list[list[ChatMessage]] = []
-
-    def stream_chat(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        max_tokens: int,
-        purpose: Purpose = "turn",
-        cancel: threading.Event | None = None,
-    ) -> Iterator[StreamEvent]:
-        self.prompts.append(list(messages))
-        yield from super().stream_chat(messages, max_tokens=max_tokens, purpose=purpose, cancel=cancel)
 
 
 @pytest.fixture
