@@ -10,7 +10,6 @@ then a summary turn asks for the answer in \\boxed{}.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 import traceback
@@ -530,7 +529,3 @@ def new_state(
         messages=[ChatMessage("user", task_message)],
         attachments=attachments,
     )
-
-
-def replace_state(state: RunState, **changes: Any) -> RunState:
-    return dataclasses.replace(state, **changes)
