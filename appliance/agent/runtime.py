@@ -1,65 +1,41 @@
 """Assemble a run from settings: backend, tool servers, directories, initial state.
 
-Tool servers are found by name in TOOL_SERVERS and imported only when enabled,
-so a missing optional component fails that server alone, with its own fix.
-A server factory is `create_server(settings, get_backend) -> ToolServer`; it must
-be cheap (no processes, no model load) so `appliance prompt` can list tools, and
-calls `get_backend()` only when it needs the model (the scrape tool's extractor).
+The tool servers come from appliance.tools.registry (re-exported here: a run is
+built from settings -> build_toolbox -> prepare_run).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.agent.loop import Agent, RunState, new_state
 from appliance.config import Settings
-from appliance.errors import ComponentUnavailable, ConfigError
+from appliance.errors import ConfigError
 from appliance.llm.base import Backend
 from appliance.protocol.prompt import render_system_prompt, render_task_message
-from appliance.tools.base import CallContext, ToolBox, ToolServer
+from appliance.tools.base import CallContext, ToolBox
+from appliance.tools.registry import TOOL_SERVERS, BackendProvider, ServerFactory, build_toolbox, load_server_factory
 
-TOOL_SERVERS: dict[str, str] = {
-    "tool-python": "appliance.tools.sandbox.server:create_server",
-    "search_and_scrape_webpage": "appliance.tools.search.server:create_server",
-    "jina_scrape_llm_summary": "appliance.tools.scrape.server:create_server",
-}
-
-BackendProvider = Callable[[], Backend]
-ServerFactory = Callable[[Settings, BackendProvider], ToolServer]
+__all__ = [
+    "TOOL_SERVERS",
+    "BackendProvider",
+    "ServerFactory",
+    "build_toolbox",
+    "load_server_factory",
+    "make_agent",
+    "new_run_id",
+    "prepare_run",
+]
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
     """Sortable and readable: 20261126-094512-3fa9c1."""
     now = now or dt.datetime.now()
     return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-
-
-def load_server_factory(name: str) -> ServerFactory:
-    target = TOOL_SERVERS.get(name)
-    if target is None:
-        raise ConfigError(f"unknown tool server '{name}'", f"[tools] enabled may list: {', '.join(TOOL_SERVERS)}")
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ComponentUnavailable(
-            name, f"the {name} tool server cannot be loaded ({exc})", f"remove {name} from [tools] enabled or reinstall"
-        ) from exc
-    factory: ServerFactory = getattr(module, attr)
-    return factory
-
-
-def build_toolbox(settings: Settings, get_backend: BackendProvider, extra: Sequence[ToolServer] = ()) -> ToolBox:
-    servers = [load_server_factory(name)(settings, get_backend) for name in settings.tools.enabled]
-    hidden = set()
-    if not settings.agent.offer_download_tool:
-        hidden.add(("tool-python", "download_file_from_sandbox_to_local"))
-    return ToolBox([*servers, *extra], hidden=hidden)
 
 
 @dataclass

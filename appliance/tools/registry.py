@@ -1,0 +1,51 @@
+"""Which tool servers a run gets: the built-in ones by name, then the user's MCP servers.
+
+Built-in servers are found by name in TOOL_SERVERS and imported only when
+enabled, so a missing optional component fails that server alone, with its own
+fix. A server factory is `create_server(settings, get_backend) -> ToolServer`; it
+must be cheap (no processes, no model load) and calls `get_backend()` only when
+it needs the model (the scrape tool's extractor). External MCP servers from
+`[mcp_servers.NAME]` connect on first use, so building a toolbox never blocks.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+
+from appliance.config import Settings
+from appliance.errors import ComponentUnavailable, ConfigError
+from appliance.llm.base import Backend
+from appliance.tools.base import ToolBox, ToolServer
+
+TOOL_SERVERS: dict[str, str] = {
+    "tool-python": "appliance.tools.sandbox.server:create_server",
+    "search_and_scrape_webpage": "appliance.tools.search.server:create_server",
+    "jina_scrape_llm_summary": "appliance.tools.scrape.server:create_server",
+}
+
+BackendProvider = Callable[[], Backend]
+ServerFactory = Callable[[Settings, BackendProvider], ToolServer]
+
+
+def load_server_factory(name: str) -> ServerFactory:
+    target = TOOL_SERVERS.get(name)
+    if target is None:
+        raise ConfigError(f"unknown tool server '{name}'", f"[tools] enabled may list: {', '.join(TOOL_SERVERS)}")
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ComponentUnavailable(
+            name, f"the {name} tool server cannot be loaded ({exc})", f"remove {name} from [tools] enabled or reinstall"
+        ) from exc
+    factory: ServerFactory = getattr(module, attr)
+    return factory
+
+
+def build_toolbox(settings: Settings, get_backend: BackendProvider, extra: Sequence[ToolServer] = ()) -> ToolBox:
+    servers = [load_server_factory(name)(settings, get_backend) for name in settings.tools.enabled]
+    hidden = set()
+    if not settings.agent.offer_download_tool:
+        hidden.add(("tool-python", "download_file_from_sandbox_to_local"))
+    return ToolBox([*servers, *extra], hidden=hidden)
