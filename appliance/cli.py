@@ -286,6 +286,8 @@ def prompt_command(ctx: click.Context, /, date_text: str | None, **options: Any)
     try:
         # Exactly the prompt's bytes when piped (golden comparisons); a newline for a terminal.
         click.echo(render_system_prompt(date, toolbox.server_specs()), nl=sys.stdout.isatty())
+        for problem in toolbox.problems():
+            click.echo(f"warning: {problem}", err=True)
     finally:
         toolbox.close()
 

@@ -15,6 +15,8 @@ import dataclasses
 import difflib
 import json
 import os
+import re
+import shlex
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -177,6 +179,146 @@ class UiSettings:
     theme: str = "dark"
 
 
+@dataclass(frozen=True)
+class McpServerConfig:
+    """One external MCP server from `[mcp_servers.NAME]`: a stdio command or a streamable HTTP URL.
+
+    `name` is what the model writes in `<server_name>`. `env` and `headers` may
+    hold secrets: they are redacted wherever settings are shown or recorded.
+    """
+
+    name: str
+    command: tuple[str, ...] = ()
+    url: str = ""
+    env: dict[str, str] = field(default_factory=dict, hash=False)
+    headers: dict[str, str] = field(default_factory=dict, hash=False)
+    cwd: str = ""
+    # Seconds one call may take (0: [agent] tool_timeout), and to start, initialize and list tools.
+    timeout: float = 0.0
+    startup_timeout: float = 30.0
+    # Only these tools are offered to the model ([]: all the server lists).
+    tools: tuple[str, ...] = ()
+    enabled: bool = True
+
+    @property
+    def transport(self) -> str:
+        return "stdio" if self.command else "http"
+
+    def target(self) -> str:
+        """The command line or URL, for messages (never the environment or headers)."""
+        return shlex.join(self.command) if self.command else self.url
+
+    def as_dict(self, *, redact: bool = True) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values.pop("name")
+        if redact:
+            for key in ("env", "headers"):
+                values[key] = {k: "***" for k in values[key]}
+        values["command"] = list(self.command)
+        values["tools"] = list(self.tools)
+        return values
+
+
+MCP_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_MCP_KEYS = ("command", "args", "url", "env", "headers", "cwd", "timeout", "startup_timeout", "tools", "enabled")
+
+
+def _string_table(value: Any, where: str, key: str) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"{where} {key} must be a table of strings", f'write {key} = {{ NAME = "value" }}')
+    table: dict[str, str] = {}
+    for k, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            raise ConfigError(f"{where} {key}.{k} must be a string, got {v!r}", f'write {k} = "..."')
+        table[k] = str(v)
+    return table
+
+
+def _string_list(value: Any, where: str, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} {key} must be a list of strings, got {value!r}", f'write {key} = ["...", "..."]')
+    return tuple(value)
+
+
+def parse_mcp_server(name: str, table: Any, origin: str) -> McpServerConfig:
+    """`[mcp_servers.NAME]` as a checked McpServerConfig; every mistake is a ConfigError naming it."""
+    where = f"[mcp_servers.{name}] in {origin}:"
+    if not MCP_SERVER_NAME.match(name):
+        raise ConfigError(
+            f"MCP server name '{name}' in {origin} is not usable as a <server_name>",
+            "use letters, digits, '_', '-' or '.' (at most 64), starting with a letter or digit",
+        )
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where} must be a table", f'write [mcp_servers.{name}] with command = [...] or url = "..."')
+    for key in table:
+        if key not in _MCP_KEYS:
+            hint = difflib.get_close_matches(str(key), _MCP_KEYS, n=1)
+            raise ConfigError(
+                f"{where} unknown key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""),
+                f"valid keys: {', '.join(_MCP_KEYS)}",
+            )
+    raw_command = table.get("command", [])
+    if isinstance(raw_command, str):
+        command = tuple(shlex.split(raw_command))
+    else:
+        command = _string_list(raw_command, where, "command")
+    command += _string_list(table.get("args", []), where, "args")
+    url = table.get("url", "")
+    if not isinstance(url, str):
+        raise ConfigError(f"{where} url must be a string", 'write url = "http://127.0.0.1:PORT/mcp"')
+    if bool(command) == bool(url):
+        raise ConfigError(
+            f"{where} give either command (a stdio server) or url (streamable HTTP), not "
+            + ("both" if command else "neither"),
+            'command = ["python", "-m", "my_server"]  or  url = "http://127.0.0.1:8000/mcp"',
+        )
+    if url and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where} url {url!r} is not an http(s) URL", "the streamable HTTP endpoint, ending in /mcp")
+    numbers: dict[str, float] = {}
+    for key, default, minimum in (("timeout", 0.0, 0.0), ("startup_timeout", 30.0, 0.1)):
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+            raise ConfigError(f"{where} {key} must be a number of seconds >= {minimum:g}, got {value!r}",
+                              f"{key} = 60")  # fmt: skip
+        numbers[key] = float(value)
+    enabled = table.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{where} enabled must be true or false", "enabled = false")
+    if "env" in table and not command:
+        raise ConfigError(f"{where} env applies to stdio servers only", "use headers for an HTTP server")
+    if "headers" in table and not url:
+        raise ConfigError(f"{where} headers apply to HTTP servers only", "use env for a stdio server")
+    cwd = table.get("cwd", "")
+    if not isinstance(cwd, str):
+        raise ConfigError(f"{where} cwd must be a path string", 'cwd = "~/projects/wiki"')
+    return McpServerConfig(
+        name=name,
+        command=command,
+        url=url,
+        env=_string_table(table.get("env", {}), where, "env"),
+        headers=_string_table(table.get("headers", {}), where, "headers"),
+        cwd=cwd,
+        timeout=numbers["timeout"],
+        startup_timeout=numbers["startup_timeout"],
+        tools=_string_list(table.get("tools", []), where, "tools"),
+        enabled=enabled,
+    )
+
+
+def _merge_mcp_servers(
+    servers: dict[str, McpServerConfig], origins: dict[str, str], layer: dict[str, Any], origin: str
+) -> None:
+    """Take `mcp_servers` out of a profile or config layer; a later layer replaces a server by name."""
+    tables = layer.pop("mcp_servers", None)
+    if tables is None:
+        return
+    if not isinstance(tables, Mapping):
+        raise ConfigError(f"mcp_servers in {origin} must be tables", "write [mcp_servers.NAME] tables")
+    for name, table in tables.items():
+        servers[name] = parse_mcp_server(str(name), table, origin)
+        origins[f"mcp_servers.{name}"] = origin
+
+
 @dataclass
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -189,6 +331,8 @@ class Settings:
     eval: EvalSettings = field(default_factory=EvalSettings)
     ui: UiSettings = field(default_factory=UiSettings)
     profile: str = DEFAULT_PROFILE
+    # External MCP servers by name, in configuration order (enabled or not).
+    mcp_servers: dict[str, McpServerConfig] = field(default_factory=dict)
     # Where each value came from, for `appliance doctor` and the status screen.
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     dirs: AppDirs = field(default_factory=app_dirs, compare=False, repr=False)
@@ -208,13 +352,17 @@ class Settings:
             if redact:
                 values = {k: ("***" if k in SECRET_KEYS and v else v) for k, v in values.items()}
             out[name] = values
+        out["mcp_servers"] = {name: server.as_dict(redact=redact) for name, server in self.mcp_servers.items()}
         return out
+
+    def enabled_mcp_servers(self) -> list[McpServerConfig]:
+        return [server for server in self.mcp_servers.values() if server.enabled]
 
 
 SECTIONS: dict[str, type[Any]] = {
     f.name: f.type if isinstance(f.type, type) else globals()[str(f.type)]
     for f in dataclasses.fields(Settings)
-    if f.name not in ("profile", "origins", "dirs")
+    if f.name not in ("profile", "origins", "dirs", "mcp_servers")
 }
 
 
@@ -358,7 +506,7 @@ def _apply_layer(
             hint = difflib.get_close_matches(section, list(SECTIONS), n=1)
             raise ConfigError(
                 f"unknown section [{section}] in {origin}" + (f" (did you mean [{hint[0]}]?)" if hint else ""),
-                f"valid sections: {', '.join(SECTIONS)}",
+                f"valid sections: {', '.join(SECTIONS)}, mcp_servers.NAME",
             )
         if not isinstance(values, Mapping):
             raise ConfigError(f"[{section}] in {origin} must be a table", f"write it as [{section}] with keys below")
@@ -394,8 +542,11 @@ def load_settings(
 
     merged: dict[str, dict[str, Any]] = {s: dataclasses.asdict(cls()) for s, cls in SECTIONS.items()}
     origins: dict[str, str] = {}
-    _apply_layer(merged, origins, load_profile(chosen, dirs), f"profile {chosen}")
-    _apply_layer(merged, origins, user_config, str(config_path))
+    mcp_servers: dict[str, McpServerConfig] = {}
+    profile_layer = load_profile(chosen, dirs)
+    for layer, origin in ((profile_layer, f"profile {chosen}"), (user_config, str(config_path))):
+        _merge_mcp_servers(mcp_servers, origins, layer, origin)
+        _apply_layer(merged, origins, layer, origin)
 
     names = env_names()
     unknown = sorted(
@@ -428,6 +579,7 @@ def load_settings(
     settings = Settings(
         **{s: SECTIONS[s](**merged[s]) for s in SECTIONS},
         profile=chosen,
+        mcp_servers=mcp_servers,
         origins=origins,
         dirs=dirs,
     )

@@ -137,6 +137,8 @@ class Agent:
             turn=state.turn,
             workspace=str(self.ctx.workspace),
         )
+        for problem in self.toolbox.problems():
+            yield Notice("warning", problem)
         status, answer, final_text, error, code = "error", None, "", None, ExitCode.USAGE
         try:
             if state.phase == "loop":
@@ -404,6 +406,8 @@ class Agent:
                 truncated,
                 len(outcome.text),
             )
+            if outcome.meta.get("notice"):
+                yield Notice("warning", str(outcome.meta["notice"]))
             results.append(text)
             wasted = self._wasted(outcome)
             if wasted is not None and stop_when_wasted:

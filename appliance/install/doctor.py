@@ -3,7 +3,8 @@
 Components are checked from the outside, the way a user would: the model file
 and its stamp, an import of llama-cpp-python in a child process, `bwrap`
 creating a user namespace, an HTTP search against SearXNG, free disk, and the
-sandbox's Python importing its packages. Each problem comes with its fix.
+sandbox's Python importing its packages, and each configured MCP server
+started and listing its tools. Each problem comes with its fix.
 """
 
 from __future__ import annotations
@@ -161,6 +162,15 @@ def check_sandbox_python(settings: Settings) -> Check:
     return Check("sandbox Python", "ok", f"{python} imports {', '.join(envs.SANDBOX_PACKAGES)}")
 
 
+def check_mcp_servers(settings: Settings) -> list[Check]:
+    """One check per configured MCP server: started, initialized and listed, as a run would."""
+    if not settings.mcp_servers:
+        return []
+    from appliance.tools.mcp.health import check_servers  # loads the MCP SDK only when servers are configured
+
+    return [Check(f"MCP server {h.name}", h.status, h.detail, h.fix) for h in check_servers(settings)]
+
+
 def plan_text(settings: Settings, spec: ProfileSpec | None, hardware: Hardware) -> tuple[str, Check | None]:
     """The profile's memory plan on this machine; a check when the configured context would not fit."""
     if spec is None or not spec.local:
@@ -199,6 +209,7 @@ def diagnose(settings: Settings, hardware: Hardware) -> tuple[str, list[Check]]:
     if memory is not None:
         checks.append(memory)
     checks += [check_bwrap(), check_searxng(settings), check_disk(settings, hardware), check_sandbox_python(settings)]
+    checks += check_mcp_servers(settings)
     return text, checks
 
 

@@ -77,10 +77,22 @@ class ToolOutcome:
         return self.status == "ok"
 
 
+class ToolServerUnavailable(Exception):
+    """The server cannot serve calls now (it did not start, or it died).
+
+    The ToolBox turns it into a "failed" result with this message, and a notice
+    for the user; the run goes on.
+    """
+
+
 class ToolServer(ABC):
-    """Implement `name`, `tools()` and `call()`; `close()` releases resources."""
+    """Implement `name`, `tools()` and `call()`; `close()` releases resources.
+
+    `call_timeout` (seconds) caps this server's calls below the run's tool timeout.
+    """
 
     name: str
+    call_timeout: float | None = None
 
     @abstractmethod
     def tools(self) -> Sequence[ToolSpec]: ...
@@ -90,6 +102,13 @@ class ToolServer(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release processes, connections and files."""
+
+    def ensure_available(self) -> None:  # noqa: B027 - optional hook
+        """Raise ToolServerUnavailable when calls cannot be served (a remote server may restart here)."""
+
+    def problems(self) -> list[str]:
+        """What went wrong while preparing the server, for the user (the run starts anyway)."""
+        return []
 
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
@@ -145,6 +164,9 @@ class ToolBox:
             specs.append(ServerSpec(name, tools))
         return specs
 
+    def problems(self) -> list[str]:
+        return [problem for server in self.servers.values() for problem in server.problems()]
+
     def _spec(self, server: str, tool: str) -> ToolSpec | None:
         if (server, tool) in self.hidden:
             return None
@@ -158,6 +180,10 @@ class ToolBox:
 
         if server not in self.servers:
             return outcome(f"Server '{server}' not found.", "unknown_server")
+        try:
+            self.servers[server].ensure_available()
+        except ToolServerUnavailable as exc:
+            return outcome(str(exc), "failed", {"notice": str(exc)})
         spec = self._spec(server, tool)
         if spec is None:
             return outcome(f"Unknown tool: {tool}", "unknown_tool")
@@ -176,8 +202,10 @@ class ToolBox:
             timeout=ctx.timeout,
             cancel=threading.Event(),
         )
+        timeout = min(ctx.timeout, self.servers[server].call_timeout or ctx.timeout)
+        call_ctx.timeout = timeout
         future: Future[ToolOutput] = self._pool.submit(self.servers[server].call, tool, arguments, call_ctx)
-        deadline = started + ctx.timeout
+        deadline = started + timeout
         while True:
             if ctx.cancel.is_set():
                 call_ctx.cancel.set()
@@ -189,12 +217,14 @@ class ToolBox:
                 if time.monotonic() >= deadline:
                     call_ctx.cancel.set()
                     return outcome(
-                        f"Tool call timed out after {ctx.timeout:g} seconds. Try a smaller step that finishes faster.",
+                        f"Tool call timed out after {timeout:g} seconds. Try a smaller step that finishes faster.",
                         "timeout",
                     )
             except KeyboardInterrupt:
                 call_ctx.cancel.set()  # Ctrl-C: stop the server's work too, or the process waits for it at exit
                 raise
+            except ToolServerUnavailable as exc:
+                return outcome(str(exc), "failed", {"notice": str(exc)})
             except Exception as exc:  # a server bug must never end the run
                 return outcome(f"Tool execution failed: {type(exc).__name__}: {exc}", "failed")
         return outcome(result.text, "error" if result.is_error else "ok", dict(result.meta))

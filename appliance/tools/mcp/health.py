@@ -1,0 +1,65 @@
+"""The health of the configured MCP servers, as `appliance doctor`, `appliance mcp list` and the
+TUI's status screen report it: start each one the way a run would, list its tools, stop it."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from appliance.config import McpServerConfig, Settings
+from appliance.tools.mcp.connection import McpConnection, McpConnectionError
+from appliance.tools.mcp.server import log_path_for
+
+
+@dataclass(frozen=True)
+class McpHealth:
+    name: str
+    transport: str  # stdio | http
+    target: str  # the command line or URL (never env or headers)
+    status: str  # ok | warn | fail | skip
+    detail: str
+    fix: str = ""
+    tools: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+
+def check_server(settings: Settings, config: McpServerConfig) -> McpHealth:
+    def health(status: str, detail: str, fix: str = "", tools: tuple[str, ...] = ()) -> McpHealth:
+        return McpHealth(config.name, config.transport, config.target(), status, detail, fix, tools, elapsed)
+
+    elapsed = 0.0
+    if not config.enabled:
+        return health("skip", f"disabled ([mcp_servers.{config.name}] enabled = false)")
+    log_path = log_path_for(settings, config.name)
+    connection = McpConnection(config, log_path)
+    started = time.monotonic()
+    try:
+        listed = connection.open()
+    except McpConnectionError as exc:
+        elapsed = time.monotonic() - started
+        fix = f"check [mcp_servers.{config.name}] " + ("command, env and cwd" if config.command else "url and headers")
+        if config.command:
+            fix += f"; the server's stderr is in {log_path}"
+        return health("fail", f"{config.transport} {config.target()}: {exc}", fix)
+    finally:
+        connection.close()
+    elapsed = time.monotonic() - started
+    names = tuple(tool.name for tool in listed)
+    offered = tuple(n for n in names if not config.tools or n in config.tools)
+    detail = f"{config.transport} {config.target()}: {len(offered)} tools in {elapsed:.1f} s ({', '.join(offered)})"
+    missing = sorted(set(config.tools) - set(names))
+    if missing:
+        return health("warn", detail + f"; configured tools not listed: {missing}", "fix tools = [...]", offered)
+    if not offered:
+        return health("warn", detail, "the server lists no tools the model could use", offered)
+    return health("ok", detail, tools=offered)
+
+
+def check_servers(settings: Settings) -> list[McpHealth]:
+    """Every configured server, checked side by side (a slow one costs its startup_timeout once)."""
+    configs = list(settings.mcp_servers.values())
+    if not configs:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(configs)), thread_name_prefix="mcp-check") as pool:
+        return list(pool.map(lambda config: check_server(settings, config), configs))
