@@ -439,3 +439,13 @@ def test_doctor_and_mcp_list_report_each_server(appliance_home: Path) -> None:
 def test_mcp_list_without_servers_shows_an_example(appliance_home: Path) -> None:
     result = run_cli(["mcp", "list"])
     assert result.returncode == 0 and "[mcp_servers.notes]" in result.stdout
+
+
+def test_the_readme_example_configuration_is_valid(appliance_home: Path) -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## MCP: your tool servers in, ours out", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    write_config(appliance_home, example)
+    servers = load_settings().mcp_servers
+    assert [(s.name, s.transport) for s in servers.values()] == [("wiki", "stdio"), ("crm", "http")]
+    assert servers["wiki"].timeout == 120 and servers["crm"].headers["Authorization"].startswith("Bearer")

@@ -1,0 +1,61 @@
+"""The TUI's status screen lists the configured MCP servers with their health (real servers)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.widgets import DataTable
+
+from appliance.install import doctor
+from appliance.tui.app import ApplianceApp
+from appliance.tui.status_screen import Diagnosis, StatusScreen, config_rows
+from tests.conftest import REPO_ROOT
+from tests.tui_support import answer, use_scripted_tools, wait_for, write_script
+
+pytestmark = pytest.mark.asyncio
+
+SERVERS = str(REPO_ROOT / "tests" / "mcpservers.py")
+
+
+async def test_status_screen_lists_mcp_servers_and_their_health(
+    appliance_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_scripted_tools(monkeypatch)
+    (appliance_home / "config.toml").write_text(
+        f"""
+[mcp_servers.notes]
+command = ["{sys.executable}", "{SERVERS}", "notes"]
+env = {{ NOTES_TOKEN = "tok-status-123" }}
+
+[mcp_servers.ghost]
+command = ["{sys.executable}", "{SERVERS}", "broken-start"]
+""",
+        encoding="utf-8",
+    )
+
+    def diagnose(settings: Any) -> Diagnosis:
+        # The MCP part of `appliance doctor`, as the screen's default diagnosis runs it,
+        # without the minute of llama.cpp and bwrap checks this test does not need.
+        return Diagnosis("", "", doctor.check_mcp_servers(settings))
+
+    script = write_script(tmp_path / "s.jsonl", [answer("1")])
+    app = ApplianceApp({"db": tmp_path / "history.db", "backend": "replay", "replay": script}, diagnose=diagnose)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("f3")
+        screen = app.screen
+        assert isinstance(screen, StatusScreen)
+        await wait_for(lambda: len(screen.query(".check")) == 2, what="the MCP checks", timeout=60)
+        checks = "\n".join(str(w.render()) for w in screen.query(".check"))
+        assert "[ ok ] MCP server notes: stdio" in checks and "add_note" in checks
+        assert "[FAIL] MCP server ghost" in checks and "cannot open database" in checks
+        assert "fix: check [mcp_servers.ghost] command" in checks
+        table = screen.query_one("#config", DataTable)
+        assert str(table.get_row("mcp_servers.notes")[0]) == "mcp_servers.notes"
+        assert app.settings is not None
+        rows = {key: (value, origin) for key, value, origin in config_rows(app.settings)}
+        value, origin = rows["mcp_servers.notes"]
+        assert '"NOTES_TOKEN": "***"' in value and "tok-status-123" not in value
+        assert origin == str(appliance_home / "config.toml")
