@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from appliance.agent.context import OMITTED, TRUNCATION_MARK, build_view
+from appliance.agent.context import OMITTED, build_view
 from appliance.agent.events import (
     ObservationAdded,
     RunFinished,
@@ -20,6 +20,7 @@ from appliance.agent.events import (
     TurnStarted,
 )
 from appliance.llm.base import ChatMessage
+from appliance.tools.base import TRUNCATION_MARK
 from tests.conftest import tool_call
 from tests.scripted import ScriptedPython, ScriptedSearch, make_agent, run_all
 

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from appliance.llm.base import ChatMessage
 
 OMITTED = "Tool result is omitted to save tokens."
-TRUNCATION_MARK = "\n... [Result truncated]"
 
 
 def kept_result_positions(
@@ -56,10 +55,3 @@ def build_view(
         else:
             view.append(message)
     return view
-
-
-def truncate_result(text: str, limit: int) -> tuple[str, bool]:
-    """Cut a tool result at `limit` characters, marked the way the reference marks it."""
-    if limit > 0 and len(text) > limit:
-        return text[:limit] + TRUNCATION_MARK, True
-    return text, False

@@ -17,7 +17,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.agent.context import build_view, kept_result_positions, truncate_result
+from appliance.agent.context import build_view, kept_result_positions
 from appliance.agent.events import (
     AgentEvent,
     Notice,
@@ -48,7 +48,7 @@ from appliance.protocol.parsing import (
     tool_server_map,
 )
 from appliance.protocol.prompt import render_summary_prompt
-from appliance.tools.base import FAILED_STATUSES, CallContext, ToolBox, ToolOutcome
+from appliance.tools.base import CallContext, ToolBox, ToolOutcome
 
 # Results the reference treats as a wasted turn: the reply is sampled again.
 _ROLLBACK_RESULT_PREFIXES = ("Unknown tool:", "Error executing tool")
@@ -428,10 +428,7 @@ class Agent:
         return None
 
     def _format_outcome(self, outcome: ToolOutcome) -> tuple[str, bool]:
-        text = outcome.text
-        if outcome.status in FAILED_STATUSES:
-            text = f"Tool call to {outcome.tool} on {outcome.server} failed. Error: {text}"
-        return truncate_result(text, self.settings.result_max_chars)
+        return outcome.model_text(self.settings.result_max_chars)
 
     def _fits_next_turn(self, state: RunState) -> Generator[AgentEvent, None, bool]:
         """After a turn's results: can the next turn still fit? If not, drop it for the summary."""

@@ -1,66 +1,37 @@
 """Assemble a run from settings: backend, tool servers, directories, initial state.
 
-The tool servers come from appliance.tools.registry (re-exported here: a run is
-built from settings -> build_toolbox -> prepare_run).
+The tool servers come from appliance.tools.registry and the run's directories
+from appliance.tools.rundirs (both re-exported here: a run is built from
+settings -> build_toolbox -> prepare_run).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.agent.loop import Agent, RunState, new_state
 from appliance.config import Settings
-from appliance.errors import ConfigError
 from appliance.llm.base import Backend
 from appliance.protocol.prompt import render_system_prompt, render_task_message
 from appliance.tools.base import CallContext, ToolBox
 from appliance.tools.registry import TOOL_SERVERS, BackendProvider, ServerFactory, build_toolbox, load_server_factory
+from appliance.tools.rundirs import RunDirs, check_attachments, new_run_id, run_dirs
 
 __all__ = [
     "TOOL_SERVERS",
     "BackendProvider",
+    "RunDirs",
     "ServerFactory",
     "build_toolbox",
+    "check_attachments",
     "load_server_factory",
     "make_agent",
     "new_run_id",
     "prepare_run",
+    "run_dirs",
 ]
-
-
-def new_run_id(now: dt.datetime | None = None) -> str:
-    """Sortable and readable: 20261126-094512-3fa9c1."""
-    now = now or dt.datetime.now()
-    return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-
-
-@dataclass
-class RunDirs:
-    run_dir: Path
-    workspace: Path
-    output_dir: Path
-
-
-def run_dirs(settings: Settings, run_id: str, workspace: Path | None = None) -> RunDirs:
-    run_dir = settings.dirs.run_dir(run_id)
-    dirs = RunDirs(run_dir, (workspace or run_dir / "workspace").expanduser().resolve(), run_dir / "output")
-    for path in (dirs.run_dir, dirs.workspace, dirs.output_dir):
-        path.mkdir(parents=True, exist_ok=True)
-    return dirs
-
-
-def check_attachments(paths: Sequence[Path]) -> tuple[Path, ...]:
-    resolved = []
-    for path in paths:
-        full = path.expanduser().resolve()
-        if not full.exists():
-            raise ConfigError(f"attachment {path} does not exist", "pass an existing file or directory to --attach")
-        resolved.append(full)
-    return tuple(resolved)
 
 
 def prepare_run(

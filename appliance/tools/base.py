@@ -29,6 +29,14 @@ CallStatus = Literal[
     "ok", "error", "failed", "timeout", "unknown_server", "unknown_tool", "bad_arguments", "duplicate", "cancelled"
 ]
 FAILED_STATUSES = frozenset({"failed", "timeout", "unknown_server"})
+TRUNCATION_MARK = "\n... [Result truncated]"
+
+
+def truncate_result(text: str, limit: int) -> tuple[str, bool]:
+    """Cut a tool result at `limit` characters, marked the way the reference marks it."""
+    if limit > 0 and len(text) > limit:
+        return text[:limit] + TRUNCATION_MARK, True
+    return text, False
 
 
 @dataclass
@@ -75,6 +83,13 @@ class ToolOutcome:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    def model_text(self, limit: int) -> tuple[str, bool]:
+        """What the model reads (a failed call in the reference's words), cut at `limit`; and whether it was cut."""
+        text = self.text
+        if self.status in FAILED_STATUSES:
+            text = f"Tool call to {self.tool} on {self.server} failed. Error: {text}"
+        return truncate_result(text, limit)
 
 
 class ToolServerUnavailable(Exception):

@@ -20,13 +20,11 @@ from __future__ import annotations
 import codecs
 import contextlib
 import dataclasses
-import datetime as dt
 import io
 import ipaddress
 import logging
 import os
 import queue
-import secrets
 import signal
 import socket
 import sys
@@ -48,14 +46,13 @@ from appliance.errors import ComponentUnavailable, ConfigError, ExitCode
 from appliance.llm.base import Backend
 from appliance.options import collect_common, common_options, settings_from_options
 from appliance.protocol.tooldefs import ServerSpec, ToolSpec
-from appliance.tools.base import FAILED_STATUSES, CallContext, ToolBox, ToolOutcome, ToolOutput, ToolServer
+from appliance.tools.base import CallContext, ToolBox, ToolOutcome, ToolOutput, ToolServer
 from appliance.tools.registry import TOOL_SERVERS, build_toolbox, load_server_factory
+from appliance.tools.rundirs import check_attachments, new_run_id, run_dirs
 from appliance.tools.specs import PYTHON_SERVER, PYTHON_TOOLS, SCRAPE_SERVER, SCRAPE_TOOLS, SEARCH_SERVER, SEARCH_TOOLS
 
 PROG = "appliance mcp serve"
 HTTP_PATH = "/mcp"
-# The loop's mark (appliance.agent.context); the layers contract keeps tools from importing the agent.
-TRUNCATION_MARK = "\n... [Result truncated]"
 # What a server lists when its component is missing: the tools stay visible and answer with the fix.
 BUILTIN_TOOLS: dict[str, Sequence[ToolSpec]] = {
     PYTHON_SERVER: PYTHON_TOOLS,
@@ -105,11 +102,7 @@ def tool_index(specs: Sequence[ServerSpec]) -> dict[str, tuple[str, ToolSpec]]:
 
 def call_result(outcome: ToolOutcome, max_chars: int) -> types.CallToolResult:
     """A finished call as MCP's result: the text the model would read in a run, isError unless ok."""
-    text = outcome.text
-    if outcome.status in FAILED_STATUSES:
-        text = f"Tool call to {outcome.tool} on {outcome.server} failed. Error: {text}"
-    if max_chars > 0 and len(text) > max_chars:
-        text = text[:max_chars] + TRUNCATION_MARK
+    text, _ = outcome.model_text(max_chars)
     return types.CallToolResult(content=[types.TextContent(type="text", text=text)], isError=not outcome.ok)
 
 
@@ -145,9 +138,10 @@ class ServedTools:
                     servers.append(UnavailableServer(name, exc))
                     self.unavailable.append(exc)
             # The servers are built above so one missing component leaves the others served;
-            # build_toolbox still decides which tools are hidden, as for a run.
+            # build_toolbox still decides which tools are hidden, as for a run. The user's own
+            # MCP servers are theirs to expose, not ours: external=False.
             no_builtins = dataclasses.replace(self.settings, tools=ToolsSettings(enabled=[]))
-            self.toolbox: ToolBox = build_toolbox(no_builtins, self.backend, extra=servers)
+            self.toolbox: ToolBox = build_toolbox(no_builtins, self.backend, extra=servers, external=False)
         except BaseException:
             for server in servers:
                 server.close()
@@ -222,25 +216,16 @@ class ServedTools:
 
 
 def serve_context(settings: Settings, workspace: Path | None, attachments: Sequence[Path]) -> CallContext:
-    """A run-like directory for this process (what appliance.agent.runtime.run_dirs makes for a run)."""
-    attached = []
-    for path in attachments:
-        full = path.expanduser().resolve()
-        if not full.exists():
-            raise ConfigError(f"attachment {path} does not exist", "pass an existing file or directory to --attach")
-        attached.append(full)
-    run_id = f"mcp-{dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-    run_dir = settings.dirs.run_dir(run_id)
-    home = (workspace or run_dir / "workspace").expanduser().resolve()
-    output_dir = run_dir / "output"
-    for path in (run_dir, home, output_dir):
-        path.mkdir(parents=True, exist_ok=True)
+    """One run-like directory for the whole process, made the way a run's is."""
+    attached = check_attachments(attachments)
+    run_id = new_run_id(prefix="mcp-")
+    dirs = run_dirs(settings, run_id, workspace)
     return CallContext(
         run_id=run_id,
-        run_dir=run_dir,
-        workspace=home,
-        output_dir=output_dir,
-        attachments=tuple(attached),
+        run_dir=dirs.run_dir,
+        workspace=dirs.workspace,
+        output_dir=dirs.output_dir,
+        attachments=attached,
         timeout=settings.agent.tool_timeout,
     )
 

@@ -1,0 +1,44 @@
+"""A run's identity and directories on the host, shared by agent runs and `appliance mcp serve`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.config import Settings
+from appliance.errors import ConfigError
+
+
+def new_run_id(now: dt.datetime | None = None, prefix: str = "") -> str:
+    """Sortable and readable: 20261126-094512-3fa9c1 (with a prefix: mcp-20261126-094512-3fa9c1)."""
+    now = now or dt.datetime.now()
+    return f"{prefix}{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class RunDirs:
+    run_dir: Path
+    workspace: Path  # the sandboxes' /home/user
+    output_dir: Path  # files handed back to the user
+
+
+def run_dirs(settings: Settings, run_id: str, workspace: Path | None = None) -> RunDirs:
+    run_dir = settings.dirs.run_dir(run_id)
+    dirs = RunDirs(run_dir, (workspace or run_dir / "workspace").expanduser().resolve(), run_dir / "output")
+    for path in (dirs.run_dir, dirs.workspace, dirs.output_dir):
+        path.mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
+def check_attachments(paths: Sequence[Path]) -> tuple[Path, ...]:
+    """The host paths the model may upload from, resolved; a missing one is a usage error."""
+    resolved = []
+    for path in paths:
+        full = path.expanduser().resolve()
+        if not full.exists():
+            raise ConfigError(f"attachment {path} does not exist", "pass an existing file or directory to --attach")
+        resolved.append(full)
+    return tuple(resolved)
