@@ -449,3 +449,16 @@ def test_the_readme_example_configuration_is_valid(appliance_home: Path) -> None
     servers = load_settings().mcp_servers
     assert [(s.name, s.transport) for s in servers.values()] == [("wiki", "stdio"), ("crm", "http")]
     assert servers["wiki"].timeout == 120 and servers["crm"].headers["Authorization"].startswith("Bearer")
+
+
+def test_mcp_serve_does_not_pass_the_users_servers_through(appliance_home: Path) -> None:
+    from appliance.tools.mcp.serve import ServedTools, serve_context
+
+    write_config(appliance_home, toml_servers(notes=stdio()))
+    settings = load_settings()
+    served = ServedTools(settings, ["search_and_scrape_webpage"], serve_context(settings, None, []))
+    try:
+        assert list(served.toolbox.servers) == ["search_and_scrape_webpage"]
+        assert [t.name for t in served.tools()] == ["google_search"]
+    finally:
+        served.close()
