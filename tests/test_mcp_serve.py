@@ -206,19 +206,23 @@ def processes_with(marker: str) -> list[str]:
     return leftover_processes(marker)
 
 
+def start_sleep(server: RawServer, command: str) -> str:
+    """Initialize, create sandbox (request 1), start `command` as request 2 and wait until it runs."""
+    server.initialize()
+    sandbox = server.create_sandbox(1)
+    server.request(2, "tools/call", {"name": "run_command", "arguments": {"command": command, "sandbox_id": sandbox}})
+    deadline = time.monotonic() + 20
+    while not processes_with(command):
+        assert time.monotonic() < deadline, server.stderr()
+        time.sleep(0.1)
+    return sandbox
+
+
 def test_a_cancelled_call_stops_its_process(appliance_home: Path, tmp_path: Path) -> None:
     """notifications/cancelled reaches the sandbox: the command is killed, the server goes on."""
     server = RawServer(["--tools", "tool-python"], tmp_path / "stderr.log")
     try:
-        server.initialize()
-        sandbox = server.create_sandbox(1)
-        server.request(
-            2, "tools/call", {"name": "run_command", "arguments": {"command": "sleep 61.234", "sandbox_id": sandbox}}
-        )
-        deadline = time.monotonic() + 20
-        while not processes_with("sleep 61.234"):
-            assert time.monotonic() < deadline, server.stderr()
-            time.sleep(0.1)
+        sandbox = start_sleep(server, "sleep 61.234")
         started = time.monotonic()
         server.send(
             {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2, "reason": "test"}}
@@ -251,15 +255,7 @@ async def test_a_client_that_goes_away_stops_its_calls(appliance_home: Path, err
 def test_sigterm_stops_a_stdio_server_and_its_commands(appliance_home: Path, tmp_path: Path) -> None:
     server = RawServer(["--tools", "tool-python"], tmp_path / "stderr.log")
     try:
-        server.initialize()
-        sandbox = server.create_sandbox(1)
-        server.request(
-            2, "tools/call", {"name": "run_command", "arguments": {"command": "sleep 63.456", "sandbox_id": sandbox}}
-        )
-        deadline = time.monotonic() + 20
-        while not processes_with("sleep 63.456"):
-            assert time.monotonic() < deadline, server.stderr()
-            time.sleep(0.1)
+        start_sleep(server, "sleep 63.456")
         server.process.send_signal(signal.SIGTERM)
         # stdin stays open: the server must not wait for the client's next line.
         assert server.process.wait(timeout=10) == 0

@@ -15,9 +15,9 @@ from appliance.agent.loop import Agent, RunState, new_state
 from appliance.config import Settings
 from appliance.llm.base import Backend
 from appliance.protocol.prompt import render_system_prompt, render_task_message
-from appliance.tools.base import CallContext, ToolBox
+from appliance.tools.base import ToolBox
 from appliance.tools.registry import TOOL_SERVERS, BackendProvider, ServerFactory, build_toolbox, load_server_factory
-from appliance.tools.rundirs import RunDirs, check_attachments, new_run_id, run_dirs
+from appliance.tools.rundirs import RunDirs, call_context, check_attachments, new_run_id, run_dirs
 
 __all__ = [
     "TOOL_SERVERS",
@@ -58,14 +58,7 @@ def prepare_run(
 def make_agent(
     settings: Settings, backend: Backend, toolbox: ToolBox, run_id: str, dirs: RunDirs, attachments: tuple[Path, ...]
 ) -> Agent:
-    ctx = CallContext(
-        run_id=run_id,
-        run_dir=dirs.run_dir,
-        workspace=dirs.workspace,
-        output_dir=dirs.output_dir,
-        attachments=attachments,
-        timeout=settings.agent.tool_timeout,
-    )
+    ctx = call_context(settings, run_id, dirs, attachments)
     return Agent(
         backend,
         toolbox,

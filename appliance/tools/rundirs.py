@@ -10,6 +10,7 @@ from pathlib import Path
 
 from appliance.config import Settings
 from appliance.errors import ConfigError
+from appliance.tools.base import CallContext
 
 
 def new_run_id(now: dt.datetime | None = None, prefix: str = "") -> str:
@@ -31,6 +32,18 @@ def run_dirs(settings: Settings, run_id: str, workspace: Path | None = None) -> 
     for path in (dirs.run_dir, dirs.workspace, dirs.output_dir):
         path.mkdir(parents=True, exist_ok=True)
     return dirs
+
+
+def call_context(settings: Settings, run_id: str, dirs: RunDirs, attachments: tuple[Path, ...]) -> CallContext:
+    """What the run's tool calls may touch, and for how long."""
+    return CallContext(
+        run_id=run_id,
+        run_dir=dirs.run_dir,
+        workspace=dirs.workspace,
+        output_dir=dirs.output_dir,
+        attachments=attachments,
+        timeout=settings.agent.tool_timeout,
+    )
 
 
 def check_attachments(paths: Sequence[Path]) -> tuple[Path, ...]:

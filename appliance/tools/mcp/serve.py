@@ -48,7 +48,7 @@ from appliance.options import collect_common, common_options, settings_from_opti
 from appliance.protocol.tooldefs import ServerSpec, ToolSpec
 from appliance.tools.base import CallContext, ToolBox, ToolOutcome, ToolOutput, ToolServer
 from appliance.tools.registry import TOOL_SERVERS, build_toolbox, load_server_factory
-from appliance.tools.rundirs import check_attachments, new_run_id, run_dirs
+from appliance.tools.rundirs import call_context, check_attachments, new_run_id, run_dirs
 from appliance.tools.specs import PYTHON_SERVER, PYTHON_TOOLS, SCRAPE_SERVER, SCRAPE_TOOLS, SEARCH_SERVER, SEARCH_TOOLS
 
 PROG = "appliance mcp serve"
@@ -219,15 +219,7 @@ def serve_context(settings: Settings, workspace: Path | None, attachments: Seque
     """One run-like directory for the whole process, made the way a run's is."""
     attached = check_attachments(attachments)
     run_id = new_run_id(prefix="mcp-")
-    dirs = run_dirs(settings, run_id, workspace)
-    return CallContext(
-        run_id=run_id,
-        run_dir=dirs.run_dir,
-        workspace=dirs.workspace,
-        output_dir=dirs.output_dir,
-        attachments=attached,
-        timeout=settings.agent.tool_timeout,
-    )
+    return call_context(settings, run_id, run_dirs(settings, run_id, workspace), attached)
 
 
 # ------------------------------------------------------------------ transports
