@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -205,8 +206,8 @@ class McpServerConfig:
         return "stdio" if self.command else "http"
 
     def target(self) -> str:
-        """The command line or URL, for messages (never the environment or headers)."""
-        return shlex.join(self.command) if self.command else self.url
+        """The command line or URL, for messages (never the environment, headers or URL secrets)."""
+        return shlex.join(self.command) if self.command else redact_url(self.url)
 
     def as_dict(self, *, redact: bool = True) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -214,9 +215,25 @@ class McpServerConfig:
         if redact:
             for key in ("env", "headers"):
                 values[key] = {k: "***" for k in values[key]}
+            values["url"] = redact_url(self.url)
         values["command"] = list(self.command)
         values["tools"] = list(self.tools)
         return values
+
+
+def redact_url(url: str) -> str:
+    """A URL without its secrets: the password and every query value become ***."""
+    if not url:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        query = "&".join(f"{urllib.parse.quote(k)}=***" for k, _ in pairs)
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 MCP_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -263,6 +280,8 @@ def parse_mcp_server(name: str, table: Any, origin: str) -> McpServerConfig:
     else:
         command = _string_list(raw_command, where, "command")
     command += _string_list(table.get("args", []), where, "args")
+    if command and command[0].startswith("~"):
+        command = (str(Path(command[0]).expanduser()), *command[1:])  # "~/bin/server" works as in a shell
     url = table.get("url", "")
     if not isinstance(url, str):
         raise ConfigError(f"{where} url must be a string", 'write url = "http://127.0.0.1:PORT/mcp"')

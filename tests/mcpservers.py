@@ -4,7 +4,8 @@ Run as `python tests/mcpservers.py MODE [--http PORT]`:
 - `notes`: a small stateful notes server with tools that misbehave on demand
   (crash the process, hang, return huge or binary output, answer with an error);
 - `broken-start`: writes a reason to stderr and exits before the handshake;
-- `hang-start`: never answers the handshake.
+- `hang-start`: never answers the handshake;
+- `noisy`: `notes` that first prints a banner on stdout (not JSON-RPC).
 The schemas are explicit dicts, so the listing (and the golden prompt made from
 it by the reference agent's own code) does not move with the SDK's version.
 """
@@ -147,6 +148,9 @@ def main(argv: list[str]) -> None:
         time.sleep(3600)
         return
     server = notes_server()
+    if mode == "noisy":
+        # A common bug: a banner on stdout, which is the protocol's channel.
+        print("notes server v0.1 starting (this line is not JSON-RPC)", flush=True)
     if "--http" in argv:
         serve_http(server, int(argv[argv.index("--http") + 1]))
     else:

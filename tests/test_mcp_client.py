@@ -425,6 +425,9 @@ def test_doctor_and_mcp_list_report_each_server(appliance_home: Path) -> None:
     assert listed.returncode == 3, listed.stderr
     by_name = {entry["name"]: entry for entry in json.loads(listed.stdout)}
     assert by_name["notes"]["status"] == "ok" and "add_note" in by_name["notes"]["tools"]
+    golden = (GOLDEN / "system_prompt_with_mcp.txt").read_text(encoding="utf-8")
+    listing = golden.split("## Server name: notes\n", 1)[1].split("\n## Server name: ghost", 1)[0]
+    assert by_name["notes"]["prompt_chars"] == len("\n## Server name: notes\n" + listing)
     assert by_name["ghost"]["status"] == "fail" and "cannot open database" in by_name["ghost"]["detail"]
     assert "mcp-ghost.log" in by_name["ghost"]["fix"]
     assert by_name["off"]["status"] == "skip"
@@ -462,3 +465,28 @@ def test_mcp_serve_does_not_pass_the_users_servers_through(appliance_home: Path)
         assert [t.name for t in served.tools()] == ["google_search"]
     finally:
         served.close()
+
+
+def test_url_secrets_and_home_paths(appliance_home: Path) -> None:
+    from appliance.config import redact_url
+
+    assert redact_url("https://bob:pa55@h.example/mcp?token=abc&x=") == "https://bob:***@h.example/mcp?token=***&x=***"
+    assert redact_url("http://127.0.0.1:8000/mcp") == "http://127.0.0.1:8000/mcp"
+    config = parse_mcp_server("r", {"url": "https://h.example/mcp?api_key=k3y"}, "t")
+    assert "k3y" not in config.target() and "k3y" not in json.dumps(config.as_dict())
+    assert config.as_dict(redact=False)["url"].endswith("k3y")
+    home = parse_mcp_server("h", {"command": "~/bin/notes-mcp --db ~/n.db"}, "t")
+    assert home.command == (str(Path.home() / "bin" / "notes-mcp"), "--db", "~/n.db")
+    assert parse_mcp_server("p", {"command": "./server"}, "t").command == ("./server",)
+
+
+def test_a_banner_on_stdout_does_not_break_the_session(appliance_home: Path, tmp_path: Path) -> None:
+    write_config(appliance_home, toml_servers(notes=stdio("noisy")))
+    replay = write_replay(
+        tmp_path / "r.jsonl", [tool_call("notes", "search_notes", {"query": "x"}), "None.", "\\boxed{none}"]
+    )
+    result = run_cli(["--task", "Any notes?", "--replay", str(replay), "--json"], env=NO_BUILTINS)
+    assert result.returncode == 0, result.stderr
+    assert "notes/search_notes" in result.stderr and "-> ok" in result.stderr
+    # The SDK's complaint about the banner stays off the terminal.
+    assert "Traceback" not in result.stderr and "JSONRPCMessage" not in result.stderr

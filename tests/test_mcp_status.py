@@ -12,7 +12,7 @@ from textual.widgets import DataTable
 from appliance.install import doctor
 from appliance.tui.app import ApplianceApp
 from appliance.tui.status_screen import Diagnosis, StatusScreen, config_rows
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, tool_call
 from tests.tui_support import answer, use_scripted_tools, wait_for, write_script
 
 pytestmark = pytest.mark.asyncio
@@ -59,3 +59,37 @@ command = ["{sys.executable}", "{SERVERS}", "broken-start"]
         value, origin = rows["mcp_servers.notes"]
         assert '"NOTES_TOKEN": "***"' in value and "tok-status-123" not in value
         assert origin == str(appliance_home / "config.toml")
+
+
+async def test_a_run_in_the_ui_shows_mcp_failures_and_goes_on(
+    appliance_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_scripted_tools(monkeypatch)
+    (appliance_home / "config.toml").write_text(
+        f"""
+[mcp_servers.notes]
+command = ["{sys.executable}", "{SERVERS}", "notes"]
+
+[mcp_servers.ghost]
+command = ["{sys.executable}", "{SERVERS}", "broken-start"]
+""",
+        encoding="utf-8",
+    )
+    script = write_script(
+        tmp_path / "s.jsonl",
+        [
+            tool_call("notes", "crash", {}),
+            tool_call("notes", "add_note", {"title": "Deimos", "body": "outer moon"}),
+            "Noted.",
+            answer("Deimos"),
+        ],
+    )
+    app = ApplianceApp({"db": tmp_path / "history.db", "backend": "replay", "replay": script})
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.click("#task")
+        await pilot.press(*"note it", "ctrl+s")
+        await wait_for(lambda: app.main.phase == "done", what="the run", timeout=60)
+        assert app.main.run_status == "answered"
+        notes = [str(w.render()) for w in app.main.query(".note.-warning")]
+        assert any("MCP server 'ghost' could not start" in n for n in notes), notes
+        assert any("MCP server 'notes' closed the connection" in n for n in notes), notes

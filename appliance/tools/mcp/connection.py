@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Coroutine
@@ -30,9 +31,14 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import McpError
 
-from appliance.config import McpServerConfig
+from appliance.config import McpServerConfig, redact_url
 
 T = TypeVar("T")
+
+# The SDK logs a server's stray stdout lines and closed streams with tracebacks; on the
+# terminal they would tear the TUI and bury headless output. Nothing is lost that a
+# result or a notice does not say (an application that configures logging still gets them).
+logging.getLogger("mcp.client").addHandler(logging.NullHandler())
 
 LOG_MAX_BYTES = 2_000_000
 # How long close() waits for the server to go (the SDK gives a stdio server 2 s
@@ -57,7 +63,7 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, McpError):
         return exc.error.message
     if isinstance(exc, httpx.HTTPStatusError):
-        return f"HTTP {exc.response.status_code} from {exc.request.url}"
+        return f"HTTP {exc.response.status_code} from {redact_url(str(exc.request.url))}"
     if isinstance(exc, httpx.ConnectError):
         return f"cannot connect ({exc})" if str(exc) else "cannot connect"
     if isinstance(exc, FileNotFoundError) and exc.filename:

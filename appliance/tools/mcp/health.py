@@ -3,13 +3,17 @@ TUI's status screen report it: start each one the way a run would, list its tool
 
 from __future__ import annotations
 
+import datetime as dt
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from appliance.config import McpServerConfig, Settings
+from appliance.protocol.prompt import render_mcp_prompt
+from appliance.protocol.tooldefs import ServerSpec, ToolSpec
 from appliance.tools.mcp.connection import McpConnection, McpConnectionError
-from appliance.tools.mcp.server import log_path_for
+from appliance.tools.mcp.server import log_path_for, tool_spec
 
 
 @dataclass(frozen=True)
@@ -22,13 +26,20 @@ class McpHealth:
     fix: str = ""
     tools: tuple[str, ...] = ()
     seconds: float = 0.0
+    prompt_chars: int = 0  # what its listing adds to the system prompt
+
+
+def prompt_cost(name: str, tools: Sequence[ToolSpec]) -> int:
+    """Characters the server's listing adds to the system prompt (schemas can be long)."""
+    today = dt.date.today()
+    return len(render_mcp_prompt(today, [ServerSpec(name, tuple(tools))])) - len(render_mcp_prompt(today, []))
 
 
 def check_server(settings: Settings, config: McpServerConfig) -> McpHealth:
     def health(status: str, detail: str, fix: str = "", tools: tuple[str, ...] = ()) -> McpHealth:
-        return McpHealth(config.name, config.transport, config.target(), status, detail, fix, tools, elapsed)
+        return McpHealth(config.name, config.transport, config.target(), status, detail, fix, tools, elapsed, cost)
 
-    elapsed = 0.0
+    elapsed, cost = 0.0, 0
     if not config.enabled:
         return health("skip", f"disabled ([mcp_servers.{config.name}] enabled = false)")
     log_path = log_path_for(settings, config.name)
@@ -46,8 +57,13 @@ def check_server(settings: Settings, config: McpServerConfig) -> McpHealth:
         connection.close()
     elapsed = time.monotonic() - started
     names = tuple(tool.name for tool in listed)
-    offered = tuple(n for n in names if not config.tools or n in config.tools)
-    detail = f"{config.transport} {config.target()}: {len(offered)} tools in {elapsed:.1f} s ({', '.join(offered)})"
+    specs = [tool_spec(tool) for tool in listed if not config.tools or tool.name in config.tools]
+    offered = tuple(spec.name for spec in specs)
+    cost = prompt_cost(config.name, specs)
+    detail = (
+        f"{config.transport} {config.target()}: {len(offered)} tools in {elapsed:.1f} s "
+        f"({', '.join(offered)}); +{cost:,} prompt characters"
+    )
     missing = sorted(set(config.tools) - set(names))
     if missing:
         return health("warn", detail + f"; configured tools not listed: {missing}", "fix tools = [...]", offered)
