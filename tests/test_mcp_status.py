@@ -20,21 +20,26 @@ pytestmark = pytest.mark.asyncio
 SERVERS = str(REPO_ROOT / "tests" / "mcpservers.py")
 
 
-async def test_status_screen_lists_mcp_servers_and_their_health(
-    appliance_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    use_scripted_tools(monkeypatch)
-    (appliance_home / "config.toml").write_text(
+def write_notes_and_ghost(home: Path, notes_extra: str = "") -> None:
+    """A working server (`notes`) and one that exits before the handshake (`ghost`)."""
+    (home / "config.toml").write_text(
         f"""
 [mcp_servers.notes]
 command = ["{sys.executable}", "{SERVERS}", "notes"]
-env = {{ NOTES_TOKEN = "tok-status-123" }}
+{notes_extra}
 
 [mcp_servers.ghost]
 command = ["{sys.executable}", "{SERVERS}", "broken-start"]
 """,
         encoding="utf-8",
     )
+
+
+async def test_status_screen_lists_mcp_servers_and_their_health(
+    appliance_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_scripted_tools(monkeypatch)
+    write_notes_and_ghost(appliance_home, 'env = { NOTES_TOKEN = "tok-status-123" }')
 
     def diagnose(settings: Any) -> Diagnosis:
         # The MCP part of `appliance doctor`, as the screen's default diagnosis runs it,
@@ -65,16 +70,7 @@ async def test_a_run_in_the_ui_shows_mcp_failures_and_goes_on(
     appliance_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     use_scripted_tools(monkeypatch)
-    (appliance_home / "config.toml").write_text(
-        f"""
-[mcp_servers.notes]
-command = ["{sys.executable}", "{SERVERS}", "notes"]
-
-[mcp_servers.ghost]
-command = ["{sys.executable}", "{SERVERS}", "broken-start"]
-""",
-        encoding="utf-8",
-    )
+    write_notes_and_ghost(appliance_home)
     script = write_script(
         tmp_path / "s.jsonl",
         [
