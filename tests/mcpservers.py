@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -65,6 +66,8 @@ NOTES_TOOLS = [
     ),
     types.Tool(name="pid", description="The server's process id.", inputSchema={"type": "object"}),
 ]
+# Not listed (the golden prompt pins the listing), but callable: the server exits just after answering.
+EXIT_SOON = "exit_soon"
 
 
 def notes_server() -> Server[Any, Any]:
@@ -107,6 +110,10 @@ def notes_server() -> Server[Any, Any]:
             return [types.TextContent(type="text", text="woke up")]
         if name == "pid":
             return [types.TextContent(type="text", text=str(os.getpid()))]
+        if name == EXIT_SOON:
+            print("notes: leaving between calls", file=sys.stderr, flush=True)
+            threading.Timer(0.2, os._exit, (4,)).start()
+            return [types.TextContent(type="text", text="bye")]
         raise ValueError(f"unknown tool {name}")
 
     return server

@@ -210,7 +210,7 @@ def test_a_crashing_server_gives_a_clear_result_and_is_restarted(tmp_path: Path)
         first_pid = int(box.call("notes", "pid", {}, context).text)
         crashed = box.call("notes", "crash", {}, context)
         assert crashed.status == "failed"
-        assert "closed the connection during the call" in crashed.text
+        assert "exited during the call" in crashed.text
         assert "crashing on purpose" in crashed.text  # the server's stderr, from its log
         assert "restarted at the next call" in crashed.meta["notice"]
         after = box.call("notes", "pid", {}, context)
@@ -362,7 +362,7 @@ def test_a_run_goes_on_through_a_crash_and_truncates_huge_output(appliance_home:
     events, _ = run_with_notes(tmp_path, turns)
     finished = [e for e in events if isinstance(e, ToolCallFinished)]
     assert [f.status for f in finished] == ["ok", "failed", "ok", "ok"]
-    assert finished[1].result.startswith("Tool call to crash on notes failed. Error: MCP server 'notes' closed")
+    assert finished[1].result.startswith("Tool call to crash on notes failed. Error: MCP server 'notes' exited during")
     huge = finished[2]
     assert huge.truncated and huge.raw_chars == 3_000_000
     assert len(huge.result) < 110_000 and huge.result.endswith("[Result truncated]")
@@ -490,3 +490,29 @@ def test_a_banner_on_stdout_does_not_break_the_session(appliance_home: Path, tmp
     assert "notes/search_notes" in result.stderr and "-> ok" in result.stderr
     # The SDK's complaint about the banner stays off the terminal.
     assert "Traceback" not in result.stderr and "JSONRPCMessage" not in result.stderr
+
+
+def test_a_server_that_exits_between_calls_is_started_again_quietly(tmp_path: Path) -> None:
+    box = ToolBox([server(tmp_path)])
+    context = ctx(tmp_path)
+    try:
+        box.server_specs()
+        first = box.call("notes", "pid", {}, context)
+        # exit_soon is not listed, so it is reached through the server directly, as a tool would be.
+        (notes,) = box.servers.values()
+        assert isinstance(notes, ExternalMcpServer) and notes.connected
+        assert notes.call("exit_soon", {}, context).text == "bye"
+        assert wait_gone(int(first.text))
+        deadline = time.monotonic() + 10
+        while notes.connected:  # noticed without any call: the end of the server's output
+            assert time.monotonic() < deadline, "the exit went unnoticed"
+            time.sleep(0.02)
+        after = box.call("notes", "pid", {}, context)
+        assert after.status == "ok", after
+        assert int(after.text) != int(first.text)
+        assert (
+            "stopped: exited between calls" in after.meta["notice"] and "leaving between calls" in after.meta["notice"]
+        )
+        assert "started again" in after.meta["notice"]
+    finally:
+        box.close()

@@ -88,4 +88,4 @@ async def test_a_run_in_the_ui_shows_mcp_failures_and_goes_on(
         assert app.main.run_status == "answered"
         notes = [str(w.render()) for w in app.main.query(".note.-warning")]
         assert any("MCP server 'ghost' could not start" in n for n in notes), notes
-        assert any("MCP server 'notes' closed the connection" in n for n in notes), notes
+        assert any("MCP server 'notes' exited during the call" in n for n in notes), notes

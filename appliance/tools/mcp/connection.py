@@ -25,11 +25,13 @@ from typing import Any, TextIO, TypeVar
 
 import anyio
 import httpx
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import McpError
+from mcp.shared.message import SessionMessage
 
 from appliance.config import McpServerConfig, redact_url
 
@@ -135,7 +137,9 @@ class McpConnection:
 
     @property
     def alive(self) -> bool:
-        return self._session is not None and self._ended is not None and not self._ended.is_set()
+        return (
+            self._session is not None and self.failure is None and self._ended is not None and not self._ended.is_set()
+        )
 
     def close(self) -> None:
         """End the session and stop the server; safe to call twice and from any thread."""
@@ -197,13 +201,20 @@ class McpConnection:
             watch.cancel()
         if not request.done():
             request.cancel()
-            raise McpConnectionError(self.failure or "the server went away during the call")
+            raise McpConnectionError(self._gone("during the call"))
         try:
             return request.result()
         except McpError as exc:
             if exc.error.code == types.CONNECTION_CLOSED:
-                raise McpConnectionError(self._with_log("closed the connection during the call")) from exc
+                raise McpConnectionError(self._gone("during the call")) from exc
             raise
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+            # The request met the streams of a transport that was just closing.
+            raise McpConnectionError(self._gone("during the call")) from exc
+
+    def _gone(self, when: str) -> str:
+        """The server went away: a stdio server exited, an HTTP one closed the connection."""
+        return self._with_log(f"{'exited' if self.config.command else 'closed the connection'} {when}")
 
     # ------------------------------------------------------------ the loop's side
 
@@ -272,7 +283,27 @@ class McpConnection:
             client = create_mcp_http_client(headers=dict(config.headers) or None)
             await stack.enter_async_context(client)
             read, write, _ = await stack.enter_async_context(streamable_http_client(config.url, http_client=client))
-        return ClientSession(read, write)
+        # The session does not say when the server went away between calls (a stdio server
+        # that exited): the messages pass through here, and the end of them marks the
+        # connection dead at once, so the next call starts the server again instead of failing.
+        relay_in, relay_out = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+        relay = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(relay.cancel_scope.cancel)  # runs before the group's exit, which would wait
+        relay.start_soon(self._relay, read, relay_in)
+        return ClientSession(relay_out, write)
+
+    async def _relay(
+        self,
+        source: MemoryObjectReceiveStream[SessionMessage | Exception],
+        sink: MemoryObjectSendStream[SessionMessage | Exception],
+    ) -> None:
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            async with sink:
+                async for message in source:
+                    await sink.send(message)
+        if self._closing is not None and not self._closing.is_set():
+            self.failure = self._gone("between calls")
+            self._closing.set()
 
     def _open_log(self) -> TextIO:
         """The server's stderr: the log file (kept short), or /dev/null when there is none."""

@@ -84,6 +84,7 @@ class ExternalMcpServer(ToolServer):
         self._problems: list[str] = []
         self._abandon_marks: list[tuple[McpConnection, threading.Event]] = []
         self._closers: list[threading.Thread] = []
+        self._restart_notice: str | None = None  # for the next result, after a quiet restart
 
     # ------------------------------------------------------------ ToolServer
 
@@ -94,7 +95,14 @@ class ExternalMcpServer(ToolServer):
                 self._connect()
             return self._specs or ()
 
+    @property
+    def connected(self) -> bool:
+        """Whether a session is up now (a server that exited is noticed at once, not at the next call)."""
+        connection = self._connection
+        return connection is not None and connection.alive
+
     def problems(self) -> list[str]:
+        self.tools()  # a resumed run asks before anything listed the tools: let the first start finish
         return list(self._problems)
 
     def ensure_available(self) -> None:
@@ -130,7 +138,9 @@ class ExternalMcpServer(ToolServer):
         finally:
             with self._lock:
                 self._abandon_marks.remove((connection, ctx.cancel))
-        return ToolOutput(result_text(result), is_error=bool(result.isError))
+                restarted, self._restart_notice = self._restart_notice, None
+        meta = {"notice": restarted} if restarted else {}
+        return ToolOutput(result_text(result), is_error=bool(result.isError), meta=meta)
 
     def close(self) -> None:
         with self._lock:
@@ -183,8 +193,9 @@ class ExternalMcpServer(ToolServer):
                 connection = None
             if connection is not None:
                 self._connection = None
-                connection.close()
+                self._close_later(connection)
                 self._last_error = f"MCP server '{self.name}' stopped: {connection.failure or 'connection closed'}"
+                self._restart_notice = f"{self._last_error}. It was started again for this call."
             if self._starts > RESTARTS_PER_RUN:
                 raise ToolServerUnavailable(
                     f"{self._last_error or 'it is unavailable'}. It was started {self._starts} times in this run "
