@@ -43,18 +43,20 @@ def load_server_factory(name: str) -> ServerFactory:
     return factory
 
 
-def build_toolbox(
-    settings: Settings, get_backend: BackendProvider, extra: Sequence[ToolServer] = (), *, external: bool = True
-) -> ToolBox:
+def hidden_tools(settings: Settings) -> set[tuple[str, str]]:
+    """(server, tool) pairs the model is not offered."""
+    if settings.agent.offer_download_tool:
+        return set()
+    return {("tool-python", "download_file_from_sandbox_to_local")}
+
+
+def build_toolbox(settings: Settings, get_backend: BackendProvider, extra: Sequence[ToolServer] = ()) -> ToolBox:
     """The run's tool servers: the enabled built-in ones, `extra`, then the user's MCP servers.
 
     External servers start in the background at once (side by side), so the
     system prompt, rendered next, waits for the slowest only.
     """
     servers = [load_server_factory(name)(settings, get_backend) for name in settings.tools.enabled]
-    hidden = set()
-    if not settings.agent.offer_download_tool:
-        hidden.add(("tool-python", "download_file_from_sandbox_to_local"))
     builtin = {server.name for server in [*servers, *extra]}
     clashing = [config.name for config in settings.enabled_mcp_servers() if config.name in builtin]
     if clashing:
@@ -63,10 +65,10 @@ def build_toolbox(
             f"rename it: the built-in servers are {', '.join(sorted(builtin))}",
         )
     externals: list[ToolServer] = []
-    if external and settings.enabled_mcp_servers():
+    if settings.enabled_mcp_servers():
         from appliance.tools.mcp.server import create_servers  # the SDK loads only when a server is configured
 
         for server in create_servers(settings):
             server.start_in_background()
             externals.append(server)
-    return ToolBox([*servers, *extra, *externals], hidden=hidden)
+    return ToolBox([*servers, *extra, *externals], hidden=hidden_tools(settings))

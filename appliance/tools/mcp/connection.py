@@ -105,7 +105,6 @@ class McpConnection:
     def __init__(self, config: McpServerConfig, log_path: Path | None = None) -> None:
         self.config = config
         self.log_path = log_path
-        self.tools: list[types.Tool] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"mcp-{config.name}", daemon=True)
         self._session: ClientSession | None = None
@@ -126,14 +125,13 @@ class McpConnection:
         self._hold_future = asyncio.run_coroutine_threadsafe(self._hold(ready), self._loop)
         waiter = asyncio.run_coroutine_threadsafe(self._wait(ready), self._loop)
         try:
-            self.tools = waiter.result(timeout=self.config.startup_timeout + CLOSE_WAIT_S)
+            return waiter.result(timeout=self.config.startup_timeout + CLOSE_WAIT_S)
         except McpConnectionError:
             self.close()
             raise
         except TimeoutError as exc:
             self.close()
             raise McpConnectionError(self._with_log("did not start")) from exc
-        return self.tools
 
     @property
     def alive(self) -> bool:

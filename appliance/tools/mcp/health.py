@@ -13,7 +13,7 @@ from appliance.config import McpServerConfig, Settings
 from appliance.protocol.prompt import render_mcp_prompt
 from appliance.protocol.tooldefs import ServerSpec, ToolSpec
 from appliance.tools.mcp.connection import McpConnection, McpConnectionError
-from appliance.tools.mcp.server import log_path_for, tool_spec
+from appliance.tools.mcp.server import log_path_for, offered_specs
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ def check_server(settings: Settings, config: McpServerConfig) -> McpHealth:
     started = time.monotonic()
     try:
         listed = connection.open()
+        elapsed = time.monotonic() - started  # the start, not the stop that follows
     except McpConnectionError as exc:
         elapsed = time.monotonic() - started
         fix = f"check [mcp_servers.{config.name}] " + ("command, env and cwd" if config.command else "url and headers")
@@ -55,16 +56,13 @@ def check_server(settings: Settings, config: McpServerConfig) -> McpHealth:
         return health("fail", f"{config.transport} {config.target()}: {exc}", fix)
     finally:
         connection.close()
-    elapsed = time.monotonic() - started
-    names = tuple(tool.name for tool in listed)
-    specs = [tool_spec(tool) for tool in listed if not config.tools or tool.name in config.tools]
+    specs, missing = offered_specs(config, listed)
     offered = tuple(spec.name for spec in specs)
     cost = prompt_cost(config.name, specs)
     detail = (
         f"{config.transport} {config.target()}: {len(offered)} tools in {elapsed:.1f} s "
         f"({', '.join(offered)}); +{cost:,} prompt characters"
     )
-    missing = sorted(set(config.tools) - set(names))
     if missing:
         return health("warn", detail + f"; configured tools not listed: {missing}", "fix tools = [...]", offered)
     if not offered:

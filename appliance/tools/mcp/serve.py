@@ -47,7 +47,7 @@ from appliance.llm.base import Backend
 from appliance.options import collect_common, common_options, settings_from_options
 from appliance.protocol.tooldefs import ServerSpec, ToolSpec
 from appliance.tools.base import CallContext, ToolBox, ToolOutcome, ToolOutput, ToolServer
-from appliance.tools.registry import TOOL_SERVERS, build_toolbox, load_server_factory
+from appliance.tools.registry import TOOL_SERVERS, hidden_tools, load_server_factory
 from appliance.tools.rundirs import call_context, check_attachments, new_run_id, run_dirs
 from appliance.tools.specs import PYTHON_SERVER, PYTHON_TOOLS, SCRAPE_SERVER, SCRAPE_TOOLS, SEARCH_SERVER, SEARCH_TOOLS
 
@@ -137,19 +137,16 @@ class ServedTools:
                         raise
                     servers.append(UnavailableServer(name, exc))
                     self.unavailable.append(exc)
-            # The servers are built above so one missing component leaves the others served;
-            # build_toolbox still decides which tools are hidden, as for a run. The user's own
-            # MCP servers are theirs to expose, not ours: external=False.
-            no_builtins = dataclasses.replace(self.settings, tools=ToolsSettings(enabled=[]))
-            self.toolbox: ToolBox = build_toolbox(no_builtins, self.backend, extra=servers, external=False)
         except BaseException:
             for server in servers:
                 server.close()
             raise
-        # Only the chosen servers are served, whatever else build_toolbox may add.
-        served = [spec for spec in self.toolbox.server_specs() if spec.name in names]
+        # The servers are built here rather than by build_toolbox, so one missing component leaves
+        # the others served; the hidden tools are a run's. The user's own MCP servers are theirs
+        # to expose, not ours.
+        self.toolbox = ToolBox(servers, hidden=hidden_tools(self.settings))
         try:
-            self.index = tool_index(served)
+            self.index = tool_index(self.toolbox.server_specs())
         except ConfigError:
             self.close()
             raise

@@ -38,6 +38,13 @@ def tool_spec(tool: types.Tool) -> ToolSpec:
     return ToolSpec(tool.name, str(tool.description), dict(tool.inputSchema))
 
 
+def offered_specs(config: McpServerConfig, tools: Sequence[types.Tool]) -> tuple[tuple[ToolSpec, ...], list[str]]:
+    """The tools the model is offered (the `tools` allowlist, if any) and the allowed names the server lacks."""
+    allowed = set(config.tools)
+    offered = tuple(tool_spec(t) for t in tools if not allowed or t.name in allowed)
+    return offered, sorted(allowed - {t.name for t in tools})
+
+
 def content_text(block: types.ContentBlock) -> str:
     """One content block as text the model can read; binary content is described, not inlined."""
     if isinstance(block, types.TextContent):
@@ -170,12 +177,10 @@ class ExternalMcpServer(ToolServer):
             return None
         self._connection = connection
         if self._specs is None:
-            allowed = set(self.config.tools)
-            self._specs = tuple(tool_spec(t) for t in tools if not allowed or t.name in allowed)
-            missing = allowed - {t.name for t in tools}
+            self._specs, missing = offered_specs(self.config, tools)
             if missing:
                 self._problems.append(
-                    f"MCP server '{self.name}' does not list the configured tools {sorted(missing)}; "
+                    f"MCP server '{self.name}' does not list the configured tools {missing}; "
                     f"it lists {sorted(t.name for t in tools)}"
                 )
         return connection
@@ -186,16 +191,14 @@ class ExternalMcpServer(ToolServer):
             abandoned = any(c is connection and cancel.is_set() for c, cancel in self._abandon_marks)
             if connection is not None and connection.alive and not abandoned:
                 return connection
-            if abandoned and connection is not None:
-                self._connection = None
-                self._close_later(connection)
-                self._last_error = f"MCP server '{self.name}' did not finish a call in time"
-                connection = None
             if connection is not None:
                 self._connection = None
                 self._close_later(connection)
-                self._last_error = f"MCP server '{self.name}' stopped: {connection.failure or 'connection closed'}"
-                self._restart_notice = f"{self._last_error}. It was started again for this call."
+                if abandoned:
+                    self._last_error = f"MCP server '{self.name}' did not finish a call in time"
+                else:
+                    self._last_error = f"MCP server '{self.name}' stopped: {connection.failure or 'connection closed'}"
+                    self._restart_notice = f"{self._last_error}. It was started again for this call."
             if self._starts > RESTARTS_PER_RUN:
                 raise ToolServerUnavailable(
                     f"{self._last_error or 'it is unavailable'}. It was started {self._starts} times in this run "
