@@ -128,10 +128,11 @@ def test_a_run_from_a_real_terminal(corpus_env: dict[str, str], tmp_path: Path, 
         assert run.status == "answered" and run.answer == "2" and run.tool_calls == 1
 
 
-def test_cancel_from_a_real_terminal_saves_the_run_as_interrupted(
-    corpus_env: dict[str, str], tmp_path: Path, terminals: list[Terminal]
-) -> None:
-    slow = {"content": "<think>\n" + "Let me think this through slowly. " * 200 + "\n</think>\nok", "delay": 60}
+def start_slow_run(
+    corpus_env: dict[str, str], tmp_path: Path, terminals: list[Terminal], thinking: str
+) -> tuple[Terminal, Path]:
+    """The UI in a terminal, thinking through a turn that takes a minute to stream."""
+    slow = {"content": "<think>\n" + thinking + "\n</think>\nok", "delay": 60}
     script = write_script(tmp_path / "slow.jsonl", [slow, answer("late")])
     db = tmp_path / "history.db"
     term = Terminal(appliance(script, db), full_env(corpus_env), width=80, height=24)
@@ -140,6 +141,13 @@ def test_cancel_from_a_real_terminal_saves_the_run_as_interrupted(
     term.keys("Think slowly", literal=True)
     term.keys("C-s")
     term.wait_for("Thinking", "running")
+    return term, db
+
+
+def test_cancel_from_a_real_terminal_saves_the_run_as_interrupted(
+    corpus_env: dict[str, str], tmp_path: Path, terminals: list[Terminal]
+) -> None:
+    term, db = start_slow_run(corpus_env, tmp_path, terminals, "Let me think this through slowly. " * 200)
     term.keys("Escape")
     shown = term.wait_for("Interrupted", "ctrl+r resume", "^r Resume")
     assert "interrupted" in shown
@@ -153,15 +161,7 @@ def test_cancel_from_a_real_terminal_saves_the_run_as_interrupted(
 def test_quitting_during_a_run_records_it_as_interrupted(
     corpus_env: dict[str, str], tmp_path: Path, terminals: list[Terminal]
 ) -> None:
-    slow = {"content": "<think>\n" + "Slow thoughts. " * 300 + "\n</think>\nok", "delay": 60}
-    script = write_script(tmp_path / "slow.jsonl", [slow, answer("late")])
-    db = tmp_path / "history.db"
-    term = Terminal(appliance(script, db), full_env(corpus_env), width=80, height=24)
-    terminals.append(term)
-    term.wait_for("Type a research task")
-    term.keys("Think slowly", literal=True)
-    term.keys("C-s")
-    term.wait_for("Thinking", "running")
+    term, db = start_slow_run(corpus_env, tmp_path, terminals, "Slow thoughts. " * 300)
     term.keys("C-q")
     term.wait_for("EXITED 0", timeout=20)
     with open_history(db) as history:
