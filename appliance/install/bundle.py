@@ -349,7 +349,8 @@ def install(
             tmp = target.with_name(target.name + ".bundle-tmp")
             shutil.copyfile(root / "models" / model["file"], tmp)
             try:
-                weights.adopt(tmp, model["sha256"], manifest.files[f"models/{model['file']}"]["size"], progress=False)
+                size = manifest.files[f"models/{model['file']}"]["size"]
+                weights.verify_file(tmp, model["sha256"], size, progress=False)  # the copy, hashed again
             except ComponentUnavailable:
                 tmp.unlink(missing_ok=True)
                 raise
@@ -386,7 +387,9 @@ def install(
             for path in sorted((root / kind).rglob("*")):
                 if path.is_file():
                     target_file = dest / path.relative_to(root / kind)
-                    if not target_file.is_file() or sha256_of(target_file) != sha256_of(path):
+                    # verify() hashed the bundle's copy already: its sum is in the manifest.
+                    want = manifest.files[path.relative_to(root).as_posix()]["sha256"]
+                    if not target_file.is_file() or sha256_of(target_file) != want:
                         target_file.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copyfile(path, target_file)
                         changed.append(f"{kind} {target_file}")

@@ -287,9 +287,3 @@ def _locked(part: Path) -> Iterator[None]:
             print(f"waiting for another download of {part.name} to finish ...", flush=True)
             fcntl.flock(lock, fcntl.LOCK_EX)
         yield
-
-
-def adopt(path: Path, expected_sha256: str, size: int = 0, *, progress: bool = True) -> Stamp:
-    """Verify a file that came another way (a bundle, a copy) and stamp it."""
-    verify_file(path, expected_sha256, size, progress=progress)
-    return write_stamp(path, expected_sha256)
