@@ -269,3 +269,24 @@ def test_listing_before_anything_was_recorded_is_empty_not_an_error(appliance_ho
     plain = run_cli(["history", "list"])
     assert plain.returncode == 0 and "No runs recorded yet" in plain.stderr
     assert not (appliance_home / "history.db").exists()  # listing never creates the database
+
+
+def test_context_export_follows_the_runs_own_eviction_block(
+    appliance_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A non-default [agent] eviction_block: the exported context is still the last prompt the model saw."""
+    monkeypatch.setitem(runtime.TOOL_SERVERS, "test-tools", "tests.storetools:create_server")
+    turns = [call("echo", text=f"result {i}") for i in range(9)]
+    script = write_script(tmp_path / "s.jsonl", [*turns, "Done.", "\\boxed{7}"])
+    overrides = {"agent.keep_last": 1, "agent.eviction": "blocks", "agent.eviction_block": 3}
+    settings = settings_for(script, **overrides)
+    backend = RecordingReplay(load_replay(script))
+    toolbox = build_toolbox(settings, lambda: backend)
+    with open_history(appliance_home / "history.db") as history:
+        agent, state = prepare_run(settings, TASK, backend=backend, toolbox=toolbox, run_id="blocks")
+        recorder = history.recorder()
+        events = [e for e in agent.run(state) if recorder(e) is None]
+        toolbox.close()
+    context = json.loads(cli("export", "blocks", "--view", "context").stdout)
+    saw = [{"role": m.role, "content": m.content} for m in backend.prompts[-1]]
+    assert context["messages"] == [*saw, {"role": "assistant", "content": finished(events).final_text}]

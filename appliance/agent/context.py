@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from appliance.llm.base import ChatMessage
 
@@ -55,3 +56,13 @@ def build_view(
         else:
             view.append(message)
     return view
+
+
+def recorded_keep_rule(settings: Mapping[str, Any]) -> tuple[int, str, int]:
+    """(keep_last, eviction, eviction_block) of a run, from the settings recorded with it.
+
+    Runs recorded before a key existed get its default.
+    """
+    agent = settings.get("agent")
+    agent = agent if isinstance(agent, Mapping) else {}
+    return int(agent.get("keep_last", 5)), str(agent.get("eviction", "exact")), int(agent.get("eviction_block", 0))

@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any, Literal
 
-from appliance.agent.context import build_view
+from appliance.agent.context import build_view, recorded_keep_rule
 from appliance.llm.base import ChatMessage
 from appliance.protocol.parsing import split_thinking, text_before_tool_call
 from appliance.store.records import RunRecord, Step
@@ -59,9 +59,7 @@ def chatml(run: RunRecord, view: View = "full") -> dict[str, Any]:
     """
     messages = conversation(run)
     if view == "context":
-        agent = run.settings.get("agent", {}) if isinstance(run.settings.get("agent"), dict) else {}
-        keep_last = int(agent.get("keep_last", 5))
-        messages = build_view(messages, keep_last, str(agent.get("eviction", "exact")))
+        messages = build_view(messages, *recorded_keep_rule(run.settings))
     final = final_reply(run)
     if final is not None:
         messages.append(ChatMessage("assistant", final.reply.content))

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from appliance.agent.context import kept_result_positions
+from appliance.agent.context import kept_result_positions, recorded_keep_rule
 from appliance.agent.events import (
     AgentEvent,
     Notice,
@@ -358,9 +358,6 @@ class Recorder:
 
     def _mark_missed_omissions(self, settings: dict[str, Any]) -> None:
         """Results the loop had just hidden when the process died (it reports them once, right after a turn)."""
-        agent = settings.get("agent") if isinstance(settings.get("agent"), dict) else {}
-        keep_last = int(agent.get("keep_last", 5)) if agent else 5
-        mode = str(agent.get("eviction", "exact")) if agent else "exact"
         rows = self._execute(
             "SELECT kind, turn, omitted FROM messages WHERE run_id = ? AND state = 'kept' "
             "AND kind IN ('turn', 'observation') ORDER BY seq",
@@ -369,7 +366,7 @@ class Recorder:
         roles = [ChatMessage("user", "")] + [
             ChatMessage("user" if kind == "observation" else "assistant", "") for kind, _, _ in rows
         ]
-        shown = kept_result_positions(roles, keep_last, mode)
+        shown = kept_result_positions(roles, *recorded_keep_rule(settings))
         for position, (kind, turn, omitted) in enumerate(rows, start=1):
             if kind == "observation" and not omitted and position not in shown:
                 self._tool_result_omitted(ToolResultOmitted(turn))
