@@ -163,7 +163,7 @@ def test_export_formats_and_files(recorded: dict[str, Any], tmp_path: Path) -> N
 def test_replayed_events_match_the_run(recorded: dict[str, Any]) -> None:
     original: list[AgentEvent] = recorded["events"]
     with open_history(recorded["db"]) as history:
-        replayed = list(history.replay_events("louvre"))
+        replayed = list(history.replay_events(history.get_run("louvre")))
 
     def steady(events: list[AgentEvent]) -> list[AgentEvent]:
         return [e for e in events if not isinstance(e, (TextDelta, RunFinished))]

@@ -42,6 +42,7 @@ from appliance.protocol.parsing import (
     ToolCall,
     fix_server_names,
     has_mcp_tags,
+    is_degenerate,
     parse_tool_calls,
     query_key,
     refusal_phrase,
@@ -89,11 +90,6 @@ class _Reply:
     text: str
     completion: Completion
     elapsed: float
-
-
-def is_degenerate(text: str) -> bool:
-    """The reference's repetition check: the last 50 characters recur more than 5 times."""
-    return len(text) >= 50 and text.count(text[-50:]) > 5
 
 
 class Agent:

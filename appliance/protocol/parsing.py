@@ -199,3 +199,8 @@ def split_thinking(text: str) -> tuple[str, str]:
         return "", text
     think_start = start + len("<think>") if 0 <= start < end else 0
     return text[think_start:end].strip(), text[end + len("</think>") :].lstrip()
+
+
+def is_degenerate(text: str) -> bool:
+    """The reference's repetition check: the last 50 characters recur more than 5 times."""
+    return len(text) >= 50 and text.count(text[-50:]) > 5

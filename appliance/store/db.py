@@ -170,15 +170,9 @@ def _migrate(db: Database, path: Path) -> None:
         return
     # Two processes opening a new database at once: the second waits here, then
     # finds nothing pending.
-    db.conn.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(db):
         _check_compatible(db, path)
         migrations.apply(db)
-        db.conn.execute("COMMIT")
-    except BaseException:
-        if db.conn.in_transaction:
-            db.conn.execute("ROLLBACK")
-        raise
 
 
 @contextlib.contextmanager

@@ -345,9 +345,8 @@ class History:
             except sqlite3.Error as exc:
                 raise describe_error(self.path, exc) from exc
 
-    def replay_events(self, run_id: str) -> Iterator[AgentEvent]:
-        """A past (or running) run as the events the loop emitted, for the UI's replay."""
-        run = self.get_run(run_id)
+    def replay_events(self, run: RunRecord) -> Iterator[AgentEvent]:
+        """A past (or running) run, already loaded with get_run, as the events the loop emitted (the UI's replay)."""
 
         def log() -> list[LogEntry]:
             return [

@@ -347,7 +347,7 @@ class MainScreen(Screen[None]):
         finished: RunFinished | None = None
         try:
             record = history.get_run(run_id)
-            events: Iterator[AgentEvent] = history.replay_events(record.run_id)
+            events: Iterator[AgentEvent] = history.replay_events(record)
             for event in events:
                 batcher.add(event)
                 if isinstance(event, RunFinished):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from appliance.errors import ApplianceError
 from appliance.llm.base import Backend, ChatMessage
+from appliance.protocol.parsing import is_degenerate
 from appliance.tools.documents import pack_paragraphs
 
 # Verbatim from the reference (jina_scrape_llm_summary.py): the model was trained with tool results made this way.
@@ -58,11 +59,6 @@ def clean_reply(text: str) -> str:
     if text.lstrip().startswith("<think>"):  # ran out of tokens while thinking: keep what it wrote
         text = text.lstrip()[len("<think>") :]
     return text.replace("</think>", "").strip()
-
-
-def is_degenerate(text: str) -> bool:
-    """The reference's repetition check: the last 50 characters recur more than 5 times."""
-    return len(text) >= 50 and text.count(text[-50:]) > 5
 
 
 def split_to_fit(text: str, budget: int, count: Callable[[str], int]) -> list[str]:
