@@ -201,9 +201,12 @@ def resume_headless(options: dict[str, Any], run_id: str, *, as_json: bool, verb
 
     history = open_history(settings_from_options(options), options.get("db"))
     try:
-        given = {k: v for k, v in option_overrides(options).items() if v is not None}
         resumed = prepare_resume(
-            history, run_id, given, profile=options.get("profile"), workspace=options.get("workspace")
+            history,
+            run_id,
+            option_overrides(options),
+            profile=options.get("profile"),
+            workspace=options.get("workspace"),
         )
         printer = HeadlessPrinter(verbose=verbose)
         try:

@@ -16,7 +16,7 @@ from appliance.eval.report import render_csv, render_markdown, scores
 from appliance.eval.runner import EvalRunner, RunResult, load_results
 from appliance.llm.factory import read_grammar
 from appliance.llm.openai import OpenAIBackend
-from appliance.options import collect_common, common_options, option_overrides
+from appliance.options import collect_common, common_options, option_overrides, settings_from_options
 from appliance.textutil import one_line
 
 
@@ -112,7 +112,7 @@ def eval_command(
     eval_name = name or ("sample" if sample else path.stem)
     tasks, errors = parse_dataset(path)
     tasks = tasks[:limit] if limit else tasks
-    base = load_settings(profile=options.get("profile"), overrides=option_overrides(options))
+    base = settings_from_options(options)
     out_dir = (out or base.dirs.data_dir / "evals" / eval_name).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     for error in errors:

@@ -114,9 +114,12 @@ class RunFactory:
     def resume(self, history: History, run_id: str) -> PreparedRun:
         # prepare_resume loads the run's own model: free the held one first (one model in memory).
         self.release()
-        given = {k: v for k, v in option_overrides(self.options).items() if v is not None}
         resumed = prepare_resume(
-            history, run_id, given, profile=self.options.get("profile"), workspace=self.options.get("workspace")
+            history,
+            run_id,
+            option_overrides(self.options),  # options not given are None: resume_settings skips them
+            profile=self.options.get("profile"),
+            workspace=self.options.get("workspace"),
         )
         return PreparedRun(
             resumed.agent,
