@@ -85,7 +85,6 @@ class EvalRunner:
         judge: Judge | None = None,
         replay: Path | None = None,
         on_result: Callable[[RunResult], None] | None = None,
-        on_event: Callable[[EvalTask, int, AgentEvent], None] | None = None,
     ) -> None:
         self.settings = settings
         self.name = name
@@ -96,7 +95,6 @@ class EvalRunner:
         self.judge = judge
         self.replay = replay
         self.on_result = on_result
-        self.on_event = on_event
         self._write_lock = threading.Lock()
         self._agents: set[Agent] = set()
         self._agents_lock = threading.Lock()
@@ -178,15 +176,13 @@ class EvalRunner:
             if isinstance(event, RunStarted) and not event.resumed:
                 history.tag_run(event.run_id, f"eval:{self.name}")
                 history.tag_run(event.run_id, tag)
-            if self.on_event is not None:
-                self.on_event(task, run_index, event)
 
         previous = self._interrupted_run(tag)
         if previous is not None:
             resumed = prepare_resume(history, previous)
             try:
                 with self._tracked(resumed.agent):
-                    finished = _drive(resumed.agent, resumed.agent.run(resumed.state), [history.recorder(), forward])
+                    finished = _drive(resumed.agent.run(resumed.state), [history.recorder(), forward])
             finally:
                 resumed.close()
         else:
@@ -199,7 +195,7 @@ class EvalRunner:
                     settings, task.question, backend=backend, toolbox=toolbox, attachments=attachments
                 )
                 with self._tracked(agent):
-                    finished = _drive(agent, agent.run(state), [history.recorder(), forward])
+                    finished = _drive(agent.run(state), [history.recorder(), forward])
             finally:
                 toolbox.close()
                 if owned:
@@ -265,9 +261,7 @@ def _wait(running: set[Future[RunResult | None]]) -> tuple[set[Future[RunResult 
     return set(done), set(not_done)
 
 
-def _drive(
-    agent: Agent, events: Iterator[AgentEvent], subscribers: Sequence[Callable[[AgentEvent], None]]
-) -> RunFinished:
+def _drive(events: Iterator[AgentEvent], subscribers: Sequence[Callable[[AgentEvent], None]]) -> RunFinished:
     finished: RunFinished | None = None
     for event in events:
         for subscriber in subscribers:

@@ -16,12 +16,9 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
 
 # Unpacked size an office archive may claim before we refuse it (zip bombs).
 MAX_UNPACKED_BYTES = 200_000_000
-
-KINDS = ("html", "pdf", "docx", "xlsx", "pptx", "odf", "markdown", "text")
 
 _CONTENT_TYPES: dict[str, str] = {
     "text/html": "html",
@@ -485,8 +482,3 @@ def convert(
     if not title and name:
         title = PurePosixPath(name.split("?")[0]).name
     return Document(title=title, text=text, kind=kind)
-
-
-def describe_kinds() -> dict[str, Any]:
-    """For docs and `appliance corpus stats`: which extensions map to which converter."""
-    return {kind: sorted(ext for ext, k in _EXTENSIONS.items() if k == kind) for kind in KINDS}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from appliance.agent.events import AgentEvent, TextDelta
 
@@ -33,7 +33,6 @@ class EventBatcher:
         self._urgent = False
         self._closed = False
         self._last_post = 0.0
-        self.batches = 0
         self._thread = threading.Thread(target=self._run, name="event-batcher", daemon=True)
         self._thread.start()
 
@@ -51,10 +50,6 @@ class EventBatcher:
             self._events.append(event)
             self._urgent = True
             self._cond.notify()
-
-    def extend(self, events: Sequence[AgentEvent]) -> None:
-        for event in events:
-            self.add(event)
 
     def close(self) -> None:
         """Hand over what is left and stop the flusher (blocks until the last batch is posted)."""
@@ -90,7 +85,6 @@ class EventBatcher:
                 done = self._closed
             if batch:
                 self._last_post = time.monotonic()
-                self.batches += 1
                 self._post(batch)
             if done:
                 return

@@ -24,7 +24,6 @@ STATE_LABELS = {
     "no_answer": "no answer",
     "error": "error",
     "interrupted": "interrupted",
-    "running_elsewhere": "running elsewhere",
 }
 
 
@@ -33,7 +32,6 @@ class RunMeter:
     profile: str = ""
     model: str = ""
     state: str = "idle"
-    run_id: str = ""
     live: bool = True
     turn: int = 0
     max_turns: int = 0
@@ -48,7 +46,7 @@ class RunMeter:
     _stream_start: float | None = None
     _stream_tokens: int = 0
 
-    def begin(self, *, live: bool, now: float, elapsed_before: float = 0.0) -> None:
+    def begin(self, *, live: bool, now: float) -> None:
         """A new run (or a replay, or a resume) starts being shown."""
         self.live = live
         self.state = "starting" if live else "running"
@@ -56,7 +54,7 @@ class RunMeter:
         self.summarizing = False
         self.prompt_tokens = 0
         self.tokens_per_s = None
-        self.elapsed_before = elapsed_before
+        self.elapsed_before = 0.0  # a resume sets it when its notes arrive
         self.started = now if live else None
         self.final_elapsed = None
         self._stream_start = None
@@ -64,7 +62,6 @@ class RunMeter:
 
     def apply(self, event: AgentEvent, now: float) -> None:
         if isinstance(event, RunStarted):
-            self.run_id = event.run_id
             self.turn = max(self.turn, event.turn)
             self.state = "running"
             self._settings(event.settings, event.backend)

@@ -50,7 +50,6 @@ class ReplySplitter:
         self._after_tool: Literal["text", "think"] = "text"
         self._held = ""
         self._seen_think = False
-        self._said_anything = False
 
     def _tags(self) -> tuple[str, ...]:
         if self.state == "tool":
@@ -90,8 +89,6 @@ class ReplySplitter:
         if not text or self.state == "tool":
             return
         kind: SegmentKind = "think" if self.state == "think" else "text"
-        if kind == "text" and text.strip():
-            self._said_anything = True
         if out and out[-1].kind == kind:
             out[-1] = Segment(kind, out[-1].text + text)
         else:

@@ -114,11 +114,9 @@ class TurnView(Vertical):
         self.header = Static(self._header_text(), classes="turn-header")
         self.thinking: ThinkingView | None = None
         self.markdown: SafeMarkdown | None = None
-        self.frozen: FrozenMarkdown | None = None
         self._stream: MarkdownStream | None = None
         self.said = ""
         self.tools: dict[int, ToolCallView] = {}
-        self.discarded = False
 
     def compose(self) -> ComposeResult:
         yield self.header
@@ -181,7 +179,6 @@ class TurnView(Vertical):
             await self.mount(frozen, after=self.markdown)
             await self.markdown.remove()
             self.markdown = None
-            self.frozen = frozen
 
     async def finish(self, completion_tokens: int, elapsed_s: float) -> None:
         await self.freeze()
@@ -192,7 +189,6 @@ class TurnView(Vertical):
         self.header.update(self._header_text(f"  {completion_tokens:,} tokens · {fmt.duration(elapsed_s)}{speed}"))
 
     def discard(self, reason: str, detail: str) -> None:
-        self.discarded = True
         self.add_class("-discarded")
         self.header.update(self._header_text(f"  discarded: {fmt.rollback_text(reason, detail)}"))
         if self.thinking is not None:

@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,6 @@ class CellResult:
     error: dict[str, str] | None = None
     detail: str = ""
     duration_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class KernelUnavailable(Exception):
@@ -78,7 +77,6 @@ class Kernel:
         self.process: subprocess.Popen[bytes] | None = None
         self._buffer = b""
         self._stderr_file: Any = None
-        self.python_version = ""
 
     @property
     def alive(self) -> bool:
@@ -98,7 +96,6 @@ class Kernel:
             reason = self._startup_error()
             self.kill()
             raise KernelUnavailable(reason)
-        self.python_version = str(hello.get("python", ""))
 
     def _startup_error(self) -> str:
         code = self.process.poll() if self.process else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from appliance.errors import ApplianceError
 from appliance.llm.base import Backend, ChatMessage
@@ -86,7 +86,6 @@ class Extraction:
     tokens_used: int = 0
     parts: int = 1
     calls: int = 0
-    partials: list[str] = field(default_factory=list)
 
 
 class ExtractionFailed(Exception):
@@ -126,7 +125,6 @@ class Extractor:
             parts = split_to_fit(content, budget, self.backend.count_tokens)
             result.parts = len(parts)
             answers = [self._ask(info_to_extract, part, result, cancel) for part in parts]
-            result.partials = list(answers) if len(answers) > 1 else []
             rounds = 0
             while len(answers) > 1:
                 rounds += 1

@@ -124,14 +124,6 @@ def match_queries(query: str) -> list[str]:
     return [strict, " OR ".join(loose_terms)]
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ------------------------------------------------------------------ the corpus
 
 
