@@ -380,12 +380,8 @@ class History:
         return ResumePoint(
             run=run,
             state=rebuilt.state,
-            settings=run.settings,
-            workspace=run.workspace,
-            attachments=run.attachments,
             replay_position=rebuilt.replay_position,
             redo_calls=rebuilt.redo_calls,
-            discarded_replies=rebuilt.discarded_replies,
         )
 
     def _process_start(self, run_id: str) -> str | None:

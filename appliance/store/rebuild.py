@@ -49,7 +49,6 @@ class Rebuilt:
     state: RunState
     replay_position: int
     redo_calls: int
-    discarded_replies: int
 
 
 def unfinished_step(steps: Sequence[Step]) -> Step | None:
@@ -85,13 +84,11 @@ def rebuild_state(run: RunRecord) -> Rebuilt:
     intermediate: list[str] = []
     prompt_tokens = completion_tokens = 0
     replay_position = 0
-    discarded = 0
     tool_calls = 0
     used_queries: dict[str, int] = {}
     for step in steps:
         reply = step.reply
         if reply.state == "pending":
-            discarded += 1
             continue
         replay_position += 1
         prompt_tokens += reply.prompt_tokens or 0
@@ -141,7 +138,7 @@ def rebuild_state(run: RunRecord) -> Rebuilt:
         resumed=True,
         rollback_streak=_rollback_streak(steps),
     )
-    return Rebuilt(state, replay_position, len(unfinished.calls) if unfinished else 0, discarded)
+    return Rebuilt(state, replay_position, len(unfinished.calls) if unfinished else 0)
 
 
 # ---------------------------------------------------------------- replay

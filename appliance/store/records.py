@@ -167,12 +167,21 @@ class ResumePoint:
 
     run: RunRecord
     state: RunState
-    settings: dict[str, Any]  # the run's settings snapshot (secrets redacted)
-    workspace: str | None
-    attachments: tuple[str, ...]
     replay_position: int  # model replies already consumed (a replay script skips that many lines)
     redo_calls: int  # tool calls of an unfinished turn that will run again
-    discarded_replies: int  # replies recorded but never decided on; they are sampled again
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The run's settings snapshot (secrets redacted)."""
+        return self.run.settings
+
+    @property
+    def workspace(self) -> str | None:
+        return self.run.workspace
+
+    @property
+    def attachments(self) -> tuple[str, ...]:
+        return self.run.attachments
 
 
 @dataclass(frozen=True)
@@ -181,4 +190,3 @@ class PruneReport:
     bytes_before: int
     bytes_after: int
     dry_run: bool
-    removed_dirs: tuple[str, ...] = ()
