@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from appliance.install import envs
+from appliance.tools.search.manage import REQUIREMENTS
 from tests.conftest import SHARED_DIR
 
 SEARXNG_SRC = SHARED_DIR / "vendor" / "searxng-src"
@@ -57,7 +58,7 @@ def write_tiny_profile(home: Path) -> Path:
 def build_wheelhouse(out: Path) -> Path:
     """Wheels for SearXNG and the sandbox (from pip's cache or the index), so installs can run offline."""
     reqs = []
-    for name in envs.SEARXNG_REQUIREMENTS:
+    for name in REQUIREMENTS:
         reqs += ["-r", str(SEARXNG_SRC / name)]
     cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(out), *reqs, *envs.SANDBOX_PACKAGES]
     subprocess.run(cmd, check=True, capture_output=True, timeout=900)

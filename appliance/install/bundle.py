@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 import sysconfig
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -39,6 +40,7 @@ from appliance.install.ggufmeta import read_kv_shape
 from appliance.install.hardware import Hardware, detect
 from appliance.install.profiles import ProfileSpec, load_spec, plan_for
 from appliance.paths import AppDirs
+from appliance.tools.search.manage import REQUIREMENTS
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -137,13 +139,13 @@ def create(options: CreateOptions, dirs: AppDirs, log: Log) -> str:
     _pip_wheel([target], staging / "wheels", options.find_links, "bundle wheels")
 
     log("SearXNG: source and wheels")
-    with _tempdir(staging) as tmp:
+    with tempfile.TemporaryDirectory(dir=staging) as scratch:
         tree = envs._fetch_source(
-            options.searxng_src or settings.search.searxng_src or envs.SEARXNG_RELEASE_URL, tmp, log
+            options.searxng_src or settings.search.searxng_src or envs.SEARXNG_RELEASE_URL, Path(scratch), log
         )
         _add_tree(tree, staging / "searxng" / "src")
     reqs: list[str] = []
-    for name in envs.SEARXNG_REQUIREMENTS:
+    for name in REQUIREMENTS:
         if (staging / "searxng" / "src" / name).is_file():
             reqs += ["-r", str(staging / "searxng" / "src" / name)]
     _pip_wheel(reqs, staging / "searxng" / "wheels", options.find_links, "bundle SearXNG wheels")
@@ -171,18 +173,6 @@ def _move_into(staging: Path, out: Path) -> None:
     for child in staging.iterdir():
         child.rename(out / child.name)
     staging.rmdir()
-
-
-class _tempdir:
-    def __init__(self, parent: Path) -> None:
-        self.path = parent / ".tmp"
-
-    def __enter__(self) -> Path:
-        self.path.mkdir()
-        return self.path
-
-    def __exit__(self, *args: object) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
 
 
 def _add_weights(

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.errors import ComponentUnavailable, ConfigError
+from appliance.tools.search.manage import REQUIREMENTS
 
 # SearXNG has no numbered releases; the installer pins a commit of its main branch
 # (the one the appliance's tests run against, vendored in shared/vendor/searxng-src).
 SEARXNG_COMMIT = "9fea41204fdfa7a5cfa15b0ebd12904c520478ce"
 SEARXNG_RELEASE_URL = f"https://github.com/searxng/searxng/archive/{SEARXNG_COMMIT}.tar.gz"
-SEARXNG_REQUIREMENTS = ("requirements.txt", "requirements-server.txt")
 # What the model's code usually reaches for (the reference sandbox had them).
 SANDBOX_PACKAGES = ("numpy", "pandas", "matplotlib", "openpyxl", "pypdf")
 STAMP = ".appliance-stamp"
@@ -199,7 +199,7 @@ def install_searxng(source: str, data_dir: Path, pip: PipSource, log: Log) -> Se
                 changed = True
     if not (src_dir / "searx" / "webapp.py").is_file():
         raise ComponentUnavailable("searxng", f"no SearXNG at {src_dir}", "run `appliance install`")
-    requirements = [src_dir / name for name in SEARXNG_REQUIREMENTS if (src_dir / name).is_file()]
+    requirements = [src_dir / name for name in REQUIREMENTS if (src_dir / name).is_file()]
     wanted_env = digest([r.read_bytes() for r in requirements] + [sys.version.encode()])
     if read_stamp(venv) != wanted_env or not (venv / "bin" / "python").exists():
         args: list[str] = []

@@ -23,11 +23,12 @@ import click
 
 from appliance.config import Settings, load_settings
 from appliance.errors import ConfigError, ExitCode
-from appliance.tools.sandbox.bwrap import SANDBOX_HOME, Limits
+from appliance.tools.sandbox.bwrap import SANDBOX_HOME
 from appliance.tools.sandbox.host import is_real_root
 from appliance.tools.sandbox.process import kill_group, spawn
 from appliance.tools.sandbox.registry import REGISTRY_FILE, SANDBOXES_DIR
 from appliance.tools.sandbox.server import SandboxServer
+from appliance.tools.sandbox.transfer import DOWNLOADS_DIR
 
 
 @click.group("sandbox")
@@ -56,7 +57,7 @@ def exec_command(timeout: float | None, workspace: Path | None, command: tuple[s
     with tempfile.TemporaryDirectory(prefix="appliance-sandbox-") as scratch:
         home = (workspace or Path(scratch, "home")).expanduser().resolve()
         layout = server.layout(home, Path(scratch, "tmp"), None)
-        launch = host.build(layout, host.argv_command(Limits.from_settings(settings.sandbox), command))
+        launch = host.build(layout, host.argv_command(server.limits, command))
         process = spawn(launch)
         try:
             code = process.wait(timeout=limit)
@@ -78,7 +79,7 @@ def check_command() -> None:
     settings = load_settings()
     server = SandboxServer(settings)
     host = server.host()
-    limits = Limits.from_settings(settings.sandbox)
+    limits = server.limits
     mode = "root: each sandbox runs as its own unprivileged uid" if is_real_root() else "user namespace, uid 1000"
     click.echo(f"bwrap:   {host.bwrap}")
     click.echo(f"python:  {host.python.executable} ({host.python.version}), read-only: {', '.join(host.python.binds)}")
@@ -116,7 +117,7 @@ def _remove(path: Path) -> None:
 def workspace_dirs(settings: Settings, run_id: str) -> list[Path]:
     """What `clean` removes for a run: its workspace, its other sandboxes and /tmp dirs, the sandbox list."""
     run_dir = settings.dirs.run_dir(run_id)
-    candidates = [run_dir / "workspace", run_dir / SANDBOXES_DIR, run_dir / ".downloads", run_dir / REGISTRY_FILE]
+    candidates = [run_dir / "workspace", run_dir / SANDBOXES_DIR, run_dir / DOWNLOADS_DIR, run_dir / REGISTRY_FILE]
     return [path for path in candidates if path.exists() or path.is_symlink()]
 
 

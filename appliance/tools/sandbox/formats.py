@@ -96,11 +96,15 @@ def _level(sizes: Sequence[int], budget: int) -> int:
 
 def _cut(text: str, size: int, piece: Piece) -> str:
     """`text` shortened until its printed form is at most `size` characters."""
+
+    def part(keep: int) -> str:
+        return text[len(text) - keep :] if piece.keep_tail else text[:keep]
+
+    whole = max(1, _size(text, piece.quoted))
     keep = len(text)
-    while keep and _size(text[:keep] if not piece.keep_tail else text[len(text) - keep :], piece.quoted) > size:
-        over = _size(text[:keep] if not piece.keep_tail else text[len(text) - keep :], piece.quoted) - size
-        keep = max(0, keep - max(1, over * len(text) // max(1, _size(text, piece.quoted))))
-    return (text[len(text) - keep :] if keep else "") if piece.keep_tail else text[:keep]
+    while keep and (over := _size(part(keep), piece.quoted) - size) > 0:
+        keep = max(0, keep - max(1, over * len(text) // whole))
+    return part(keep) if keep else ""
 
 
 def fit(pieces: Sequence[Piece], budget: int) -> list[str]:

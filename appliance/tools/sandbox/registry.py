@@ -45,9 +45,7 @@ class Registry:
     def load(self) -> dict[str, SandboxRecord]:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # none yet, or unreadable: no sandboxes to find
             return {}
         records = {}
         for key, value in (data.get("sandboxes") or {}).items():

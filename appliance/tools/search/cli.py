@@ -14,7 +14,7 @@ from appliance.tools.cliutil import exit_with, settings_from_context
 from appliance.tools.search import manage
 from appliance.tools.search.corpus import AddResult, Corpus, CorpusDocument, CorpusError
 from appliance.tools.search.engine import SOURCE_KINDS, SearchEngine, corpus_path
-from appliance.tools.search.results import BadArguments, parse_request
+from appliance.tools.search.results import BadArguments, organic_entries, parse_request
 
 
 def _echo_hits(organic: list[dict[str, object]]) -> None:
@@ -200,9 +200,7 @@ def corpus_stats(ctx: click.Context, as_json: bool) -> None:
 def corpus_search(ctx: click.Context, query: tuple[str, ...], num: int, as_json: bool) -> None:
     """Search the corpus alone (bm25 ranking, best passage of each document)."""
     hits = _corpus(ctx).search(" ".join(query), max(1, num))
-    organic: list[dict[str, object]] = [
-        {"title": h.title, "link": h.link, "snippet": h.snippet, "position": i} for i, h in enumerate(hits, 1)
-    ]
+    organic = organic_entries(hits, 1)
     if as_json:
         click.echo(json.dumps(organic, ensure_ascii=False, indent=2))
     else:

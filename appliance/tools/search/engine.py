@@ -142,7 +142,8 @@ class SearchEngine:
         if not answered:
             message = "; ".join(str(r.error) for r in failed)
             return SearchOutcome(error_payload(message), "unavailable", warnings, [r.source for r in results])
-        warnings.extend(f"{r.source} is unavailable: {r.error}" for r in failed)
+        unavailable = [f"{r.source} is unavailable: {r.error}" for r in failed]
+        warnings.extend(unavailable)
         merged = [hit for hit in fuse([r.hits for r in answered], self.settings.fusion_k) if not is_banned(hit.link)]
         start = (request.page - 1) * request.num
         window = merged[start : start + request.num]
@@ -151,7 +152,7 @@ class SearchEngine:
             "organic": organic_entries(window, start + 1),
             "searchParameters": search_parameters(request, engine),
         }
-        if failed:
+        if unavailable:
             # Not in Serper's shape: tells the model the web part of its search is missing.
-            payload["warnings"] = [f"{r.source} is unavailable: {r.error}" for r in failed]
+            payload["warnings"] = unavailable
         return SearchOutcome(decode_urls(payload), "ok" if window else "empty", warnings, names)

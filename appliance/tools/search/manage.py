@@ -116,9 +116,13 @@ def require_source(paths: SearxngPaths) -> Path:
     return paths.src
 
 
+# SearXNG's requirement files, in its source tree (`appliance install` reads the same ones).
+REQUIREMENTS = ("requirements.txt", "requirements-server.txt")
+
+
 def requirements_digest(src: Path) -> str:
     digest = hashlib.sha256()
-    for name in ("requirements.txt", "requirements-server.txt"):
+    for name in REQUIREMENTS:
         path = src / name
         if path.is_file():
             digest.update(path.read_bytes())
@@ -135,7 +139,7 @@ def install(settings: Settings, *, python: str = sys.executable) -> Path:
             raise ComponentUnavailable(
                 "searxng", f"cannot create {paths.venv}: {created.stderr.strip()}", "install python3-venv"
             )
-    requirements = [str(src / n) for n in ("requirements.txt", "requirements-server.txt") if (src / n).is_file()]
+    requirements = [str(src / n) for n in REQUIREMENTS if (src / n).is_file()]
     args = [str(paths.python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     for requirement in requirements:
         args += ["-r", requirement]

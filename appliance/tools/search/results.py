@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote
 
@@ -48,7 +48,7 @@ class SearchRequest:
         return self.page * self.num
 
     def with_query(self, q: str) -> SearchRequest:
-        return SearchRequest(q, self.num, self.page, self.gl, self.hl, self.location, self.tbs, self.autocorrect)
+        return replace(self, q=q)
 
     def language(self) -> str | None:
         """SearXNG's `language` (e.g. en-US) from hl and gl, or None to let SearXNG decide."""
