@@ -167,6 +167,7 @@ def open_history(settings: Settings, db: Path | None) -> Any:
 def run_headless(options: dict[str, Any], task: str, *, as_json: bool, verbose: bool) -> int:
     from appliance.agent.runtime import build_toolbox, prepare_run, save_kv_checkpoint
     from appliance.llm.factory import build_backend
+    from appliance.store import RESUMABLE
 
     settings = settings_from_options(options)
     history = open_history(settings, options.get("db"))
@@ -184,7 +185,7 @@ def run_headless(options: dict[str, Any], task: str, *, as_json: bool, verbose: 
             )
             subscribers = [history.recorder(), HeadlessPrinter(verbose=verbose)]
             finished = drive(agent.run(state), subscribers, agent.cancel)
-            if finished.status in ("interrupted", "error") and save_kv_checkpoint(backend, settings, state.run_id):
+            if finished.status in RESUMABLE and save_kv_checkpoint(backend, settings, state.run_id):
                 click.echo(f"appliance: kept the model's cache for `appliance resume {state.run_id}`", err=True)
         finally:
             toolbox.close()

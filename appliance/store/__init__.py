@@ -8,6 +8,7 @@ from appliance.store.db import RunNotFound, StoreError, StoreUsageError
 from appliance.store.history import History, open_history
 from appliance.store.recorder import Recorder
 from appliance.store.records import (
+    RESUMABLE,
     MessageRecord,
     PruneReport,
     ResumePoint,
@@ -19,6 +20,7 @@ from appliance.store.records import (
 )
 
 __all__ = [
+    "RESUMABLE",
     "History",
     "MessageRecord",
     "PruneReport",

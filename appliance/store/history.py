@@ -27,6 +27,7 @@ from appliance.store.prune import choose_and_delete, compact
 from appliance.store.rebuild import LogEntry, parse_data, rebuild_state, replay
 from appliance.store.recorder import Recorder
 from appliance.store.records import (
+    RESUMABLE,
     STATUSES,
     MessageRecord,
     PruneReport,
@@ -38,7 +39,6 @@ from appliance.store.records import (
     ToolCallRecord,
 )
 
-_RESUMABLE = ("interrupted", "error")
 # Snippet markers: control characters, so text that contains brackets cannot fake a match.
 _MARK_OPEN, _MARK_CLOSE = "\x02", "\x03"
 
@@ -371,7 +371,7 @@ class History:
                 f"run {run.run_id} is still running (pid {run.pid} on {run.host})",
                 "wait for it to finish, or stop that process and resume then",
             )
-        if run.status not in (*_RESUMABLE, "running"):
+        if run.status not in (*RESUMABLE, "running"):
             raise StoreError(
                 f"run {run.run_id} already finished ({run.status}); only interrupted or failed runs resume",
                 'start a new run with --task "..."',

@@ -18,6 +18,10 @@ MessageState = Literal["pending", "kept", "rolled_back"]
 MessageKind = Literal["turn", "summary", "observation", "summary_prompt"]
 
 
+# The statuses of runs `appliance resume` continues (a "running" one whose process died counts too).
+RESUMABLE = ("interrupted", "error")
+
+
 @dataclass(frozen=True)
 class RunSummary:
     run_id: str

@@ -16,7 +16,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 from textual.worker import get_current_worker
 
 from appliance.errors import ApplianceError
-from appliance.store import RunSummary, SearchHit
+from appliance.store import RESUMABLE, RunSummary, SearchHit
 from appliance.textutil import one_line
 from appliance.tui import format as fmt
 from appliance.tui.base import literal
@@ -25,7 +25,6 @@ from appliance.tui.dialogs import ConfirmDialog
 if TYPE_CHECKING:
     from appliance.tui.app import ApplianceApp
 
-RESUMABLE = ("interrupted", "error")
 # Columns before the task (16 + 11 + 5 + 5), their padding, the margins and the scrollbar.
 TASK_COLUMN_OFFSET = 37 + 10 + 2 + 2
 STATUS_FILTERS: tuple[str | None, ...] = (None, "answered", "no_answer", "interrupted", "error", "running")

@@ -28,6 +28,7 @@ from textual.worker import Worker
 from appliance.agent.events import AgentEvent, RunFinished
 from appliance.agent.loop import Agent
 from appliance.errors import ApplianceError, ComponentUnavailable
+from appliance.store import RESUMABLE
 from appliance.store.export import markdown_report
 from appliance.tui.base import literal
 from appliance.tui.batching import EventBatcher
@@ -43,7 +44,6 @@ from appliance.tui.widgets import AnswerPanel, NoteView
 if TYPE_CHECKING:
     from appliance.tui.app import ApplianceApp
 
-RESUMABLE = ("interrupted", "error")
 WELCOME = (
     "Type a research task below and press ctrl+s to run it.\n"
     "ctrl+o attaches local files · f2 past runs · f3 configuration and health · ctrl+q quits"

@@ -16,6 +16,7 @@ from textual.content import Content
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
+from appliance.store import RESUMABLE
 from appliance.tui import format as fmt
 from appliance.tui.base import QuietCollapsible, literal, set_collapsible_title
 from appliance.tui.stream import split_reply
@@ -262,7 +263,7 @@ class AnswerPanel(Vertical):
     def _hint(self) -> Content:
         if self.status == "answered":
             return Content.styled("ctrl+g copy · ctrl+f export · ctrl+n new run", "$text-muted")
-        if self.status in ("interrupted", "error"):
+        if self.status in RESUMABLE:
             return Content.styled("ctrl+r resume · ctrl+f export · ctrl+n new run", "$text-muted")
         return Content.styled("ctrl+f export · ctrl+n new run", "$text-muted")
 
