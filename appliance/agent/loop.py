@@ -250,20 +250,10 @@ class Agent:
             if not calls:
                 state.summary_reason = "no_tool_call"
                 return
-            # The same rules as when the reply first arrived, so a resumed run goes where the live one went.
-            can_roll_back = rollbacks < max_rollbacks - 1
-            wasted = yield from self._execute(
-                state, state.turn, calls, allow_duplicates=not can_roll_back, stop_when_wasted=can_roll_back
-            )
-            if wasted is not None:
-                state.messages.pop()
-                state.turn -= 1
-                rollbacks += 1
-                yield TurnRolledBack(state.turn + 1, "turn", wasted[0], wasted[1])
-            else:
-                rollbacks = 0
-                if not (yield from self._fits_next_turn(state)):
-                    return
+            # The same step as when the reply first arrived, so a resumed run goes where the live one went.
+            rollbacks, go_on = yield from self._run_calls(state, calls, rollbacks)
+            if not go_on:
+                return
         elif (
             # Stopped right after a turn's results: the live loop checked the context next.
             state.resumed
@@ -314,21 +304,31 @@ class Agent:
             if not calls:
                 state.summary_reason = "no_tool_call"
                 return
-            wasted = yield from self._execute(
-                state, turn, calls, allow_duplicates=not can_roll_back, stop_when_wasted=can_roll_back
-            )
-            if wasted is not None:
-                # A call the reference treats as wasted (unknown tool, invalid
-                # arguments, an empty search): forget the turn and sample again.
-                state.messages.pop()
-                state.turn = turn - 1
-                rollbacks += 1
-                yield TurnRolledBack(turn, "turn", wasted[0], wasted[1])
-                continue
-            rollbacks = 0
-            if not (yield from self._fits_next_turn(state)):
+            rollbacks, go_on = yield from self._run_calls(state, calls, rollbacks)
+            if not go_on:
                 return
         state.summary_reason = state.summary_reason or "max_turns"
+
+    def _run_calls(
+        self, state: RunState, calls: list[ToolCall], rollbacks: int
+    ) -> Generator[AgentEvent, None, tuple[int, bool]]:
+        """Run the calls of the turn just kept. Returns (rollbacks, whether the loop goes on).
+
+        A call the reference treats as wasted (unknown tool, invalid arguments, an
+        empty search) forgets the turn, to be sampled again, while rollbacks are
+        left; otherwise the next turn must still fit the context.
+        """
+        turn = state.turn
+        can_roll_back = rollbacks < self.settings.max_rollbacks - 1
+        wasted = yield from self._execute(
+            state, turn, calls, allow_duplicates=not can_roll_back, stop_when_wasted=can_roll_back
+        )
+        if wasted is not None:
+            state.messages.pop()
+            state.turn = turn - 1
+            yield TurnRolledBack(turn, "turn", wasted[0], wasted[1])
+            return rollbacks + 1, True
+        return 0, (yield from self._fits_next_turn(state))
 
     def _rollback_reason(self, state: RunState, text: str, calls: list[ToolCall]) -> tuple[str | None, str]:
         if not text.strip():
