@@ -10,6 +10,7 @@ from pathlib import Path
 
 from appliance.config import Settings
 from appliance.errors import ConfigError
+from appliance.tools.archive import RunWeb, open_run_web
 from appliance.tools.base import CallContext
 
 
@@ -34,8 +35,10 @@ def run_dirs(settings: Settings, run_id: str, workspace: Path | None = None) -> 
     return dirs
 
 
-def call_context(settings: Settings, run_id: str, dirs: RunDirs, attachments: tuple[Path, ...]) -> CallContext:
-    """What the run's tool calls may touch, and for how long."""
+def call_context(
+    settings: Settings, run_id: str, dirs: RunDirs, attachments: tuple[Path, ...], web: RunWeb | None = None
+) -> CallContext:
+    """What the run's tool calls may touch, and for how long (and, for an agent run, its web archive)."""
     return CallContext(
         run_id=run_id,
         run_dir=dirs.run_dir,
@@ -43,6 +46,15 @@ def call_context(settings: Settings, run_id: str, dirs: RunDirs, attachments: tu
         output_dir=dirs.output_dir,
         attachments=attachments,
         timeout=settings.agent.tool_timeout,
+        web=web,
+    )
+
+
+def run_web(settings: Settings, run_id: str, dirs: RunDirs, reuse_runs: Sequence[str] = ()) -> RunWeb:
+    """The run's web from [archive] and [scrape]: its own archive (reused on resume), `reuse_runs`' archives
+    (a re-run's original), and an archive to replay offline. ArchiveError for an archive that cannot be used."""
+    return open_run_web(
+        settings.archive, settings.scrape, settings.dirs.runs_dir, run_id, dirs.run_dir, reuse_runs=reuse_runs
     )
 
 
