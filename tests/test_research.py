@@ -285,3 +285,22 @@ def test_eval_records_the_web_once_and_replays_it(appliance_home: Path, tmp_path
     reports = {n: (appliance_home / "evals" / n / "report.md").read_text(encoding="utf-8") for n in ("first", "second")}
     assert "Web: live, recorded into the web archive." in reports["first"]
     assert "Web: replayed from the web archive (no network)." in reports["second"]
+
+
+def test_an_archive_that_cannot_be_written_leaves_a_recorded_gap(appliance_home: Path, tmp_path: Path) -> None:
+    with serving(standard_routes()) as pages:
+        script = research_script(tmp_path / "research.jsonl", pages.base)
+        result = run_cli(
+            ["--task", "What was the lead level?", "--replay", str(script), "--json"],
+            env=env_for(pages.port, APPLIANCE_ARCHIVE_MAX_MB="0"),  # no room at all: every record is a gap
+        )
+    assert result.returncode == 0, result.stderr  # the run goes on
+    payload = json.loads(result.stdout)
+    assert payload["answer"] == "3.4 ppb"
+    assert "warning: the run's web archive reached its cap of 0 MB" in result.stderr
+    rows = records_of(appliance_home / "history.db", payload["run_id"])
+    assert [r["kind"] for r in rows] == ["gap", "gap"] and all("[archive] max_mb" in r["note"] for r in rows)
+    assert [s["archive"] for s in payload["sources"]] == [None, None]
+    shown = run_cli(["history", "show", payload["run_id"]]).stdout
+    assert "warning: the run's web archive reached its cap" in shown
+    assert "no archived copy" in run_cli(["history", "show", "--report", payload["run_id"]]).stdout

@@ -335,9 +335,10 @@ class Fetcher:
         """GET `url`; with `exchanges`, every hop (redirects, then the response read whole) is appended."""
         started = time.monotonic()
         with self.open(url, headers=headers, cancel=cancel, exchanges=exchanges) as (response, redirects, deadline):
+            peer = peer_address(response)
             content = b"".join(self._capped_body(response, deadline, url, cancel))
             if exchanges is not None:
-                exchanges.append(exchange_of(response, content))
+                exchanges.append(exchange_of(response, content, peer))
             return _result(url, response, redirects, content, started)
 
     def download(
@@ -359,6 +360,7 @@ class Fetcher:
                 if exchanges is not None:
                     exchanges.append(exchange_of(response, b""))
                 return _result(url, response, redirects, b"", started)
+            peer = peer_address(response)
             try:
                 with destination.open("xb") as handle:
                     for chunk in self._capped_body(response, deadline, url, cancel):
@@ -367,7 +369,7 @@ class Fetcher:
                 destination.unlink(missing_ok=True)
                 raise
             if exchanges is not None:
-                exchanges.append(exchange_of(response, destination.read_bytes()))
+                exchanges.append(exchange_of(response, destination.read_bytes(), peer))
             return _result(url, response, redirects, b"", started)
 
     def _capped_body(
@@ -396,10 +398,18 @@ class Fetcher:
             raise FetchError(f"the connection to {url} failed mid-download: {exc}") from exc
 
 
-def exchange_of(response: httpx.Response, body: bytes) -> Exchange:
-    """The exchange `response` ended (its request's headers as sent; `body` as read)."""
+def peer_address(response: httpx.Response) -> str | None:
+    """The address the response came from; ask before reading the body (a closed socket has none)."""
     stream = response.extensions.get("network_stream")
-    peer = stream.get_extra_info("server_addr") if stream is not None else None
+    try:
+        peer = stream.get_extra_info("server_addr") if stream is not None else None
+    except OSError:
+        return None
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
+
+
+def exchange_of(response: httpx.Response, body: bytes, peer: str | None = None) -> Exchange:
+    """The exchange `response` ended (its request's headers as sent; `body` as read; `peer` if known)."""
     reason = response.reason_phrase or ""
     return Exchange(
         url=str(response.request.url),
@@ -409,7 +419,7 @@ def exchange_of(response: httpx.Response, body: bytes) -> Exchange:
         http_version=response.http_version,
         response_headers=tuple(response.headers.items()),
         body=body,
-        peer=str(peer[0]) if isinstance(peer, tuple) and peer else None,
+        peer=peer or peer_address(response),
         started=time.time(),
     )
 
