@@ -1,0 +1,52 @@
+"""A run's web archive (docs/archive.md): WARC files in its directory (warc), and how a run reaches
+the web through them (web)."""
+
+from appliance.tools.archive.warc import (
+    ARCHIVE_DIR,
+    SOURCE,
+    ArchivedRecord,
+    ArchiveError,
+    ArchiveGap,
+    ArchiveIndex,
+    ArchiveWriter,
+    NotArchived,
+    RecordRef,
+    archive_dir,
+    archived_text,
+    clean_headers,
+    clean_url,
+    payload_digest,
+    read_archived_text,
+    resolve_archive,
+    save_task_archive,
+    scan,
+    search_key,
+    warc_files,
+)
+from appliance.tools.archive.web import RunWeb, WebCall, open_run_web
+
+__all__ = [
+    "ARCHIVE_DIR",
+    "SOURCE",
+    "ArchiveError",
+    "ArchiveGap",
+    "ArchiveIndex",
+    "ArchiveWriter",
+    "ArchivedRecord",
+    "NotArchived",
+    "RecordRef",
+    "RunWeb",
+    "WebCall",
+    "archive_dir",
+    "archived_text",
+    "clean_headers",
+    "clean_url",
+    "open_run_web",
+    "payload_digest",
+    "read_archived_text",
+    "resolve_archive",
+    "save_task_archive",
+    "scan",
+    "search_key",
+    "warc_files",
+]
