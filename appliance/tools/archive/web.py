@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin
 
 from appliance.textutil import redact_url_secrets
@@ -31,6 +31,7 @@ from appliance.tools.archive.warc import (
 from appliance.tools.fetcher import AddressPolicy, Exchange, Fetcher, FetchError, FetchResult
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+T = TypeVar("T")
 
 
 class RunWeb:
@@ -135,6 +136,8 @@ class WebCall:
             current = Fetcher.check_url(urljoin(current, entry.location))
             hop = self._find(clean_url(current))
             if hop is None:
+                if not self.web.offline:
+                    return None  # live: fetch the whole chain again rather than half from an archive
                 raise self.not_archived(f"{current} (the redirect target of {url})")
             index, entry = hop
             chain.append(entry)
@@ -143,10 +146,13 @@ class WebCall:
 
     # ------------------------------------------------------------ what tools call
 
-    def fetch_archived(self, url: str) -> FetchResult | dict[str, Any] | None:
-        """`url` from an archive: a FetchResult (a response), a page dict (a page-cache copy), or None."""
+    def fetch_archived(self, url: str, *, files_only: bool = False) -> FetchResult | dict[str, Any] | None:
+        """`url` from an archive: a FetchResult (a response), a page dict (a page-cache copy), or None.
+
+        `files_only` (a download) passes over page-cache copies: they hold text, not the file.
+        """
         found = self.archived(url)
-        if found is None:
+        if found is None or (files_only and found[0][-1].source == "page-cache"):
             return None
         chain, index = found
         final = chain[-1]
@@ -179,13 +185,13 @@ class WebCall:
     def download(
         self, fetcher: Callable[[], Fetcher], url: str, destination: Path, cancel: Callable[[], bool] | None
     ) -> FetchResult:
-        archived = self.fetch_archived(url)
+        archived = self.fetch_archived(url, files_only=True)
         if isinstance(archived, FetchResult):
             if archived.ok:
                 with destination.open("xb") as handle:
                     handle.write(archived.content)
             return archived
-        if self.web.offline:  # a page-cache copy holds text, not the file: it cannot answer a download
+        if self.web.offline:
             raise self.not_archived(url)
         exchanges: list[Exchange] = []
         try:
@@ -193,13 +199,18 @@ class WebCall:
         finally:
             self.record(exchanges, "download")
 
-    def search(self, url: str, live: Callable[[list[Exchange]], Any]) -> Any:
-        """A SearXNG request (`url` with its query): from an archive, else `live(exchanges)` archived."""
+    def search(
+        self, url: str, live: Callable[[list[Exchange]], T], archived: Callable[[int, str | None, bytes], T]
+    ) -> T:
+        """A SearXNG request (`url` with its query): `archived(status, location, body)` of its archived
+        response, else `live(exchanges)`, archived."""
         found = self._find(search_key(url))
         if found is not None:
             index, entry = found
             self._link(index, entry)
-            return json.loads(entry.read()[3].decode("utf-8"))
+            status, _, headers, body = entry.read()
+            location = next((v for k, v in headers if k.lower() == "location"), None)
+            return archived(status, location, body)
         if self.web.offline:
             raise self.not_archived(f"the search {redact_url_secrets(url)}")
         exchanges: list[Exchange] = []

@@ -10,6 +10,7 @@ engines that did not answer) becomes a SourceResult with a plain-language error.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -121,7 +122,7 @@ class SearxngClient:
         else:
             url = str(httpx.URL(f"{self.base_url}/search", params=params))
             try:
-                data = web.search(url, lambda exchanges: self._get(params, exchanges))
+                data = web.search(url, lambda exchanges: self._get(params, exchanges), self._answer)
             except NotArchived as exc:
                 raise SearxngError(str(exc)) from exc
         with self._lock:
@@ -146,32 +147,36 @@ class SearxngClient:
             raise SearxngError(f"SearXNG at {self.base_url} failed: {type(exc).__name__}: {exc}") from exc
         if exchanges is not None:
             exchanges.append(exchange_of(response, response.content))
-        if response.is_redirect:
+        return self._answer(response.status_code, response.headers.get("location"), response.content)
+
+    def _answer(self, status: int, location: str | None, body: bytes) -> dict[str, Any]:
+        """SearXNG's answer (live, or as archived) as its JSON; SearxngError with the fix when it is not one."""
+        if status in (301, 302, 303, 307, 308):
             raise SearxngError(
-                f"SearXNG redirected the query to {response.headers.get('location', '?')} "
+                f"SearXNG redirected the query to {location or '?'} "
                 "(a !bang in the query?); rephrase the query without a leading '!'"
             )
-        if response.status_code == 403:
+        if status == 403:
             raise SearxngError(
                 f"SearXNG at {self.base_url} refuses JSON output (HTTP 403); add json to search.formats "
                 "in its settings.yml (`appliance searxng start` does this)"
             )
-        if response.status_code == 429:
+        if status == 429:
             raise SearxngError(
                 f"SearXNG at {self.base_url} rate-limited the request (HTTP 429); set server.limiter: false "
                 "in its settings.yml for a private instance"
             )
         try:
-            data = response.json()
+            data = json.loads(body)
         except ValueError as exc:
             raise SearxngError(
-                f"SearXNG at {self.base_url} answered HTTP {response.status_code} with something that is not JSON; "
+                f"SearXNG at {self.base_url} answered HTTP {status} with something that is not JSON; "
                 "check that [search] searxng_url points to SearXNG"
             ) from exc
         if not isinstance(data, dict):
             raise SearxngError(f"SearXNG at {self.base_url} answered with unexpected JSON")
-        if response.status_code != 200:
-            detail = data.get("error") or f"HTTP {response.status_code}"
+        if status != 200:
+            detail = data.get("error") or f"HTTP {status}"
             raise SearxngError(f"SearXNG rejected the query: {detail}")
         return data
 
