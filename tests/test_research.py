@@ -168,11 +168,13 @@ def test_a_damaged_archive_is_a_clear_error_and_the_history_untouched(recorded: 
     broken = recorded["tmp"] / "broken.warc.gz"
     broken.write_bytes(file.read_bytes()[:-200])
     before = run_cli(["history", "list", "--json"]).stdout
+    run_dirs = sorted((home / "runs").iterdir())
     result = run_cli(["rerun", run_id, "--web", str(broken)], env=env_for(recorded["port"]))
     assert result.returncode == 2
     assert "appliance: error: the web archive" in result.stderr and "truncated" in result.stderr
     assert "Fix:" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert run_cli(["history", "list", "--json"]).stdout == before
+    assert sorted((home / "runs").iterdir()) == run_dirs  # not even an empty run directory
 
 
 def test_a_resumed_run_takes_what_it_had_fetched_from_its_archive(appliance_home: Path, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from appliance.agent.loop import Agent, RunState, new_state
 from appliance.config import Settings
 from appliance.llm.base import Backend
 from appliance.protocol.prompt import render_system_prompt, render_task_message
+from appliance.tools.archive import RunWeb
 from appliance.tools.base import ToolBox
 from appliance.tools.registry import TOOL_SERVERS, BackendProvider, ServerFactory, build_toolbox, load_server_factory
 from appliance.tools.rundirs import RunDirs, call_context, check_attachments, new_run_id, run_dirs, run_web
@@ -52,11 +53,12 @@ def prepare_run(
     """
     run_id = run_id or new_run_id()
     attached = check_attachments(attachments)
+    web = run_web(settings, run_id, reuse_runs)  # a bad archive fails here, before any directory exists
     dirs = run_dirs(settings, run_id, workspace)
     system_prompt = render_system_prompt(today or dt.date.today(), toolbox.server_specs())
     task_message = render_task_message(task, [str(p) for p in attached])
     state = new_state(run_id, task, task_message, system_prompt, tuple(str(p) for p in attached))
-    return make_agent(settings, backend, toolbox, run_id, dirs, attached, reuse_runs), state
+    return make_agent(settings, backend, toolbox, run_id, dirs, attached, web), state
 
 
 def make_agent(
@@ -66,9 +68,10 @@ def make_agent(
     run_id: str,
     dirs: RunDirs,
     attachments: tuple[Path, ...],
-    reuse_runs: Sequence[str] = (),
+    web: RunWeb | None = None,
 ) -> Agent:
-    ctx = call_context(settings, run_id, dirs, attachments, run_web(settings, run_id, dirs, reuse_runs))
+    """The agent of a run; `web` defaults to the run's own (its archive reused, as for a resume)."""
+    ctx = call_context(settings, run_id, dirs, attachments, web or run_web(settings, run_id))
     return Agent(
         backend,
         toolbox,

@@ -50,11 +50,17 @@ def call_context(
     )
 
 
-def run_web(settings: Settings, run_id: str, dirs: RunDirs, reuse_runs: Sequence[str] = ()) -> RunWeb:
+def run_web(settings: Settings, run_id: str, reuse_runs: Sequence[str] = ()) -> RunWeb:
     """The run's web from [archive] and [scrape]: its own archive (reused on resume), `reuse_runs`' archives
-    (a re-run's original), and an archive to replay offline. ArchiveError for an archive that cannot be used."""
+    (a re-run's original), and an archive to replay offline. ArchiveError for an archive that cannot be used;
+    nothing is created on disk, so call it before run_dirs to fail without leaving a directory behind."""
     return open_run_web(
-        settings.archive, settings.scrape, settings.dirs.runs_dir, run_id, dirs.run_dir, reuse_runs=reuse_runs
+        settings.archive,
+        settings.scrape,
+        settings.dirs.runs_dir,
+        run_id,
+        settings.dirs.run_dir(run_id),
+        reuse_runs=reuse_runs,
     )
 
 
