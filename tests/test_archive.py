@@ -253,3 +253,14 @@ def test_archiving_can_be_turned_off(tmp_path: Path, pages: PageServer) -> None:
     assert call.fetch_live(lambda: fetcher, pages.url("/article"), None, None).ok
     assert call.refs == [] and not archive_dir(tmp_path / "runs" / "run-a").exists()
     assert isinstance(ArchiveWriter, type)
+
+
+def test_the_passage_is_the_paragraph_the_extract_came_from() -> None:
+    from appliance.tools.scrape.server import best_passage
+
+    text = "Intro about trains.\n\nThe line opened in 1915 and ran 525 km.\n\nIt closed in 1989."
+    assert best_passage(text, "It opened in 1915; the line ran 525 km.") == "The line opened in 1915 and ran 525 km."
+    assert best_passage(text, "nothing in common here") == "Intro about trains."  # the opening, then
+    assert best_passage("", "x") == ""
+    long = "word " * 300
+    assert len(best_passage(long, "word", limit=50)) == 50 and best_passage(long, "word", limit=50).endswith("…")

@@ -21,6 +21,7 @@ from appliance.tools.archive.warc import (
     save_task_archive,
     scan,
     search_key,
+    warc_date,
     warc_files,
 )
 from appliance.tools.archive.web import RunWeb, WebCall, open_run_web
@@ -48,5 +49,6 @@ __all__ = [
     "save_task_archive",
     "scan",
     "search_key",
+    "warc_date",
     "warc_files",
 ]

@@ -102,7 +102,8 @@ def payload_digest(body: bytes) -> str:
     return "sha1:" + base64.b32encode(hashlib.sha1(body).digest()).decode("ascii")
 
 
-def _warc_date(when: float) -> str:
+def warc_date(when: float) -> str:
+    """A time as WARC-Date writes it (UTC, seconds)."""
     return dt.datetime.fromtimestamp(when, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -175,7 +176,7 @@ class ArchiveWriter:
                     clean_headers(exchange.request_headers),
                     is_http_request=True,
                 ),
-                warc_headers_dict={"WARC-Date": _warc_date(exchange.started)},
+                warc_headers_dict={"WARC-Date": warc_date(exchange.started)},
             )
             response = self._response_record(writer, exchange, uri, source, request.rec_headers)
             pending.append(_Pending(request, "request", uri, None, 0))
@@ -188,7 +189,7 @@ class ArchiveWriter:
         encoding = dict((k.lower(), v) for k, v in exchange.response_headers).get("content-encoding")
         headers.append(("Content-Length", str(len(exchange.body))))
         extra = {
-            "WARC-Date": _warc_date(exchange.started),
+            "WARC-Date": warc_date(exchange.started),
             "WARC-Concurrent-To": request.get_header("WARC-Record-ID"),
             SOURCE: source,
         }
@@ -217,7 +218,7 @@ class ArchiveWriter:
             payload=io.BytesIO(body),
             length=len(body),
             warc_content_type=content_type,
-            warc_headers_dict={"WARC-Date": _warc_date(when), SOURCE: source},
+            warc_headers_dict={"WARC-Date": warc_date(when), SOURCE: source},
         )
         return self._append([_Pending(record, "resource", clean_url(uri), None, len(body))], origin)[0]
 

@@ -8,7 +8,6 @@ on; only the extract enters the agent's context, never the whole page.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import re
 import threading
@@ -20,7 +19,7 @@ from appliance.config import Settings
 from appliance.errors import ApplianceError
 from appliance.llm.base import Backend
 from appliance.protocol.tooldefs import ToolSpec
-from appliance.tools.archive import RecordRef, WebCall
+from appliance.tools.archive import RecordRef, WebCall, warc_date
 from appliance.tools.base import CallContext, ToolOutput, ToolServer
 from appliance.tools.scrape.cache import Page
 from appliance.tools.scrape.extract import Extractor
@@ -205,7 +204,14 @@ class ScrapeServer(ToolServer):
             passage = str(meta.pop("passage", ""))
             if outcome.page is not None and outcome.page.source in ("corpus", "zim"):
                 # Read from the local index, not fetched: linked so the report can cite it, nothing archived.
-                web.refs.append(RecordRef("local", url, date=_iso(outcome.page.fetched_at), origin=outcome.page.source))
+                web.refs.append(
+                    RecordRef(
+                        "local",
+                        url,
+                        date=warc_date(outcome.page.fetched_at) if outcome.page.fetched_at else "",
+                        origin=outcome.page.source,
+                    )
+                )
             if passage and web.refs and web.refs[-1].kind != "gap":
                 web.refs[-1] = dataclasses.replace(web.refs[-1], passage=passage)
             meta.update(web.meta())
@@ -220,7 +226,3 @@ class ScrapeServer(ToolServer):
 def create_server(settings: Settings, get_backend: Callable[[], Backend]) -> ToolServer:
     """Cheap: the fetcher, the cache and the extraction model are opened on first use."""
     return ScrapeServer(settings, get_backend)
-
-
-def _iso(when: float) -> str:
-    return dt.datetime.fromtimestamp(when, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if when else ""
