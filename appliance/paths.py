@@ -53,3 +53,15 @@ def app_dirs(environ: dict[str, str] | None = None) -> AppDirs:
         data_dir=Path(platformdirs.user_data_dir(APP_NAME)),
         cache_dir=Path(platformdirs.user_cache_dir(APP_NAME)),
     )
+
+
+def confined(base: Path, name: str) -> Path | None:
+    """base/name with links resolved, if it stays inside base; None for an absolute name, '..' or a link out.
+
+    For paths that come from data (a dataset's file_name), never trusted to stay where they are read.
+    """
+    if not name or "\x00" in name or Path(name).is_absolute():
+        return None
+    root = Path(os.path.realpath(base))
+    full = Path(os.path.realpath(root / name))
+    return full if full != root and full.is_relative_to(root) else None
