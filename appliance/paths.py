@@ -13,6 +13,8 @@ from pathlib import Path
 
 import platformdirs
 
+from appliance.errors import ConfigError
+
 APP_NAME = "appliance"
 
 
@@ -39,6 +41,11 @@ class AppDirs:
         return self.data_dir / "runs"
 
     def run_dir(self, run_id: str) -> Path:
+        """RUNS/RUN_ID; a run id (read from a history database, which may come from elsewhere) names one level."""
+        if not run_id or run_id in (".", "..") or any(c in run_id for c in "/\\\x00"):
+            raise ConfigError(
+                f"run id {run_id!r} cannot name a run directory", "use a run id from `appliance history list`"
+            )
         return self.runs_dir / run_id
 
 

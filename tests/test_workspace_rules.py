@@ -154,3 +154,29 @@ def test_a_home_is_refused_and_a_folder_in_it_is_not(appliance_home: Path, tmp_p
     allowed = run_cli(["sandbox", "exec", "--workspace", str(home / "project"), "--", "touch", "made"], env=env)
     assert allowed.returncode == 0, allowed.stderr
     assert (home / "project" / "made").is_file()
+
+
+# ------------------------------------------------------------------ other paths from data
+
+
+@pytest.mark.parametrize("run_id", ["../escape", "a/b", "..", ".", "", "x\\y", "nul\x00"])
+def test_a_run_id_from_a_database_names_one_directory_level(appliance_home: Path, run_id: str) -> None:
+    from appliance.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot name a run directory"):
+        load_settings().dirs.run_dir(run_id)
+    assert load_settings().dirs.run_dir("20260101-000000-abcdef") == appliance_home / "runs" / "20260101-000000-abcdef"
+
+
+def test_confined_keeps_data_paths_inside_their_folder(tmp_path: Path) -> None:
+    from appliance.paths import confined
+
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "ok.csv").write_text("x")
+    (tmp_path / "secret").write_text("s")
+    (tmp_path / "d" / "out").symlink_to(tmp_path / "secret")
+    base = tmp_path / "d"
+    assert confined(base, "ok.csv") == base.resolve() / "ok.csv"
+    assert confined(base, "sub/../ok.csv") == base.resolve() / "ok.csv"
+    for name in (str(tmp_path / "secret"), "../secret", "out", "sub/../../secret", ".", "", "a\x00b"):
+        assert confined(base, name) is None, name
