@@ -180,3 +180,30 @@ def test_confined_keeps_data_paths_inside_their_folder(tmp_path: Path) -> None:
     assert confined(base, "sub/../ok.csv") == base.resolve() / "ok.csv"
     for name in (str(tmp_path / "secret"), "../secret", "out", "sub/../../secret", ".", "", "a\x00b"):
         assert confined(base, name) is None, name
+
+
+def test_a_resumed_run_never_makes_its_vanished_workspace_again(appliance_home: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from appliance.store import open_history
+    from appliance.store.resume import prepare_resume
+    from tests.store_support import run_in_process, settings_for, simulate_dead_owner
+
+    script = write_replay(tmp_path / "script.jsonl", ["Thinking it over.", "\\boxed{Paris}"])
+    settings = settings_for(script, **{"tools.enabled": []})
+    ws, run_id = tmp_path / "mine" / "ws", "20260101-000000-aaaaaa"
+    history = open_history(appliance_home / "history.db")
+    try:
+        run_in_process(history, settings, "What is the capital of France?", run_id, workspace=ws, stop_after=2)
+        simulate_dead_owner(history, run_id)
+        assert history.get_run(run_id).workspace == str(ws.resolve())
+        shutil.rmtree(tmp_path / "mine")
+        resumed = prepare_resume(history, run_id, {})
+        try:
+            assert any(f"the workspace {ws.resolve()} is gone" in note for note in resumed.notes), resumed.notes
+            assert resumed.agent.ctx.workspace == settings.dirs.run_dir(run_id) / "workspace"
+        finally:
+            resumed.close()
+    finally:
+        history.close()
+    assert not (tmp_path / "mine").exists()
