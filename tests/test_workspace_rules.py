@@ -44,9 +44,9 @@ GUARDED = Guarded(
         ("/home/alice", "home directory (/home/alice)"),
         ("/home/bob", "home directory (/home/bob)"),
         ("/home/bob/project", "another user's home (/home/bob)"),
-        ("/data/appliance", "the appliance's own data (/data/appliance)"),
+        ("/data/appliance", "the appliance's own data or code (/data/appliance)"),
         ("/data/appliance/runs/20260101-000000-abcdef/workspace", "the appliance's own data"),
-        ("/data", "the appliance's own data (/data/appliance)"),
+        ("/data", "the appliance's own data or code (/data/appliance)"),
         ("/home/alice/.config", "the appliance's own data"),
         ("/etc/../etc/ssl", "system directory (/etc)"),
     ],
@@ -63,10 +63,19 @@ def test_allowed_workspaces(path: str) -> None:
     assert workspace_refusal(path, GUARDED) is None
 
 
-def test_the_machine_guards_its_system_directories_and_homes(appliance_home: Path) -> None:
+def test_the_machine_guards_its_system_directories_homes_and_the_appliance(appliance_home: Path) -> None:
+    import sys
+
+    import appliance
+
     guarded = guarded_dirs(load_settings())
     assert {"/etc", "/usr", "/var", "/opt", "/root"} <= set(guarded.system)
     assert str(appliance_home) in guarded.appliance and str(Path.home()) in guarded.homes
+    # Its code too: a sandbox able to rewrite the package or its environment would run code on the host.
+    package = str(Path(appliance.__file__).resolve().parent)
+    assert package in guarded.appliance and os.path.realpath(sys.prefix) in guarded.appliance
+    assert workspace_refusal(package, guarded) is not None
+    assert workspace_refusal(str(Path(package).parent), guarded) is not None  # a checkout holding it
     # Only strings: nothing is opened or created.
     for path in ("/etc", "/usr/share", "/var/lib", "/opt", "/boot", str(Path.home()), str(appliance_home / "x")):
         assert workspace_refusal(path, guarded) is not None, path

@@ -11,13 +11,17 @@ Refused: the root, system directories and everything under them (/etc, /usr,
 /var, /opt, /root, ...), the shared temporary directories themselves, /home
 and every account's home (a subfolder of your own home is fine), anything in
 another account's home, and anything that is, holds or lies inside the
-appliance's own data, configuration or cache.
+appliance's own data, configuration or cache, or its code (the package, the
+Python environment it runs in, the sandbox's Python): a sandbox that could
+rewrite those would run its code on the host the next time the appliance
+starts.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +51,7 @@ class Guarded:
     system: tuple[str, ...] = SYSTEM_DIRS
     homes: tuple[str, ...] = ()  # every account's home
     own_home: str = ""
-    appliance: tuple[str, ...] = ()  # the appliance's data, configuration and cache
+    appliance: tuple[str, ...] = ()  # the appliance's data, configuration, cache and code
 
 
 def _inside(path: str, root: str) -> bool:
@@ -75,7 +79,7 @@ def workspace_refusal(path: str, guarded: Guarded) -> str | None:
             return f"is in another user's home ({home})"
     for root in guarded.appliance:
         if _inside(path, root) or _inside(root, path):
-            return f"would expose the appliance's own data ({root})"
+            return f"would expose the appliance's own data or code ({root})"
     return None
 
 
@@ -94,11 +98,14 @@ def guarded_dirs(settings: Settings) -> Guarded:
     homes = [entry.pw_dir for entry in pwd.getpwall() if entry.pw_dir and entry.pw_dir != "/"]
     own = str(Path.home())
     dirs = settings.dirs
+    code = [str(Path(__file__).resolve().parents[2]), sys.prefix]  # the package, the environment it runs in
+    if settings.sandbox.python:
+        code.append(str(Path(settings.sandbox.python).expanduser().resolve().parent.parent))
     return Guarded(
         system=_real([*SYSTEM_DIRS, *extra]),
         homes=_real([*homes, own]),
         own_home=os.path.realpath(own),
-        appliance=_real([str(dirs.data_dir), str(dirs.config_dir), str(dirs.cache_dir)]),
+        appliance=_real([str(dirs.data_dir), str(dirs.config_dir), str(dirs.cache_dir), *code]),
     )
 
 
