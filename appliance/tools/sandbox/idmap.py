@@ -26,8 +26,9 @@ from pathlib import Path
 
 from appliance.errors import ConfigError
 
-# Linux syscall numbers (the same on every architecture for these new calls) and flags.
+# Linux syscall numbers (one numbering on every architecture for these new calls) and flags.
 _SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
 _SYS_MOUNT_SETATTR = 442
 _OPEN_TREE_CLONE = 0x1
 _OPEN_TREE_CLOEXEC = os.O_CLOEXEC
@@ -35,21 +36,25 @@ _AT_SYMLINK_NOFOLLOW = 0x100
 _AT_EMPTY_PATH = 0x1000
 _AT_FDCWD = -100
 _MOUNT_ATTR_IDMAP = 0x00100000
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
+_MS_REC_PRIVATE = 0x4000 | 0x40000
 
-# Run by the appliance's own Python (-I -S: nothing from the environment or site-packages):
-# a private mount namespace, the detached mount attached over the workspace, then bwrap.
-ATTACH_HELPER = r"""
+# Run by the appliance's own Python (-I -S: nothing from the environment or site-packages), as
+# HELPER FD WORKSPACE BWRAP-ARGV...: a private mount namespace, the detached mount attached over
+# the workspace, then bwrap. A failure reads like bwrap's own ("bwrap: ..."), as the callers expect.
+ATTACH_HELPER = f"""
 import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
-fd, target, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+fd, target, argv = int(sys.argv[1]), os.fsencode(sys.argv[2]), sys.argv[3:]
 def step(result, what):
     if result != 0:
-        sys.stderr.write(f"bwrap: cannot {what}: {os.strerror(ctypes.get_errno())}\n")
+        sys.stderr.write("bwrap: cannot " + what + ": " + os.strerror(ctypes.get_errno()) + "\\n")
         sys.exit(1)
-step(libc.unshare(0x00020000), "create a mount namespace")
-step(libc.mount(None, b"/", None, 0x4000 | 0x40000, None), "make the mounts private")
-step(libc.syscall(429, fd, b"", -100, target.encode(), 0x4), "mount the workspace")
+step(libc.unshare({_CLONE_NEWNS}), "create a mount namespace")
+step(libc.mount(None, b"/", None, {_MS_REC_PRIVATE}, None), "make the mounts private")
+step(libc.syscall({_SYS_MOVE_MOUNT}, fd, b"", {_AT_FDCWD}, target, {_MOVE_MOUNT_F_EMPTY_PATH}), "mount the workspace")
 os.close(fd)
 os.execv(argv[0], argv)
 """
