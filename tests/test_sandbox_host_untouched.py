@@ -107,6 +107,7 @@ def _check(before: Snapshot, after: Snapshot, scratch: Path, owner: int, changed
 @pytest.mark.skipif(not is_real_root(), reason="root mode needs the tests to run as root")
 def test_as_root_the_workspace_keeps_every_owner_and_mode(tree: Path, appliance_home: Path) -> None:
     before = snapshot(tree)
+    mounts = Path("/proc/self/mountinfo").read_text()
     script = SANDBOX_SCRIPT.format(target=tree / "outside" / "target.txt")
     done = subprocess.run(
         [sys.executable, "-m", "appliance", "sandbox", "exec", "--workspace", str(tree / "ws"), "--", "sh", "-c",
@@ -121,6 +122,18 @@ def test_as_root_the_workspace_keeps_every_owner_and_mode(tree: Path, appliance_
     _check(before, after, tree, 0, changed={"ws/root.txt"})
     assert (tree / "ws" / "root.txt").read_text() == "root's\nappended\n"
     assert (tree / "ws" / "theirs.txt").read_text() == "someone else's\n"
+    assert Path("/proc/self/mountinfo").read_text() == mounts  # the id-mapped mount lived in the sandbox's namespace
+
+
+@pytest.mark.skipif(not is_real_root(), reason="root mode needs the tests to run as root")
+def test_as_root_a_workspace_that_cannot_be_id_mapped_is_refused_with_the_fix(tmp_path: Path) -> None:
+    from appliance.errors import ConfigError
+    from appliance.tools.sandbox.idmap import check_idmap_support
+
+    with pytest.raises(ConfigError) as refused:
+        check_idmap_support(tmp_path / "vanished", 2_000_000_123)
+    assert "cannot be given to the sandbox without changing its owners" in refused.value.one_line()
+    assert "run the appliance as a normal user" in refused.value.one_line()
 
 
 @pytest.mark.skipif(not is_real_root(), reason="root mode needs the tests to run as root")
