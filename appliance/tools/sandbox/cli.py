@@ -82,7 +82,11 @@ def check_command() -> None:
     server = SandboxServer(settings)
     host = server.host()
     limits = server.limits
-    mode = "root: each sandbox runs as its own unprivileged uid" if is_real_root() else "user namespace, uid 1000"
+    mode = (
+        "root: each sandbox runs as its own unprivileged uid; a --workspace you name is id-mapped, never chowned"
+        if is_real_root()
+        else "user namespace, uid 1000 (files it writes are yours)"
+    )
     click.echo(f"bwrap:   {host.bwrap}")
     click.echo(f"python:  {host.python.executable} ({host.python.version}), read-only: {', '.join(host.python.binds)}")
     click.echo(f"mode:    {mode}")
