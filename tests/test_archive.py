@@ -57,7 +57,7 @@ def settings_for(port: int, *, web: str = "live", enabled: bool = True, max_mb: 
 
 def make_web(tmp_path: Path, port: int, run_id: str = "run-a", **kwargs: object) -> RunWeb:
     s = settings_for(port, **kwargs)  # type: ignore[arg-type]
-    return open_run_web(s.archive, s.scrape, tmp_path / "runs", run_id, tmp_path / "runs" / run_id)
+    return open_run_web(s.archive, s.scrape, (tmp_path / "runs").joinpath, run_id, tmp_path / "runs" / run_id)
 
 
 def records(path: Path) -> list[tuple[str, dict[str, str], bytes, str | None]]:

@@ -223,7 +223,7 @@ def test_search_responses_are_archived_and_replayed_offline(
 
     def context(run_id: str, settings: Any) -> CallContext:
         run_dir = runs / run_id
-        web = open_run_web(settings.archive, settings.scrape, runs, run_id, run_dir)
+        web = open_run_web(settings.archive, settings.scrape, settings.dirs.run_dir, run_id, run_dir)
         return CallContext(run_id, run_dir, run_dir, run_dir, web=web)
 
     server = SearchServer(live_settings)

@@ -204,7 +204,7 @@ def test_downloads_into_the_sandbox_are_archived_and_replayed(make_run: RunFacto
     run = make_run(scrape__allow_hosts=[f"127.0.0.1:{host_http.port}"])
     host_http.files["/data.bin"] = bytes(range(256)) * 40
     s = run.settings
-    web = open_run_web(s.archive, s.scrape, s.dirs.runs_dir, run.ctx.run_id, run.ctx.run_dir)
+    web = open_run_web(s.archive, s.scrape, s.dirs.run_dir, run.ctx.run_id, run.ctx.run_dir)
     run.ctx = dataclasses.replace(run.ctx, web=web)
     sid = run.sandbox()
     out = run.call("download_file_from_internet_to_sandbox", sandbox_id=sid, url=host_http.url("/data.bin"))
@@ -218,7 +218,7 @@ def test_downloads_into_the_sandbox_are_archived_and_replayed(make_run: RunFacto
         assert record.content_stream().read() == bytes(range(256)) * 40
     # Offline, the same download is answered from the archive into the sandbox; another is "not archived".
     settings = dataclasses.replace(s, archive=dataclasses.replace(s.archive, web=f"archive:{run.ctx.run_id}"))
-    replay = open_run_web(settings.archive, settings.scrape, s.dirs.runs_dir, "other-run", run.ctx.run_dir.parent / "o")
+    replay = open_run_web(settings.archive, settings.scrape, s.dirs.run_dir, "other-run", run.ctx.run_dir.parent / "o")
     run.ctx = dataclasses.replace(run.ctx, web=replay)
     again = run.call("download_file_from_internet_to_sandbox", sandbox_id=sid, url=host_http.url("/data.bin"),
                      sandbox_file_path="/home/user/copy.bin")  # fmt: skip

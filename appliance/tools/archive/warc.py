@@ -24,7 +24,7 @@ import json
 import os
 import secrets
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -458,7 +458,7 @@ class ArchiveIndex:
         return self.entries.get(key)
 
 
-def resolve_archive(spec: str, runs_dir: Path) -> tuple[list[Path], str]:
+def resolve_archive(spec: str, run_dir_of: Callable[[str], Path]) -> tuple[list[Path], str]:
     """`archive:RUN_ID`, `archive:PATH` (a WARC file or a directory of them): the files and a label."""
     target = spec.removeprefix("archive:").strip()
     if not target:
@@ -473,7 +473,7 @@ def resolve_archive(spec: str, runs_dir: Path) -> tuple[list[Path], str]:
         if files:
             return files, f"archive:{path}"
         raise ArchiveError(f"no WARC file (*.warc.gz) in {path}", "point --web at a run's archive directory or file")
-    run_dir = runs_dir / target
+    run_dir = run_dir_of(target)  # a run id names one directory level under runs/, never a path out
     files = warc_files(archive_dir(run_dir))
     if not files:
         raise ArchiveError(

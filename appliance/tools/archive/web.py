@@ -255,7 +255,7 @@ class WebCall:
 def open_run_web(
     archive: Any,
     scrape: Any,
-    runs_dir: Path,
+    run_dir_of: Callable[[str], Path],
     run_id: str,
     run_dir: Path,
     *,
@@ -270,7 +270,7 @@ def open_run_web(
     own = ArchiveIndex.load(own_files, "reused", run_id=run_id) if own_files else None
     reuse = []
     for other in reuse_runs:
-        files = warc_files(archive_dir(runs_dir / other))
+        files = warc_files(archive_dir(run_dir_of(other)))
         if files:
             reuse.append(ArchiveIndex.load(files, f"archive:{other}", run_id=other))
     replay = None
@@ -279,7 +279,7 @@ def open_run_web(
             raise ArchiveError(
                 f"[archive] web = {archive.web!r} is not a web mode", "use live, archive:RUN_ID or archive:PATH"
             )
-        files, label = resolve_archive(archive.web, runs_dir)
+        files, label = resolve_archive(archive.web, run_dir_of)
         replay = ArchiveIndex.load(files, label)
     writer = (
         ArchiveWriter(archive_dir(run_dir), run_id, max_bytes=archive.max_mb * 1_000_000) if archive.enabled else None

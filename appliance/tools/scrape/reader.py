@@ -78,9 +78,12 @@ class PageReader:
             return self._read_corpus(url)
         if scheme == "zim":
             return self._read_zim(url)
+        fetcher = self.fetcher.get()
         try:
             Fetcher.check_url(url)
             if web is not None:
+                # An archive answers first: the policy is asked of the address recorded at fetch time
+                # (offline, nothing is resolved); a refused one is refused from the archive too.
                 archived = web.fetch_archived(url)
                 if isinstance(archived, FetchResult):
                     return self._page_of(url, archived, source="archive")
@@ -88,12 +91,13 @@ class PageReader:
                     return Page(**{**archived, "source": "archive"})
                 if web.web.offline:
                     raise web.not_archived(url)
+            fetcher.permit(url)  # policy before cache: the cache never answers for a URL refused now
         except FetchError as exc:
             raise ReadError(str(exc)) from exc
         use_cache = not headers
         if use_cache:
             cached = self.cache.get(url)
-            if cached is not None:
+            if cached is not None and self._permitted(fetcher, cached.final_url):
                 if web is not None:
                     web.record_cached_page(page_fields(cached), cached.fetched_at)
                 return cached
@@ -101,6 +105,15 @@ class PageReader:
         if use_cache:
             self.cache.put(page)
         return page
+
+    @staticmethod
+    def _permitted(fetcher: Fetcher, url: str) -> bool:
+        """Where a cached page was redirected to must be allowed now too; if not, fetch afresh (and be refused)."""
+        try:
+            fetcher.permit(url)
+        except FetchError:
+            return False
+        return True
 
     def _fetch(
         self, url: str, headers: dict[str, str] | None, cancel: Callable[[], bool] | None, web: WebCall | None
