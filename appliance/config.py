@@ -86,6 +86,12 @@ class AgentSettings:
     # The v1.0 evaluation configuration hides this tool; offering it changes
     # the system prompt the model sees.
     offer_download_tool: bool = False
+    # A task is up to 1 + attempts runs (the reference's context_compress_limit):
+    # a run that ends without a \boxed{} answer writes a failure summary and the
+    # task starts again with it (agent/attempts.py). 0: one run, today's behaviour.
+    attempts: int = 5
+    # Write that failure summary (the reference turns it off for MiroThinker 1.7).
+    retry_with_summary: bool = True
 
 
 @dataclass
@@ -595,6 +601,7 @@ def load_settings(
         section, _, key = dotted.partition(".")
         _apply_layer(merged, origins, {section: {key: value}}, "command line")
 
+    _imply_attempts(merged, origins)
     settings = Settings(
         **{s: SECTIONS[s](**merged[s]) for s in SECTIONS},
         profile=chosen,
@@ -604,6 +611,20 @@ def load_settings(
     )
     validate(settings)
     return settings
+
+
+def _imply_attempts(merged: dict[str, dict[str, Any]], origins: dict[str, str]) -> None:
+    """keep_last = -1 without an explicit attempts means attempts = 0.
+
+    Every reference configuration that keeps all tool results (mirothinker_v1.0,
+    v1.5) runs without context management (context_compress_limit 0), and every
+    one with attempts keeps 5: attempts exist because a window fills, which
+    keeping everything makes certain. Set explicitly together, validate() refuses them.
+    """
+    agent = merged["agent"]
+    if agent["keep_last"] == -1 and "agent.attempts" not in origins:
+        agent["attempts"] = 0
+        origins["agent.attempts"] = f"implied by keep_last = -1 ({origins.get('agent.keep_last', 'default')})"
 
 
 def validate(settings: Settings) -> None:
@@ -618,6 +639,16 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"max_turns must be at least 1, got {agent.max_turns}", "use --max-turns N with N >= 1")
     if agent.keep_last < -1:
         raise ConfigError(f"keep_last must be -1 (keep all) or >= 0, got {agent.keep_last}", "use --keep-last K")
+    if agent.attempts < 0:
+        raise ConfigError(
+            f"attempts must be 0 (one run) or more, got {agent.attempts}", "use --attempts N with N >= 0 (default 5)"
+        )
+    if agent.attempts > 0 and agent.keep_last == -1:
+        # Only reachable when both were set: keep_last = -1 alone implies attempts = 0 (_imply_attempts).
+        raise ConfigError(
+            f"attempts ({agent.attempts}) need tool results to be dropped, but keep_last is -1 (keep every result)",
+            "the reference never combines them: use --attempts 0 with --keep-last -1, or --keep-last K with K >= 0",
+        )
     if agent.eviction not in ("exact", "blocks"):
         raise ConfigError(f"unknown eviction mode '{agent.eviction}'", "set [agent] eviction to exact or blocks")
     if agent.eviction_block < 0:

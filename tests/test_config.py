@@ -125,3 +125,32 @@ def test_unknown_or_ambiguous_environment_variables_are_errors(appliance_home: P
     # The installer's and the test script's own variables are not config keys.
     settings = load_settings(environ={**base, "APPLIANCE_TEST_VENV": "/v", "APPLIANCE_PREFIX": "/p"})
     assert settings.model.max_tokens > 0
+
+
+# ---------------------------------------------------------------- attempts
+
+
+def test_attempts_default_and_the_keep_all_pairing(appliance_home: Path) -> None:
+    env = {"APPLIANCE_HOME": str(appliance_home)}
+    settings = load_settings(environ=env)
+    assert (settings.agent.attempts, settings.agent.retry_with_summary) == (5, True)
+    # Keeping every result means no attempts, as in every reference configuration with keep -1.
+    kept_all = load_settings(environ=env, overrides={"agent.keep_last": -1})
+    assert kept_all.agent.attempts == 0
+    assert kept_all.origins["agent.attempts"] == "implied by keep_last = -1 (command line)"
+    assert load_settings(environ=env, overrides={"agent.keep_last": -1, "agent.attempts": 0}).agent.attempts == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"agent.attempts": -1}, "attempts must be 0 (one run) or more, got -1"),
+        ({"agent.attempts": "two"}, "[agent] attempts (from command line) must be a int, got 'two'"),
+        ({"agent.attempts": 1.5}, "must be a int"),
+        ({"agent.attempts": 3, "agent.keep_last": -1}, "attempts (3) need tool results to be dropped"),
+    ],
+)
+def test_bad_attempts_are_clear_errors(appliance_home: Path, overrides: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"APPLIANCE_HOME": str(appliance_home)}, overrides=overrides)
+    assert fragment in info.value.one_line()
