@@ -29,6 +29,7 @@ from appliance.errors import ConfigError
 from appliance.paths import AppDirs, app_dirs
 
 BACKENDS = ("llamacpp", "openai", "replay")
+CONTINUATIONS = ("auto", "continue_final_message", "completions")
 DEFAULT_PROFILE = "cpu-8b"
 SECRET_KEYS = frozenset({"api_key", "judge_api_key"})
 
@@ -48,6 +49,9 @@ class ModelSettings:
     api_key: str = ""
     request_timeout: float = 600.0
     retries: int = 4
+    # How the server continues an assistant message (llm/openai.py): auto (from /v1/models),
+    # continue_final_message (vLLM, SGLang, llama-server) or completions (llama-cpp-python's server).
+    continuation: str = "auto"
     # Replay backend: JSONL, one {"content": ...} per assistant turn.
     replay: str = ""
     # Engine and sampling (MiroThinker v1.0 defaults).
@@ -633,6 +637,10 @@ def validate(settings: Settings) -> None:
         raise ConfigError(
             f"unknown backend '{settings.model.backend}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""),
             f"use --backend {' | '.join(BACKENDS)}",
+        )
+    if settings.model.continuation not in CONTINUATIONS:
+        raise ConfigError(
+            f"unknown [model] continuation '{settings.model.continuation}'", f"use one of: {', '.join(CONTINUATIONS)}"
         )
     agent = settings.agent
     if agent.max_turns < 1:
