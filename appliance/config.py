@@ -11,6 +11,7 @@ form `APPLIANCE_KEY` works too (so `[search] searxng_url` is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -26,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ConfigError
+from appliance.ggufmeta import read_metadata
 from appliance.paths import AppDirs, app_dirs
+from appliance.versions import VERSION_SETTINGS, canonical_version, version_from_metadata, version_from_names
 
 BACKENDS = ("llamacpp", "openai", "replay")
 CONTINUATIONS = ("auto", "continue_final_message", "completions")
@@ -54,6 +57,10 @@ class ModelSettings:
     continuation: str = "auto"
     # Replay backend: JSONL, one {"content": ...} per assistant turn.
     replay: str = ""
+    # The MiroThinker version (1.0, 1.5, 1.7): it sets [agent] max_turns and
+    # retry_with_summary where nothing else does (appliance/versions.py).
+    # "": read it from the weights' name or GGUF metadata.
+    version: str = ""
     # Engine and sampling (MiroThinker v1.0 defaults).
     context_length: int = 32768
     n_gpu_layers: int = 0
@@ -606,6 +613,7 @@ def load_settings(
         _apply_layer(merged, origins, {section: {key: value}}, "command line")
 
     _imply_attempts(merged, origins)
+    _apply_model_version(merged, origins, dirs)
     settings = Settings(
         **{s: SECTIONS[s](**merged[s]) for s in SECTIONS},
         profile=chosen,
@@ -629,6 +637,40 @@ def _imply_attempts(merged: dict[str, dict[str, Any]], origins: dict[str, str]) 
     if agent["keep_last"] == -1 and "agent.attempts" not in origins:
         agent["attempts"] = 0
         origins["agent.attempts"] = f"implied by keep_last = -1 ({origins.get('agent.keep_last', 'default')})"
+
+
+def _apply_model_version(merged: dict[str, dict[str, Any]], origins: dict[str, str], dirs: AppDirs) -> None:
+    """The version's own max_turns and retry_with_summary, where no layer set them."""
+    model = merged["model"]
+    given = str(model["version"])
+    if given:
+        version, how = canonical_version(given), "[model] version"
+        if version is None:
+            raise ConfigError(
+                f"unknown [model] version '{given}' (from {origins.get('model.version', 'default')})",
+                f"use one of: {', '.join(VERSION_SETTINGS)} (or leave it empty to detect it)",
+            )
+        model["version"] = version
+    else:
+        # The weights in use: an explicit path replaces the profile's repo/file; a server names its model.
+        if model["backend"] == "openai":
+            names = [model["name"]]
+        else:
+            names = [model["path"]] if model["path"] else [model["file"], model["repo"]]
+        version, how = version_from_names(str(n) for n in names), "the weights' name"
+        weights = Path(model["path"]).expanduser() if model["path"] else dirs.models_dir / model["file"]
+        local = model["backend"] == "llamacpp" and bool(model["path"] or model["file"])
+        if version is None and local and weights.is_file():
+            with contextlib.suppress(ConfigError):  # a header read, only when the name says nothing
+                version, how = version_from_metadata(read_metadata(weights)), "the GGUF metadata"
+        if version is None:
+            return
+        model["version"] = version
+        origins["model.version"] = f"detected from {how}"
+    for key, value in VERSION_SETTINGS[version].items():
+        if f"agent.{key}" not in origins:
+            merged["agent"][key] = value
+            origins[f"agent.{key}"] = f"MiroThinker {version} (from {how})"
 
 
 def validate(settings: Settings) -> None:
