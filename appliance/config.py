@@ -103,6 +103,9 @@ class AgentSettings:
     attempts: int = 5
     # Write that failure summary (the reference turns it off for MiroThinker 1.7).
     retry_with_summary: bool = True
+    # Tokens the text of attached files may take in the task message, shared among them
+    # (0: a quarter of the context window); the reference's 200,000-character cap applies too.
+    attachment_tokens: int = 0
 
 
 @dataclass
@@ -689,6 +692,10 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"max_turns must be at least 1, got {agent.max_turns}", "use --max-turns N with N >= 1")
     if agent.keep_last < -1:
         raise ConfigError(f"keep_last must be -1 (keep all) or >= 0, got {agent.keep_last}", "use --keep-last K")
+    if agent.attachment_tokens < 0:
+        raise ConfigError(
+            f"attachment_tokens must be >= 0, got {agent.attachment_tokens}", "use 0 (a quarter of the context window)"
+        )
     if agent.attempts < 0:
         raise ConfigError(
             f"attempts must be 0 (one run) or more, got {agent.attempts}", "use --attempts N with N >= 0 (default 5)"

@@ -15,6 +15,7 @@ from appliance.agent.loop import Agent, RunState, new_state
 from appliance.config import Settings
 from appliance.llm.base import Backend
 from appliance.protocol.prompt import render_system_prompt, render_task_message
+from appliance.tools.attachments import inline_attachments
 from appliance.tools.base import ToolBox
 from appliance.tools.registry import TOOL_SERVERS, BackendProvider, ServerFactory, build_toolbox, load_server_factory
 from appliance.tools.rundirs import RunDirs, call_context, check_attachments, new_run_id, run_dirs
@@ -50,7 +51,11 @@ def prepare_run(
     attached = check_attachments(attachments)
     dirs = run_dirs(settings, run_id, workspace)
     system_prompt = render_system_prompt(today or dt.date.today(), toolbox.server_specs())
-    task_message = render_task_message(task, [str(p) for p in attached])
+    # Attached files are inlined as the reference does, within a share of the context window.
+    budget = settings.agent.attachment_tokens or backend.context_length // 4
+    task_message = render_task_message(
+        task, inline_attachments(attached, token_budget=budget, count_tokens=backend.count_tokens)
+    )
     state = new_state(run_id, task, task_message, system_prompt, tuple(str(p) for p in attached))
     return make_agent(settings, backend, toolbox, run_id, dirs, attached), state
 
