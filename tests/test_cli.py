@@ -146,3 +146,13 @@ def test_bad_attempts_exit_2_with_the_fix(appliance_home: Path, tmp_path: Path) 
     assert alone.returncode == 0, alone.stderr
     listing = run_cli(["history", "list"], env=NO_TOOLS)
     assert listing.stdout.count("answered") == 1
+
+
+def test_a_continued_reply_is_one_progress_line(appliance_home: Path, tmp_path: Path) -> None:
+    long_reply = "<think>" + " ".join(f"step{i}" for i in range(60)) + "</think> Two moons."
+    replay = write_replay(tmp_path / "r.jsonl", [long_reply, "\\boxed{2}"])
+    result = run_cli(
+        ["--task", "?", "--replay", str(replay), "--json"], env={**NO_TOOLS, "APPLIANCE_MODEL_MAX_TOKENS": "50"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert "[turn 1] reply cut at 50 tokens: continuing (up to 67 more)" in result.stderr
