@@ -318,3 +318,20 @@ def test_a_replay_line_with_a_prefix_refuses_a_fresh_reply(tmp_path: Path) -> No
     backend = RecordingReplay([ReplayTurn("x", prefix="<think>")])
     with pytest.raises(ConfigError, match="expects to continue"):
         list(backend.stream_chat([ChatMessage("user", "hi")], max_tokens=10))
+
+
+def test_prepare_run_starts_the_current_attempt(tmp_path: Path, appliance_home: Path) -> None:
+    from appliance.agent.runtime import build_toolbox, prepare_run
+    from appliance.config import load_settings
+
+    settings = load_settings(overrides={"model.backend": "replay", "tools.enabled": []})
+    backend = RecordingReplay(["\\boxed{2}"])
+    toolbox = build_toolbox(settings, lambda: backend)
+    attempts = TaskAttempts(TASK, attempts=settings.agent.attempts)
+    assert attempts.finish(None, SUMMARIES[0])
+    agent, state = prepare_run(settings, TASK, backend=backend, toolbox=toolbox, attempts=attempts)
+    assert state.task_message == golden("enhanced_task_message_1.txt")
+    assert state.task == golden("enhanced_task_1.txt")  # the summary prompt repeats it, as the reference's does
+    assert (state.attempt, state.attempts_total) == (2, 6)
+    assert agent.answer_plan(state) == AnswerPlan(True, False, True)
+    toolbox.close()

@@ -11,6 +11,7 @@ import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 
+from appliance.agent.attempts import TaskAttempts
 from appliance.agent.loop import Agent, RunState, new_state
 from appliance.config import Settings
 from appliance.llm.base import Backend
@@ -45,9 +46,17 @@ def prepare_run(
     workspace: Path | None = None,
     attachments: Sequence[Path] = (),
     today: dt.date | None = None,
+    attempts: TaskAttempts | None = None,
 ) -> tuple[Agent, RunState]:
-    """A ready-to-run agent and the initial state of a new run."""
+    """A ready-to-run agent and the initial state of a new run.
+
+    With `attempts`, the run is its current attempt: the task is the enhanced task (the
+    original plus every failure summary so far), as the reference passes it to the task
+    message and the summary prompt alike, and the run ends by the attempts' decision table.
+    """
     run_id = run_id or new_run_id()
+    if attempts is not None:
+        task = attempts.task_text()
     attached = check_attachments(attachments)
     dirs = run_dirs(settings, run_id, workspace)
     system_prompt = render_system_prompt(today or dt.date.today(), toolbox.server_specs())
@@ -57,6 +66,8 @@ def prepare_run(
         task, inline_attachments(attached, token_budget=budget, count_tokens=backend.count_tokens)
     )
     state = new_state(run_id, task, task_message, system_prompt, tuple(str(p) for p in attached))
+    if attempts is not None:
+        state.attempt, state.attempts_total = attempts.number, attempts.total
     return make_agent(settings, backend, toolbox, run_id, dirs, attached), state
 
 
