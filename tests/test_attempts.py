@@ -3,8 +3,8 @@
 tests/golden/attempts/ was rendered by the reference's own prompt_utils.py and
 parsing_utils.py (MiroMindAI/MiroThinker 370f983; see tests/golden/README.md).
 The scenarios drive attempts the way the run session will: one Agent run per
-attempt over one backend, the failure summary after an unanswered run, then
-TaskAttempts.finish.
+attempt over one backend (an unanswered run writes its failure summary before
+RunFinished), then TaskAttempts.finish with what RunFinished says.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def drive(
     turns: list[str | dict[str, Any]], tmp_path: Path, *, attempts: int = 2, retry_with_summary: bool = True,
     context_length: int = 262_144, max_tokens: int = 4096, **agent: Any,
 ) -> tuple[TaskAttempts, list[AgentEvent], RecordingReplay]:  # fmt: skip
-    """Run a task's attempts as the session does, over one scripted backend."""
+    """Run a task's attempts as the session does, over one scripted backend: one run per attempt."""
     script = [ReplayTurn(t) if isinstance(t, str) else ReplayTurn(t["content"], prefix=t["prefix"]) for t in turns]
     backend = RecordingReplay(script, context_length=context_length)
     results = {f"q{i}": [{"title": f"t{i}", "link": f"https://example.org/{i}"}] for i in range(40)}
@@ -188,11 +188,7 @@ def drive(
         events.extend(run.run(state))
         done = events[-1]
         assert isinstance(done, RunFinished)
-        summary = None
-        if done.answer is None and run.answer_plan(state).failure_summary_when_unboxed:
-            summary_events, summary = collect(run.failure_summary(state))
-            events.extend(summary_events)
-        if not task.finish(done.answer, summary):
+        if not task.finish(done.answer, done.failure_summary):
             return task, events, backend
 
 
@@ -335,3 +331,40 @@ def test_prepare_run_starts_the_current_attempt(tmp_path: Path, appliance_home: 
     assert (state.attempt, state.attempts_total) == (2, 6)
     assert agent.answer_plan(state) == AnswerPlan(True, False, True)
     toolbox.close()
+
+
+def test_the_history_keeps_the_failure_summary_with_its_run(
+    tmp_path: Path, appliance_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from appliance.agent import runtime
+    from appliance.llm.factory import build_backend
+    from appliance.store import open_history
+    from tests.store_support import call, settings_for, write_script
+
+    monkeypatch.setitem(runtime.TOOL_SERVERS, "test-tools", "tests.storetools:create_server")
+    written = "Failure type: incomplete\nWhat happened: one echo.\nUseful findings: none."
+    lines = [call("echo", text="one"), {"content": written, "prefix": FAILURE_SUMMARY_ASSISTANT_PREFIX}]
+    script = write_script(tmp_path / "s.jsonl", lines)
+    settings = settings_for(script, **{"agent.max_turns": 1})
+    backend = build_backend(settings)
+    toolbox = runtime.build_toolbox(settings, lambda: backend)
+    attempts = TaskAttempts(TASK, attempts=settings.agent.attempts)
+    agent, state = runtime.prepare_run(settings, TASK, backend=backend, toolbox=toolbox, run_id="a1", attempts=attempts)
+    with open_history(appliance_home / "history.db") as history:
+        recorder = history.recorder()
+        events = []
+        for event in agent.run(state):
+            recorder(event)
+            events.append(event)
+    toolbox.close()
+    done = events[-1]
+    assert isinstance(done, RunFinished) and (done.status, done.answer) == ("no_answer", None)
+    assert done.failure_summary == written
+    assert attempts.finish(done.answer, done.failure_summary) and attempts.failure_summaries == [written]
+    db = sqlite3.connect(appliance_home / "history.db")
+    rows = db.execute("SELECT kind, state, content FROM messages WHERE run_id = 'a1' ORDER BY seq").fetchall()
+    assert rows[-1] == ("failure_summary", "kept", FAILURE_SUMMARY_ASSISTANT_PREFIX + written)
+    # One function derives the summary from what was stored.
+    assert extract_failure_summary(rows[-1][2]) == written

@@ -88,12 +88,13 @@ class AttemptResult:
 class TaskAttempts:
     """The attempts of one task. The session, for each attempt:
 
-    1. starts a run whose task is `task_text()` (the reference passes the enhanced
-       text as the task everywhere, the summary prompt included), with
-       `plan(...)` deciding the end of the run (Agent.run reads it from RunState);
-    2. when the run ends without an answer and the plan says so, calls
-       `run_failure_summary` on the run's final conversation;
-    3. calls `finish(answer, failure_summary)`; while it returns True, goes to 1.
+    1. starts a run of the current attempt: runtime.prepare_run(..., attempts=this) gives it
+       `task_text()` (the reference passes the enhanced text as the task everywhere, the
+       summary prompt included) and its number, so Agent.run ends it by the decision table
+       and, when it ends without an answer, writes the failure summary before RunFinished
+       (RunFinished.failure_summary);
+    2. calls `finish(answer, failure_summary)` with what RunFinished says; while it returns
+       True, goes to 1.
     """
 
     task: str

@@ -159,6 +159,9 @@ class RunFinished:
     elapsed_s: float
     error: str | None = None
     exit_code: int = 0
+    # A run of a task's attempt that ended without an answer: what it tells the next attempt
+    # (agent/attempts.py); None when none was asked for or none came.
+    failure_summary: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {

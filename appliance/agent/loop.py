@@ -128,10 +128,14 @@ class Agent:
         for problem in self.toolbox.problems():
             yield Notice("warning", problem)
         status, answer, final_text, error, code = "error", None, "", None, ExitCode.USAGE
+        failure_summary: str | None = None
         try:
             if state.phase == "loop":
                 yield from self._loop(state)
             answer, final_text = yield from self._summarize(state)
+            if not answer and self.answer_plan(state).failure_summary_when_unboxed:
+                # Before RunFinished, so the store keeps the reply with the run it sums up.
+                failure_summary = yield from self._failure_summary(state)
             status = "answered" if answer else "no_answer"
             code = ExitCode.ANSWERED if answer else ExitCode.NO_ANSWER
         except (RunCancelled, KeyboardInterrupt):
@@ -154,6 +158,7 @@ class Agent:
             elapsed_s=state.elapsed_before + time.monotonic() - started,
             error=error,
             exit_code=int(code),
+            failure_summary=failure_summary,
         )
 
     def answer_plan(self, state: RunState) -> AnswerPlan:
@@ -165,7 +170,7 @@ class Agent:
             out_of_room=ran_out_of_room(state.summary_reason),
         )
 
-    def failure_summary(self, state: RunState) -> Generator[AgentEvent, None, str | None]:
+    def _failure_summary(self, state: RunState) -> Generator[AgentEvent, None, str | None]:
         """The failure summary of a run that ended without an answer, over the context it ended with."""
         return run_failure_summary(
             self.backend, self._view(state), turn=state.turn + 1, max_tokens=self.max_tokens, cancel=self.cancelled
