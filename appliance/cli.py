@@ -20,6 +20,7 @@ from appliance import __version__
 from appliance.agent.events import (
     AgentEvent,
     Notice,
+    ReplyContinued,
     RunFinished,
     RunStarted,
     SummaryStarted,
@@ -122,6 +123,11 @@ class HeadlessPrinter:
             self._line(f"    -> {event.status} in {event.duration_s:.1f}s, {event.raw_chars} chars{mark}")
         elif isinstance(event, TurnRolledBack):
             self._line(f"[turn {event.turn}] reply discarded ({event.reason}): {one_line(event.detail, 100)}")
+        elif isinstance(event, ReplyContinued):
+            self._line(
+                f"[turn {event.turn}] reply cut at {event.generated_tokens} tokens: continuing "
+                f"(up to {event.max_tokens} more)"
+            )
         elif isinstance(event, SummaryStarted):
             self._line(f"[summary] asking for the final answer ({event.reason.replace('_', ' ')})")
         elif isinstance(event, Notice) and (event.level != "info" or self.verbose):

@@ -11,6 +11,7 @@ form `APPLIANCE_KEY` works too (so `[search] searxng_url` is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -26,9 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ConfigError
+from appliance.ggufmeta import read_metadata
 from appliance.paths import AppDirs, app_dirs
+from appliance.versions import VERSION_SETTINGS, canonical_version, version_from_metadata, version_from_names
 
 BACKENDS = ("llamacpp", "openai", "replay")
+CONTINUATIONS = ("auto", "continue_final_message", "completions")
 DEFAULT_PROFILE = "cpu-8b"
 SECRET_KEYS = frozenset({"api_key", "judge_api_key"})
 
@@ -48,8 +52,15 @@ class ModelSettings:
     api_key: str = ""
     request_timeout: float = 600.0
     retries: int = 4
+    # How the server continues an assistant message (llm/openai.py): auto (from /v1/models),
+    # continue_final_message (vLLM, SGLang, llama-server) or completions (llama-cpp-python's server).
+    continuation: str = "auto"
     # Replay backend: JSONL, one {"content": ...} per assistant turn.
     replay: str = ""
+    # The MiroThinker version (1.0, 1.5, 1.7): it sets [agent] max_turns and
+    # retry_with_summary where nothing else does (appliance/versions.py).
+    # "": read it from the weights' name or GGUF metadata.
+    version: str = ""
     # Engine and sampling (MiroThinker v1.0 defaults).
     context_length: int = 32768
     n_gpu_layers: int = 0
@@ -86,6 +97,15 @@ class AgentSettings:
     # The v1.0 evaluation configuration hides this tool; offering it changes
     # the system prompt the model sees.
     offer_download_tool: bool = False
+    # A task is up to 1 + attempts runs (the reference's context_compress_limit):
+    # a run that ends without a \boxed{} answer writes a failure summary and the
+    # task starts again with it (agent/attempts.py). 0: one run, today's behaviour.
+    attempts: int = 5
+    # Write that failure summary (the reference turns it off for MiroThinker 1.7).
+    retry_with_summary: bool = True
+    # Tokens the text of attached files may take in the task message, shared among them
+    # (0: a quarter of the context window); the reference's 200,000-character cap applies too.
+    attachment_tokens: int = 0
 
 
 @dataclass
@@ -607,6 +627,8 @@ def load_settings(
         section, _, key = dotted.partition(".")
         _apply_layer(merged, origins, {section: {key: value}}, "command line")
 
+    _imply_attempts(merged, origins)
+    _apply_model_version(merged, origins, dirs)
     settings = Settings(
         **{s: SECTIONS[s](**merged[s]) for s in SECTIONS},
         profile=chosen,
@@ -618,6 +640,54 @@ def load_settings(
     return settings
 
 
+def _imply_attempts(merged: dict[str, dict[str, Any]], origins: dict[str, str]) -> None:
+    """keep_last = -1 without an explicit attempts means attempts = 0.
+
+    Every reference configuration that keeps all tool results (mirothinker_v1.0,
+    v1.5) runs without context management (context_compress_limit 0), and every
+    one with attempts keeps 5: attempts exist because a window fills, which
+    keeping everything makes certain. Set explicitly together, validate() refuses them.
+    """
+    agent = merged["agent"]
+    if agent["keep_last"] == -1 and "agent.attempts" not in origins:
+        agent["attempts"] = 0
+        origins["agent.attempts"] = f"implied by keep_last = -1 ({origins.get('agent.keep_last', 'default')})"
+
+
+def _apply_model_version(merged: dict[str, dict[str, Any]], origins: dict[str, str], dirs: AppDirs) -> None:
+    """The version's own max_turns and retry_with_summary, where no layer set them."""
+    model = merged["model"]
+    given = str(model["version"])
+    if given:
+        version, how = canonical_version(given), "[model] version"
+        if version is None:
+            raise ConfigError(
+                f"unknown [model] version '{given}' (from {origins.get('model.version', 'default')})",
+                f"use one of: {', '.join(VERSION_SETTINGS)} (or leave it empty to detect it)",
+            )
+        model["version"] = version
+    else:
+        # The weights in use: an explicit path replaces the profile's repo/file; a server names its model.
+        if model["backend"] == "openai":
+            names = [model["name"]]
+        else:
+            names = [model["path"]] if model["path"] else [model["file"], model["repo"]]
+        version, how = version_from_names(str(n) for n in names), "the weights' name"
+        weights = Path(model["path"]).expanduser() if model["path"] else dirs.models_dir / model["file"]
+        local = model["backend"] == "llamacpp" and bool(model["path"] or model["file"])
+        if version is None and local and weights.is_file():
+            with contextlib.suppress(ConfigError):  # a header read, only when the name says nothing
+                version, how = version_from_metadata(read_metadata(weights)), "the GGUF metadata"
+        if version is None:
+            return
+        model["version"] = version
+        origins["model.version"] = f"detected from {how}"
+    for key, value in VERSION_SETTINGS[version].items():
+        if f"agent.{key}" not in origins:
+            merged["agent"][key] = value
+            origins[f"agent.{key}"] = f"MiroThinker {version} (from {how})"
+
+
 def validate(settings: Settings) -> None:
     if settings.model.backend not in BACKENDS:
         hint = difflib.get_close_matches(settings.model.backend, BACKENDS, n=1)
@@ -625,11 +695,29 @@ def validate(settings: Settings) -> None:
             f"unknown backend '{settings.model.backend}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""),
             f"use --backend {' | '.join(BACKENDS)}",
         )
+    if settings.model.continuation not in CONTINUATIONS:
+        raise ConfigError(
+            f"unknown [model] continuation '{settings.model.continuation}'", f"use one of: {', '.join(CONTINUATIONS)}"
+        )
     agent = settings.agent
     if agent.max_turns < 1:
         raise ConfigError(f"max_turns must be at least 1, got {agent.max_turns}", "use --max-turns N with N >= 1")
     if agent.keep_last < -1:
         raise ConfigError(f"keep_last must be -1 (keep all) or >= 0, got {agent.keep_last}", "use --keep-last K")
+    if agent.attachment_tokens < 0:
+        raise ConfigError(
+            f"attachment_tokens must be >= 0, got {agent.attachment_tokens}", "use 0 (a quarter of the context window)"
+        )
+    if agent.attempts < 0:
+        raise ConfigError(
+            f"attempts must be 0 (one run) or more, got {agent.attempts}", "use --attempts N with N >= 0 (default 5)"
+        )
+    if agent.attempts > 0 and agent.keep_last == -1:
+        # Only reachable when both were set: keep_last = -1 alone implies attempts = 0 (_imply_attempts).
+        raise ConfigError(
+            f"attempts ({agent.attempts}) need tool results to be dropped, but keep_last is -1 (keep every result)",
+            "the reference never combines them: use --attempts 0 with --keep-last -1, or --keep-last K with K >= 0",
+        )
     if agent.eviction not in ("exact", "blocks"):
         raise ConfigError(f"unknown eviction mode '{agent.eviction}'", "set [agent] eviction to exact or blocks")
     if agent.eviction_block < 0:

@@ -157,3 +157,49 @@ def test_install_then_doctor_then_install_again_changes_nothing(
     assert "nothing to do: already installed" in second.stdout
     assert snapshot(appliance_home) == before
     assert len(state.requests) == requests  # a verified model needs no hub at all
+
+
+def big_machine(tmp_path: Path) -> Path:
+    machine = Hardware("Linux", "x86_64", "cpu", 16, 8, ("avx2",), 64 * GIB, 60 * GIB, 500 * GIB, "/")
+    path = tmp_path / "big.json"
+    path.write_text(machine.to_json())
+    return path
+
+
+def test_a_profile_whose_weights_are_not_on_the_hub_fails_with_the_way_out(
+    appliance_home: Path, hub: tuple[str, HubState], tmp_path: Path
+) -> None:
+    base = ["install", "--hardware", str(big_machine(tmp_path)), "--no-searxng", "--no-sandbox", "--profile"]
+    missing_repo = run_cli([*base, "cpu-30b-v1.5"], env=env_for(hub[0]))
+    assert missing_repo.returncode == 3
+    assert "has no repository bartowski/miromind-ai_MiroThinker-v1.5-30B-GGUF" in missing_repo.stderr
+    assert "--repo OWNER/NAME --file NAME.gguf" in missing_repo.stderr
+    # A repository that exists but lacks the file: the files it has are listed.
+    missing_file = run_cli([*base, "cpu-30b-1.7-mini", "--repo", REPO, "--file", "nope.gguf"], env=env_for(hub[0]))
+    assert missing_file.returncode == 3
+    assert f"{REPO} has no file nope.gguf; its GGUF files: {FILE}" in missing_file.stderr
+    half = run_cli([*base, "cpu-30b-1.7-mini", "--repo", REPO], env=env_for(hub[0]))
+    assert half.returncode == 2 and "--repo and --file go together" in half.stderr
+    assert not (appliance_home / "config.toml").exists() and not hub[1].gets()
+
+
+def test_an_explicit_repository_and_file_are_installed_and_kept(
+    appliance_home: Path, hub: tuple[str, HubState], tmp_path: Path
+) -> None:
+    args = ["install", "--hardware", str(big_machine(tmp_path)), "--no-searxng", "--no-sandbox",
+            "--profile", "cpu-30b-1.7-mini", "--repo", REPO, "--file", FILE]  # fmt: skip
+    proc = run_cli(args, env=env_for(hub[0]))
+    assert proc.returncode == 0, proc.stderr
+    assert f"model {REPO}/{FILE}" in proc.stdout
+    config = tomllib.loads((appliance_home / "config.toml").read_text())
+    assert config["profile"] == "cpu-30b-1.7-mini"
+    assert (config["model"]["repo"], config["model"]["file"]) == (REPO, FILE)
+    assert (appliance_home / "models" / FILE).is_file()
+    # The profile's version still decides the run: 1.7 runs 200 turns without failure summaries.
+    from appliance.config import load_settings
+
+    settings = load_settings(environ={"APPLIANCE_HOME": str(appliance_home)})
+    assert settings.model_path() == appliance_home / "models" / FILE
+    assert (settings.agent.max_turns, settings.agent.retry_with_summary) == (200, False)
+    again = run_cli(args, env=env_for(hub[0]))
+    assert again.returncode == 0 and "nothing to do: already installed" in again.stdout

@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from appliance.agent.calls import reply_limit
 from appliance.agent.context import OMITTED, build_view
 from appliance.agent.events import (
     ObservationAdded,
+    ReplyContinued,
     RunFinished,
     RunStarted,
     SummaryStarted,
@@ -281,14 +283,19 @@ def test_refusal_is_sampled_again(tmp_path: Path) -> None:
     assert finished(events).answer == "2"
 
 
-def test_new_tokens_per_turn_are_capped(tmp_path: Path) -> None:
-    long_turn = "<think>" + "thinking " * 500 + "</think> \\boxed{2}"
-    agent, state, _ = make_agent([long_turn, SUMMARY], [], tmp_path, max_tokens=50)
+def test_a_reply_cut_by_max_tokens_is_continued_up_to_the_references_largest_limit(tmp_path: Path) -> None:
+    long_turn = "<think>" + " ".join(f"step{i}" for i in range(500)) + "</think> \\boxed{2}"
+    agent, state, backend = make_agent([long_turn, SUMMARY], [], tmp_path, max_tokens=50)
     events = run_all(agent, state)
     first = of_type(events, TurnEnded)[0]
+    # Continued where it stopped (not sampled again), until the reference's last limit: 50 x 1.1^9.
     assert first.finish_reason == "length"
-    assert first.completion_tokens <= 50
-    assert len(first.content) < len(long_turn)
+    assert first.completion_tokens == reply_limit(50) == 117
+    assert long_turn.startswith(first.content) and len(first.content) < len(long_turn)
+    continued = of_type(events, ReplyContinued)
+    assert [c.round for c in continued] == [1] and continued[0].generated_tokens == 50
+    # The continuation request carried the reply so far as the assistant's message.
+    assert backend.prompts[1][-1].role == "assistant" and long_turn.startswith(backend.prompts[1][-1].content)
 
 
 def test_cancel_ends_the_run_as_interrupted(tmp_path: Path) -> None:

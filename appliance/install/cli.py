@@ -84,6 +84,8 @@ def doctor(ctx: click.Context, profile: str | None, as_json: bool, hardware_json
 @click.option("--wheels", "wheel_dirs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Install Python packages only from these wheel directories (no index).")  # fmt: skip
 @click.option("--no-model", is_flag=True, help="Skip the weights.")
+@click.option("--repo", default="", help="The weights' hub repository, instead of the profile's (OWNER/NAME).")
+@click.option("--file", "file_name", default="", help="The GGUF file in that repository, instead of the profile's.")
 @click.option("--no-searxng", is_flag=True, help="Skip SearXNG.")
 @click.option("--no-sandbox", is_flag=True, help="Skip the sandbox's Python environment.")
 @click.option("--force", is_flag=True, help="Install a profile even if its memory plan does not fit.")
@@ -98,6 +100,8 @@ def install(
     searxng_src: str,
     wheel_dirs: tuple[Path, ...],
     no_model: bool,
+    repo: str,
+    file_name: str,
     no_searxng: bool,
     no_sandbox: bool,
     force: bool,
@@ -112,6 +116,8 @@ def install(
         searxng_src=searxng_src,
         wheel_dirs=wheel_dirs,
         with_model=not no_model,
+        repo=repo,
+        file=file_name,
         with_searxng=not no_searxng,
         with_sandbox=not no_sandbox,
         force=force,

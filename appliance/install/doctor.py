@@ -20,8 +20,8 @@ import httpx
 
 from appliance.config import Settings
 from appliance.errors import ApplianceError
+from appliance.ggufmeta import read_kv_shape
 from appliance.install import envs, weights
-from appliance.install.ggufmeta import read_kv_shape
 from appliance.install.hardware import GIB, Hardware
 from appliance.install.profiles import ProfileSpec, load_spec, plan_for
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from appliance.config import available_profiles, find_profile, read_toml
 from appliance.errors import ConfigError
-from appliance.install.ggufmeta import KvShape
+from appliance.ggufmeta import KvShape
 from appliance.install.hardware import Hardware
 from appliance.install.memplan import MemoryPlan, kv_bytes_per_token, memory_budget, plan_memory
 from appliance.paths import AppDirs
@@ -41,6 +41,8 @@ class ProfileSpec:
     kv: KvShape | None
     kv_cache_type: str
     data: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    # False: only installed when named (its weights could not be checked where it was written).
+    auto: bool = True
 
     @property
     def local(self) -> bool:
@@ -92,6 +94,7 @@ def parse_profile(name: str, data: dict[str, Any]) -> ProfileSpec:
         kv=kv,
         kv_cache_type=str(meta.get("kv_cache_type", "f16")),
         data=data,
+        auto=bool(meta.get("auto", True)),
     )
 
 
@@ -163,7 +166,7 @@ def assess(spec: ProfileSpec, hardware: Hardware) -> Fit:
 def choose(specs: list[ProfileSpec], hardware: Hardware) -> tuple[ProfileSpec, list[Fit]]:
     """The profile `auto` picks, and the fit of every profile (best first)."""
     fits = sorted((assess(s, hardware) for s in specs), key=lambda f: (-int(f.usable), -f.spec.rank, f.spec.name))
-    local = [f for f in fits if f.usable and f.spec.local]
+    local = [f for f in fits if f.usable and f.spec.local and f.spec.auto]
     if local:
         return local[0].spec, fits
     remote = [f for f in fits if f.spec.device == "remote"]

@@ -3,8 +3,9 @@
 A subscriber is called between two steps of the loop (the loop is a generator
 and waits for every subscriber), so committing inside the call is what makes a
 killed process resume from the last completed step. One event is one
-transaction; TextDelta and TurnStarted are not written (the reply's text and
-its attempt number arrive with TurnEnded).
+transaction; TextDelta, TurnStarted and ReplyContinued are not written on
+their own (the reply's text, its attempt number and its continuations arrive
+with TurnEnded).
 
 A reply is recorded `pending` and decided by the event after it: rolled back
 (TurnRolledBack) or kept (anything else; for the summary, the end of the run).
@@ -30,6 +31,7 @@ from appliance.agent.events import (
     AgentEvent,
     Notice,
     ObservationAdded,
+    ReplyContinued,
     RunFinished,
     RunStarted,
     SummaryStarted,
@@ -120,6 +122,9 @@ class Recorder:
         self._calls: dict[int, int] = {}
         self._results: dict[int, str] = {}
         self._turn_started: TurnStarted | None = None
+        # Continuations of the reply being generated: written with its TurnEnded, so
+        # they share its fate (a resumed run that discards the reply discards them too).
+        self._continued: list[ReplyContinued] = []
         self._delta: dict[str, int] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             RunStarted: self._run_started,
@@ -139,6 +144,9 @@ class Recorder:
         if handler is None:
             if isinstance(event, TurnStarted):
                 self._turn_started = event
+                self._continued = []
+            elif isinstance(event, ReplyContinued):
+                self._continued.append(event)
             return
         if self.run_id is None and not isinstance(event, RunStarted):
             return
@@ -420,6 +428,15 @@ class Recorder:
         self._add("prompt_tokens", e.prompt_tokens)
         self._add("completion_tokens", e.completion_tokens)
         self._log("TurnEnded", seq, message_id=reply_id)
+        for continued in self._continued:
+            if (continued.turn, continued.kind) == (e.turn, e.kind):
+                self._log(
+                    "ReplyContinued",
+                    message_id=reply_id,
+                    data={"round": continued.round, "generated_tokens": continued.generated_tokens,
+                          "max_tokens": continued.max_tokens},
+                )  # fmt: skip
+        self._continued = []
 
     def _turn_rolled_back(self, e: TurnRolledBack) -> None:
         reply = self._reply
