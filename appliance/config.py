@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 import shlex
@@ -432,7 +433,13 @@ def available_profiles(dirs: AppDirs | None = None) -> list[str]:
     return sorted(names)
 
 
+PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
 def find_profile(name: str, dirs: AppDirs) -> Path:
+    if not PROFILE_NAME.match(name) or ".." in name:
+        names = ", ".join(available_profiles(dirs))
+        raise ConfigError(f"{name!r} is not a profile name", f"choose one of: {names} (see `appliance profiles`)")
     for directory in profile_search_path(dirs):
         candidate = directory / f"{name}.toml"
         if candidate.is_file():
@@ -453,6 +460,10 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}", "check the path and permissions") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{what} {path} is not valid TOML: {exc}", f"fix or remove {path}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (byte {exc.start})", f"save {path} as UTF-8, or remove it"
+        ) from exc
 
 
 def load_profile(name: str, dirs: AppDirs) -> dict[str, Any]:
@@ -491,7 +502,7 @@ def _coerce(section: str, key: str, value: Any, origin: str) -> Any:
                 raise ValueError(value)
             return int(value)
         if isinstance(default, float):
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not math.isfinite(float(value)):  # nan and inf are no setting
                 raise ValueError(value)
             return float(value)
         if isinstance(default, list):
@@ -509,7 +520,7 @@ def _coerce(section: str, key: str, value: Any, origin: str) -> Any:
                 raise ValueError(value)
             return str(value)
     except (ValueError, TypeError, json.JSONDecodeError) as exc:
-        kind = type(default).__name__
+        kind = "finite number" if isinstance(default, float) else type(default).__name__
         raise ConfigError(f"{where} must be a {kind}, got {value!r}", f"set {key} to a {kind}") from exc
     return value
 
@@ -554,7 +565,9 @@ def load_settings(
     dirs = app_dirs(env)
     config_path = config_file or dirs.config_file
     user_config: dict[str, Any] = read_toml(config_path, "config file") if config_path.is_file() else {}
-    chosen = profile or env.get("APPLIANCE_PROFILE") or user_config.pop("profile", None) or DEFAULT_PROFILE
+    # An empty --profile is a mistake; an empty APPLIANCE_PROFILE means unset, as for any variable.
+    candidates = (profile, env.get("APPLIANCE_PROFILE") or None, user_config.pop("profile", None))
+    chosen = next((name for name in candidates if name is not None), DEFAULT_PROFILE)
     user_config.pop("profile", None)
     if not isinstance(chosen, str):
         raise ConfigError(f"profile in {config_path} must be a string", 'write profile = "NAME"')
@@ -606,7 +619,59 @@ def load_settings(
     return settings
 
 
+# Numbers out of these ranges are usage errors: "section.key" -> (lowest allowed, is the lowest itself allowed).
+_MINIMUMS: dict[str, tuple[float, bool]] = {
+    "model.temperature": (0, True),
+    "model.top_p": (0, False),
+    "model.repeat_penalty": (0, False),
+    "model.max_tokens": (1, True),
+    "model.request_timeout": (0, False),
+    "model.retries": (0, True),
+    "model.n_gpu_layers": (-1, True),
+    "model.n_threads": (0, True),
+    "model.n_batch": (1, True),
+    "model.kv_checkpoint_mb": (0, True),
+    "agent.max_rollbacks": (0, True),
+    "agent.summary_retries": (0, True),
+    "agent.tool_timeout": (0, False),
+    "agent.result_max_chars": (1, True),
+    "sandbox.cpu_seconds": (1, True),
+    "sandbox.memory_mb": (1, True),
+    "sandbox.max_processes": (1, True),
+    "sandbox.max_file_mb": (1, True),
+    "sandbox.open_files": (1, True),
+    "sandbox.command_timeout": (0, False),
+    "sandbox.command_output_chars": (1, True),
+    "sandbox.python_output_chars": (1, True),
+    "search.timeout": (0, False),
+    "search.fusion_k": (0, True),
+    "search.max_pages": (1, True),
+    "scrape.timeout": (0, False),
+    "scrape.max_bytes": (1, True),
+    "scrape.max_redirects": (0, True),
+    "scrape.max_chars": (1, True),
+    "scrape.cache_ttl_hours": (0, True),
+    "scrape.cache_max_mb": (0, True),
+    "extraction.max_tokens": (1, True),
+    "extraction.context_length": (0, True),
+}
+_MAXIMUMS: dict[str, float] = {"model.top_p": 1}
+
+
+def _check_ranges(settings: Settings) -> None:
+    for dotted, (lowest, inclusive) in _MINIMUMS.items():
+        section, _, key = dotted.partition(".")
+        value = getattr(getattr(settings, section), key)
+        highest = _MAXIMUMS.get(dotted, math.inf)
+        if (value >= lowest if inclusive else value > lowest) and value <= highest:
+            continue
+        wanted = f"{'>=' if inclusive else '>'} {lowest:g}" + (f" and <= {highest:g}" if highest < math.inf else "")
+        origin = settings.origins.get(dotted, "the defaults")
+        raise ConfigError(f"[{section}] {key} must be {wanted}, got {value:g} (from {origin})", f"set {key} {wanted}")
+
+
 def validate(settings: Settings) -> None:
+    _check_ranges(settings)
     if settings.model.backend not in BACKENDS:
         hint = difflib.get_close_matches(settings.model.backend, BACKENDS, n=1)
         raise ConfigError(

@@ -7,6 +7,7 @@ Each line is one JSON object with the assistant turn in `content`. Optional:
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -43,6 +44,8 @@ def load_replay(path: Path) -> list[ReplayTurn]:
         raise ConfigError(
             f"cannot read replay file {path}: {exc.strerror}", "pass an existing JSONL file with --replay"
         ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"replay file {path} is not UTF-8 text (byte {exc.start})", "save it as UTF-8") from exc
     turns = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -59,7 +62,13 @@ def load_replay(path: Path) -> list[ReplayTurn]:
                 f"replay file {path} line {number} has no string 'content'",
                 'write one {"content": "..."} object per line',
             )
-        turns.append(ReplayTurn(data["content"], float(data.get("delay", 0.0)), str(data.get("finish_reason", "stop"))))
+        delay = data.get("delay", 0.0)
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay < math.inf:
+            raise ConfigError(
+                f"replay file {path} line {number}: delay must be a number of seconds >= 0, got {delay!r}",
+                'write "delay": 0.5, or leave it out',
+            )
+        turns.append(ReplayTurn(data["content"], float(delay), str(data.get("finish_reason", "stop"))))
     return turns
 
 

@@ -85,7 +85,7 @@ class Transcript(VerticalScroll):
         elif isinstance(event, SummaryStarted):
             reason = fmt.SUMMARY_REASONS.get(event.reason, event.reason.replace("_", " "))
             await self.mount(NoteView(f"Asking for the final answer: {reason}."))
-        elif isinstance(event, Notice):
+        elif isinstance(event, Notice) and event.level != "debug":  # a traceback: recorded, not shown
             await self.add_notice(event.level, event.message)
         elif isinstance(event, RunFinished):
             await self._finished(event)
