@@ -35,7 +35,7 @@ from appliance.agent.events import (
 from appliance.config import Settings
 from appliance.errors import ApplianceError, ExitCode
 from appliance.options import collect_common, common_options, option_overrides, settings_from_options
-from appliance.textutil import for_terminal, one_line, safe_json
+from appliance.textutil import did_you_mean, for_terminal, one_line, safe_json
 
 # Subcommands live beside the code they drive and are imported on first use.
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
@@ -71,6 +71,15 @@ class LazyGroup(click.Group):
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if args and not name.startswith("-") and self.get_command(ctx, name) is None:
+            # click suggests nothing for a mistyped command; the lazy ones are in list_commands.
+            ctx.fail(f"No such command '{name}'{did_you_mean(name, self.list_commands(ctx))}.")
+        return super().resolve_command(ctx, args)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
@@ -325,7 +334,7 @@ def prompt_command(ctx: click.Context, /, date_text: str | None, **options: Any)
 
     settings = settings_from_options(collect_common(ctx, options))
     try:
-        date = dt.date.fromisoformat(date_text) if date_text else dt.date.today()
+        date = dt.date.fromisoformat(date_text) if date_text is not None else dt.date.today()
     except ValueError as exc:
         raise ApplianceError(f"--date {date_text!r} is not a date", "write it as YYYY-MM-DD") from exc
     toolbox = build_toolbox(settings, lambda: build_backend(settings))

@@ -12,7 +12,6 @@ form `APPLIANCE_KEY` works too (so `[search] searxng_url` is
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import os
@@ -28,6 +27,7 @@ from typing import Any
 
 from appliance.errors import ConfigError
 from appliance.paths import AppDirs, app_dirs
+from appliance.textutil import did_you_mean
 
 BACKENDS = ("llamacpp", "openai", "replay")
 DEFAULT_PROFILE = "cpu-8b"
@@ -270,9 +270,8 @@ def parse_mcp_server(name: str, table: Any, origin: str) -> McpServerConfig:
         raise ConfigError(f"{where} must be a table", f'write [mcp_servers.{name}] with command = [...] or url = "..."')
     for key in table:
         if key not in _MCP_KEYS:
-            hint = difflib.get_close_matches(str(key), _MCP_KEYS, n=1)
             raise ConfigError(
-                f"{where} unknown key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""),
+                f"{where} unknown key '{key}'" + did_you_mean(str(key), _MCP_KEYS),
                 f"valid keys: {', '.join(_MCP_KEYS)}",
             )
     raw_command = table.get("command", [])
@@ -445,9 +444,8 @@ def find_profile(name: str, dirs: AppDirs) -> Path:
         if candidate.is_file():
             return candidate
     known = available_profiles(dirs)
-    hint = difflib.get_close_matches(name, known, n=1)
     raise ConfigError(
-        f"unknown profile '{name}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""),
+        f"unknown profile '{name}'" + did_you_mean(name, known),
         f"choose one of: {', '.join(known)}" if known else "reinstall the appliance",
     )
 
@@ -533,9 +531,10 @@ def _apply_layer(
 ) -> None:
     for section, values in layer.items():
         if section not in SECTIONS:
-            hint = difflib.get_close_matches(section, list(SECTIONS), n=1)
+            # mcp_servers is a table of tables, taken out before this point: a near miss means it.
+            hint = did_you_mean(section, [*SECTIONS, "mcp_servers"], "[{}]")
             raise ConfigError(
-                f"unknown section [{section}] in {origin}" + (f" (did you mean [{hint[0]}]?)" if hint else ""),
+                f"unknown section [{section}] in {origin}" + hint.replace("[mcp_servers]", "[mcp_servers.NAME]"),
                 f"valid sections: {', '.join(SECTIONS)}, mcp_servers.NAME",
             )
         if not isinstance(values, Mapping):
@@ -543,10 +542,8 @@ def _apply_layer(
         known = _section_fields(section)
         for key, value in values.items():
             if key not in known:
-                hint = difflib.get_close_matches(key, list(known), n=1)
                 raise ConfigError(
-                    f"unknown key '{key}' in [{section}] of {origin}"
-                    + (f" (did you mean '{hint[0]}'?)" if hint else ""),
+                    f"unknown key '{key}' in [{section}] of {origin}" + did_you_mean(key, known),
                     f"valid keys: {', '.join(known)}",
                 )
             merged[section][key] = _coerce(section, key, value, origin)
@@ -589,9 +586,16 @@ def load_settings(
     if unknown:
         # A typo (or an ambiguous short form such as APPLIANCE_MAX_TOKENS, a key of two
         # sections) would otherwise be ignored without a word.
-        hint = difflib.get_close_matches(unknown[0], list(names), n=1)
+        name = unknown[0]
+        key = name.removeprefix("APPLIANCE_").lower()
+        sections = [s for s in SECTIONS if key in _section_fields(s)]
+        if len(sections) > 1:
+            hint = " (a key of " + ", ".join(f"[{s}]" for s in sections) + ": say which, e.g. "
+            hint += f"APPLIANCE_{sections[0].upper()}_{key.upper()})"
+        else:
+            hint = did_you_mean(name, [*names, *NON_CONFIG_ENV], "{}")
         raise ConfigError(
-            f"unknown environment variable {unknown[0]}" + (f" (did you mean {hint[0]}?)" if hint else ""),
+            f"unknown environment variable {name}{hint}",
             "use APPLIANCE_SECTION_KEY for [section] key (see README, Configuration), or unset it",
         )
     env_layer: dict[str, dict[str, Any]] = {}
@@ -673,9 +677,8 @@ def _check_ranges(settings: Settings) -> None:
 def validate(settings: Settings) -> None:
     _check_ranges(settings)
     if settings.model.backend not in BACKENDS:
-        hint = difflib.get_close_matches(settings.model.backend, BACKENDS, n=1)
         raise ConfigError(
-            f"unknown backend '{settings.model.backend}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""),
+            f"unknown backend '{settings.model.backend}'" + did_you_mean(settings.model.backend, BACKENDS),
             f"use --backend {' | '.join(BACKENDS)}",
         )
     agent = settings.agent

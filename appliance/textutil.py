@@ -15,8 +15,10 @@ command's output are noise there), never for what a person reads.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 # CSI, OSC (terminated by BEL or ST), other two-byte escapes, then lone C0/C1 controls.
@@ -69,3 +71,9 @@ def one_line(text: str, limit: int = 120) -> str:
     """Untrusted text flattened to one line for a terminal, cut at `limit` characters."""
     flat = " ".join(for_terminal(text).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def did_you_mean(word: str, choices: Iterable[str], form: str = "'{}'") -> str:
+    """ " (did you mean 'x'?)" for the closest of `choices` (the names valid at that place), or ""."""
+    hint = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {form.format(hint[0])}?)" if hint else ""

@@ -74,10 +74,19 @@ CASES: dict[str, Case] = {
     "profile path": Case(["doctor", "--profile", "../../etc/x", "--json"], 2, "is not a profile name"),
     "unknown profile": Case(["doctor", "--profile", "cpu8b", "--json"], 2, "did you mean 'cpu-8b'"),
     "unknown option": Case(["--bogus", "--json"], 2, "No such option '--bogus'"),
-    "unknown command": Case(["histroy", "list"], 2, "No such command 'histroy'"),
+    # "did you mean" suggestions come from the names valid at that place
+    "unknown command": Case(["histroy", "list"], 2, "No such command 'histroy' (did you mean 'history'?)"),
+    "unknown subcommand": Case(["history", "lst"], 2, "Did you mean 'list'?"),
+    "env typo": Case(["prompt"], 2, "(did you mean APPLIANCE_PROFILE?)", env={"APPLIANCE_PROFLE": "x"}),
+    "env ambiguous": Case(["prompt"], 2, "APPLIANCE_MODEL_MAX_TOKENS", env={"APPLIANCE_MAX_TOKENS": "5"}),
+    "section typo": Case(["prompt"], 2, "(did you mean [mcp_servers.NAME]?)", config=b"[mcp_server.x]\nurl = 'x'\n"),
+    "tool server typo": Case(
+        ["prompt"], 2, "(did you mean 'tool-python'?)", env={"APPLIANCE_TOOLS_ENABLED": "tool-pyton"}
+    ),
     "resume a finished run": Case(["resume", "{run_id}", "--json"], 2, "already finished (answered)"),
     "resume an unknown run": Case(["resume", "nope", "--json"], 2, "no run 'nope'"),
     "history list -n -1": Case(["history", "list", "-n", "-1", "--json"], 2, "Invalid value for '--limit'"),
+    "history list -n huge": Case(["history", "list", "-n", "99999999999999999999"], 2, "Invalid value for '--limit'"),
     "history search -n 0": Case(["history", "search", "-n", "0", "x", "--json"], 2, "Invalid value for '--limit'"),
     "history bad status": Case(["history", "list", "--status", "done", "--json"], 2, "Invalid value for '--status'"),
     "history show unknown": Case(["history", "show", "nope"], 2, "no run 'nope'"),
@@ -90,12 +99,14 @@ CASES: dict[str, Case] = {
     "search -p 0": Case(["search", "-p", "0", "x", "--json"], 2, "Invalid value for '--page'", env=OFFLINE_SEARCH),
     "corpus search -n 0": Case(["corpus", "search", "-n", "0", "x"], 2, "Invalid value for '--num'"),
     "prompt: bad date": Case(["prompt", "--date", "2025-13-01"], 2, "is not a date"),
+    "prompt: empty date": Case(["prompt", "--date", ""], 2, "is not a date"),
     "profiles: bad hardware file": Case(["profiles", "--hardware", "{bad_json}"], 2, "is not a machine description"),
     "eval: no dataset": Case(["eval", "{missing}"], 2, "cannot read dataset"),
     "sandbox exec: nan timeout": Case(["sandbox", "exec", "--timeout", "nan", "--", "true"], 2, "--timeout must be"),
     "sandbox clean: no target": Case(["sandbox", "clean"], 2, "say which workspaces to remove"),
     # 3 a required component is unavailable
     "model file missing": Case(["--task", "x", "--model", "{missing}.gguf", "--json"], 3, "not found"),
+    "corpus remove, no corpus": Case(["corpus", "remove", "x"], 3, "Fix: add documents with `appliance corpus add"),
     "search with no source": Case(
         ["search", "x", "--json"], 3, "", env={"APPLIANCE_SEARXNG_URL": "http://127.0.0.1:9"}
     ),

@@ -29,6 +29,8 @@ from appliance.textutil import for_terminal, one_line, safe_json
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+# SQLite's LIMIT is a 64-bit integer; a bigger -n would be a database error instead of a usage error.
+MAX_LIMIT = 1_000_000_000
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "": 86400}
 
 
@@ -103,7 +105,7 @@ def history(ctx: click.Context, history_db: Path | None) -> None:
 
 @history.command("list")
 @click.option(
-    "--limit", "-n", type=click.IntRange(min=0), default=20, show_default=True, help="Runs to show (0 = all)."
+    "--limit", "-n", type=click.IntRange(0, MAX_LIMIT), default=20, show_default=True, help="Runs to show (0 = all)."
 )
 @click.option("--status", type=click.Choice(STATUSES), help="Only runs with this status.")
 @click.option("--tag", help="Only runs with this tag.")
@@ -158,7 +160,9 @@ def show_command(ctx: click.Context, run_id: str, full: bool, as_json: bool) -> 
 
 @history.command("search")
 @click.argument("query", nargs=-1, required=True)
-@click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True, help="Matches to show.")
+@click.option(
+    "--limit", "-n", type=click.IntRange(1, MAX_LIMIT), default=20, show_default=True, help="Matches to show."
+)
 @click.option("--raw", is_flag=True, help='Pass the query to SQLite FTS5 as is (OR, NOT, NEAR, "phrases").')
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context

@@ -12,7 +12,7 @@ from appliance.errors import ComponentUnavailable, ExitCode
 from appliance.textutil import for_terminal, one_line, safe_json, safe_json_text
 from appliance.tools.cliutil import exit_with, settings_from_context
 from appliance.tools.search import manage
-from appliance.tools.search.corpus import AddResult, Corpus, CorpusDocument, CorpusError
+from appliance.tools.search.corpus import AddResult, Corpus, CorpusDocument
 from appliance.tools.search.engine import SOURCE_KINDS, SearchEngine, corpus_path
 from appliance.tools.search.results import MAX_NUM, MAX_PAGE, BadArguments, organic_entries, parse_request
 
@@ -154,11 +154,8 @@ def corpus_remove(ctx: click.Context, targets: tuple[str, ...]) -> None:
     """Remove documents by path, directory, corpus:// URL or ID."""
     store = _corpus(ctx)
     removed: list[CorpusDocument] = []
-    try:
-        for target in targets:
-            removed += store.remove(target)
-    except CorpusError as exc:
-        raise ComponentUnavailable("corpus", str(exc)) from exc
+    for target in targets:  # a CorpusError is a ComponentUnavailable already, with its fix
+        removed += store.remove(target)
     if not removed:
         click.echo("appliance: nothing matched; see `appliance corpus list`", err=True)
         exit_with(ExitCode.NO_ANSWER)
