@@ -187,12 +187,21 @@ def open_history(settings: Settings, db: Path | None) -> Any:
     return open_store(db or settings.dirs.default_db)
 
 
+def check_workspace_option(options: dict[str, Any], settings: Settings) -> None:
+    """A refused or missing --workspace stops every face at once, before a model loads or a UI opens."""
+    from appliance.tools.sandbox.workspace import check_workspace
+
+    if options.get("workspace") is not None:
+        check_workspace(options["workspace"], settings)
+
+
 def run_headless(options: dict[str, Any], task: str, *, as_json: bool, printer: HeadlessPrinter) -> int:
     from appliance.agent.runtime import build_toolbox, prepare_run, save_kv_checkpoint
     from appliance.llm.factory import build_backend
     from appliance.store import RESUMABLE
 
     settings = settings_from_options(options)
+    check_workspace_option(options, settings)
     history = open_history(settings, options.get("db"))
     try:
         backend = build_backend(settings)
@@ -315,6 +324,7 @@ def cli(
             raise ApplianceError("the task is empty", 'pass the question with --task "...", --task - or --task-file')
         printer = HeadlessPrinter(verbose=verbose, debug=debug)
         ctx.exit(run_headless(ctx.obj, task, as_json=as_json, printer=printer))
+    check_workspace_option(ctx.obj, settings_from_options(ctx.obj))
     try:
         tui = importlib.import_module("appliance.tui.app")
     except ImportError as exc:
