@@ -14,9 +14,9 @@ import json
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -25,6 +25,7 @@ from appliance.agent.events import (
     AgentEvent,
     Notice,
     RunFinished,
+    RunStarted,
     SummaryStarted,
     TextDelta,
     ToolCallFinished,
@@ -36,6 +37,9 @@ from appliance.config import Settings
 from appliance.errors import ApplianceError, ExitCode
 from appliance.options import collect_common, common_options, option_overrides, settings_from_options
 from appliance.textutil import did_you_mean, for_terminal, one_line, safe_json
+
+if TYPE_CHECKING:
+    from appliance.store.sources import Source
 
 # Subcommands live beside the code they drive and are imported on first use.
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
@@ -180,6 +184,13 @@ def drive(
     return finished
 
 
+def finish_report(history: Any, run_dir: Path, run_id: str) -> list[Source]:
+    """The run's report into its directory; its sources (see store.report)."""
+    from appliance.store.report import finish_report as finish
+
+    return finish(history, run_dir, run_id)
+
+
 def open_history(settings: Settings, db: Path | None) -> Any:
     """The run history (--db, or history.db in the data directory); a bad file fails here, before any work."""
     from appliance.store import open_history as open_store
@@ -222,9 +233,56 @@ def run_headless(options: dict[str, Any], task: str, *, as_json: bool, printer: 
         finally:
             toolbox.close()
             backend.close()
+        sources = finish_report(history, settings.dirs.run_dir(finished.run_id), finished.run_id)
     finally:
         history.close()
-    emit_result(finished, as_json=as_json)
+    emit_result(finished, as_json=as_json, sources=sources)
+    return int(finished.exit_code)
+
+
+def rerun_headless(options: dict[str, Any], run_id: str, *, as_json: bool, printer: HeadlessPrinter) -> int:
+    """The same task with the same settings and attachments as a recorded run, sampled anew.
+
+    Searches and fetches the original made are answered from its archive; with
+    `--web archive:...` nothing else is fetched either.
+    """
+    from appliance.agent.runtime import build_toolbox, prepare_run
+    from appliance.llm.factory import build_backend
+    from appliance.store.resume import recorded_settings
+
+    history = open_history(settings_from_options(options), options.get("db"))
+    try:
+        original = history.get_run(run_id)
+        settings = recorded_settings(original.settings, option_overrides(options), options.get("profile"))
+        attachments = [Path(p) for p in original.attachments if Path(p).exists()]
+        backend = build_backend(settings)
+        toolbox = build_toolbox(settings, lambda: backend)
+        try:
+            agent, state = prepare_run(
+                settings,
+                original.task,
+                backend=backend,
+                toolbox=toolbox,
+                workspace=options.get("workspace"),
+                attachments=attachments,
+                reuse_runs=[original.run_id],
+            )
+            printer.stream.write(
+                f"appliance: re-running run {original.run_id} as {state.run_id} (web: {settings.archive.web})\n"
+            )
+
+            def tag(event: AgentEvent) -> None:
+                if isinstance(event, RunStarted):
+                    history.tag_run(event.run_id, f"rerun-of:{original.run_id}")
+
+            finished = drive(agent.run(state), [history.recorder(), tag, printer], agent.cancel)
+        finally:
+            toolbox.close()
+            backend.close()
+        sources = finish_report(history, settings.dirs.run_dir(finished.run_id), finished.run_id)
+    finally:
+        history.close()
+    emit_result(finished, as_json=as_json, sources=sources)
     return int(finished.exit_code)
 
 
@@ -252,15 +310,17 @@ def resume_headless(options: dict[str, Any], run_id: str, *, as_json: bool, prin
             finished = drive(resumed.agent.run(state), [history.recorder(), printer], resumed.agent.cancel)
         finally:
             resumed.close()
+        sources = finish_report(history, resumed.settings.dirs.run_dir(finished.run_id), finished.run_id)
     finally:
         history.close()
-    emit_result(finished, as_json=as_json)
+    emit_result(finished, as_json=as_json, sources=sources)
     return int(finished.exit_code)
 
 
-def emit_result(finished: RunFinished, *, as_json: bool) -> None:
+def emit_result(finished: RunFinished, *, as_json: bool, sources: Sequence[Source] = ()) -> None:
     if as_json:
         payload = finished.as_json()
+        payload["sources"] = [source.as_json() for source in sources]
         if finished.error:
             payload["error"] = finished.error
         click.echo(safe_json(payload))
@@ -416,6 +476,19 @@ def crash(exc: BaseException, *, debug: bool, as_json: bool) -> NoReturn:
     where = f"the traceback is in {log}" if log else "run it again with --debug for the traceback"
     message = f"internal error (a bug): {type(exc).__name__}: {exc}. Fix: report it; {where}"
     fail(ExitCode.INTERNAL, message, as_json=as_json)
+
+
+@cli.command("rerun")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the answer.")
+@click.option("--verbose", "-v", is_flag=True)
+@common_options
+@click.pass_context
+def rerun_command(ctx: click.Context, /, run_id: str, as_json: bool, verbose: bool, **options: Any) -> None:
+    """Run a recorded run's task again: same settings, new samples, its searches and fetches from its archive."""
+    options = collect_common(ctx, options)
+    printer = HeadlessPrinter(verbose=verbose, debug=bool(ctx.find_root().params.get("debug")))
+    ctx.exit(rerun_headless(options, run_id, as_json=as_json, printer=printer))
 
 
 def main(argv: list[str] | None = None) -> None:
