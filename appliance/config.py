@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import json
+import math
 import os
 import re
 import shlex
@@ -29,6 +29,7 @@ from typing import Any
 from appliance.errors import ConfigError
 from appliance.ggufmeta import read_metadata
 from appliance.paths import AppDirs, app_dirs
+from appliance.textutil import did_you_mean
 from appliance.versions import VERSION_SETTINGS, canonical_version, version_from_metadata, version_from_names
 
 BACKENDS = ("llamacpp", "openai", "replay")
@@ -300,9 +301,8 @@ def parse_mcp_server(name: str, table: Any, origin: str) -> McpServerConfig:
         raise ConfigError(f"{where} must be a table", f'write [mcp_servers.{name}] with command = [...] or url = "..."')
     for key in table:
         if key not in _MCP_KEYS:
-            hint = difflib.get_close_matches(str(key), _MCP_KEYS, n=1)
             raise ConfigError(
-                f"{where} unknown key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""),
+                f"{where} unknown key '{key}'" + did_you_mean(str(key), _MCP_KEYS),
                 f"valid keys: {', '.join(_MCP_KEYS)}",
             )
     raw_command = table.get("command", [])
@@ -464,15 +464,20 @@ def available_profiles(dirs: AppDirs | None = None) -> list[str]:
     return sorted(names)
 
 
+PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
 def find_profile(name: str, dirs: AppDirs) -> Path:
+    if not PROFILE_NAME.match(name) or ".." in name:
+        names = ", ".join(available_profiles(dirs))
+        raise ConfigError(f"{name!r} is not a profile name", f"choose one of: {names} (see `appliance profiles`)")
     for directory in profile_search_path(dirs):
         candidate = directory / f"{name}.toml"
         if candidate.is_file():
             return candidate
     known = available_profiles(dirs)
-    hint = difflib.get_close_matches(name, known, n=1)
     raise ConfigError(
-        f"unknown profile '{name}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""),
+        f"unknown profile '{name}'" + did_you_mean(name, known),
         f"choose one of: {', '.join(known)}" if known else "reinstall the appliance",
     )
 
@@ -485,6 +490,10 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}", "check the path and permissions") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{what} {path} is not valid TOML: {exc}", f"fix or remove {path}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (byte {exc.start})", f"save {path} as UTF-8, or remove it"
+        ) from exc
 
 
 def load_profile(name: str, dirs: AppDirs) -> dict[str, Any]:
@@ -523,7 +532,7 @@ def _coerce(section: str, key: str, value: Any, origin: str) -> Any:
                 raise ValueError(value)
             return int(value)
         if isinstance(default, float):
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not math.isfinite(float(value)):  # nan and inf are no setting
                 raise ValueError(value)
             return float(value)
         if isinstance(default, list):
@@ -541,7 +550,7 @@ def _coerce(section: str, key: str, value: Any, origin: str) -> Any:
                 raise ValueError(value)
             return str(value)
     except (ValueError, TypeError, json.JSONDecodeError) as exc:
-        kind = type(default).__name__
+        kind = "finite number" if isinstance(default, float) else type(default).__name__
         raise ConfigError(f"{where} must be a {kind}, got {value!r}", f"set {key} to a {kind}") from exc
     return value
 
@@ -554,9 +563,10 @@ def _apply_layer(
 ) -> None:
     for section, values in layer.items():
         if section not in SECTIONS:
-            hint = difflib.get_close_matches(section, list(SECTIONS), n=1)
+            # mcp_servers is a table of tables, taken out before this point: a near miss means it.
+            hint = did_you_mean(section, [*SECTIONS, "mcp_servers"], "[{}]")
             raise ConfigError(
-                f"unknown section [{section}] in {origin}" + (f" (did you mean [{hint[0]}]?)" if hint else ""),
+                f"unknown section [{section}] in {origin}" + hint.replace("[mcp_servers]", "[mcp_servers.NAME]"),
                 f"valid sections: {', '.join(SECTIONS)}, mcp_servers.NAME",
             )
         if not isinstance(values, Mapping):
@@ -564,10 +574,8 @@ def _apply_layer(
         known = _section_fields(section)
         for key, value in values.items():
             if key not in known:
-                hint = difflib.get_close_matches(key, list(known), n=1)
                 raise ConfigError(
-                    f"unknown key '{key}' in [{section}] of {origin}"
-                    + (f" (did you mean '{hint[0]}'?)" if hint else ""),
+                    f"unknown key '{key}' in [{section}] of {origin}" + did_you_mean(key, known),
                     f"valid keys: {', '.join(known)}",
                 )
             merged[section][key] = _coerce(section, key, value, origin)
@@ -586,7 +594,9 @@ def load_settings(
     dirs = app_dirs(env)
     config_path = config_file or dirs.config_file
     user_config: dict[str, Any] = read_toml(config_path, "config file") if config_path.is_file() else {}
-    chosen = profile or env.get("APPLIANCE_PROFILE") or user_config.pop("profile", None) or DEFAULT_PROFILE
+    # An empty --profile is a mistake; an empty APPLIANCE_PROFILE means unset, as for any variable.
+    candidates = (profile, env.get("APPLIANCE_PROFILE") or None, user_config.pop("profile", None))
+    chosen = next((name for name in candidates if name is not None), DEFAULT_PROFILE)
     user_config.pop("profile", None)
     if not isinstance(chosen, str):
         raise ConfigError(f"profile in {config_path} must be a string", 'write profile = "NAME"')
@@ -608,9 +618,16 @@ def load_settings(
     if unknown:
         # A typo (or an ambiguous short form such as APPLIANCE_MAX_TOKENS, a key of two
         # sections) would otherwise be ignored without a word.
-        hint = difflib.get_close_matches(unknown[0], list(names), n=1)
+        name = unknown[0]
+        key = name.removeprefix("APPLIANCE_").lower()
+        sections = [s for s in SECTIONS if key in _section_fields(s)]
+        if len(sections) > 1:
+            hint = " (a key of " + ", ".join(f"[{s}]" for s in sections) + ": say which, e.g. "
+            hint += f"APPLIANCE_{sections[0].upper()}_{key.upper()})"
+        else:
+            hint = did_you_mean(name, [*names, *NON_CONFIG_ENV], "{}")
         raise ConfigError(
-            f"unknown environment variable {unknown[0]}" + (f" (did you mean {hint[0]}?)" if hint else ""),
+            f"unknown environment variable {name}{hint}",
             "use APPLIANCE_SECTION_KEY for [section] key (see README, Configuration), or unset it",
         )
     env_layer: dict[str, dict[str, Any]] = {}
@@ -688,11 +705,62 @@ def _apply_model_version(merged: dict[str, dict[str, Any]], origins: dict[str, s
             origins[f"agent.{key}"] = f"MiroThinker {version} (from {how})"
 
 
+# Numbers out of these ranges are usage errors: "section.key" -> (lowest allowed, is the lowest itself allowed).
+_MINIMUMS: dict[str, tuple[float, bool]] = {
+    "model.temperature": (0, True),
+    "model.top_p": (0, False),
+    "model.repeat_penalty": (0, False),
+    "model.max_tokens": (1, True),
+    "model.request_timeout": (0, False),
+    "model.retries": (0, True),
+    "model.n_gpu_layers": (-1, True),
+    "model.n_threads": (0, True),
+    "model.n_batch": (1, True),
+    "model.kv_checkpoint_mb": (0, True),
+    "agent.max_rollbacks": (0, True),
+    "agent.summary_retries": (0, True),
+    "agent.tool_timeout": (0, False),
+    "agent.result_max_chars": (1, True),
+    "sandbox.cpu_seconds": (1, True),
+    "sandbox.memory_mb": (1, True),
+    "sandbox.max_processes": (1, True),
+    "sandbox.max_file_mb": (1, True),
+    "sandbox.open_files": (1, True),
+    "sandbox.command_timeout": (0, False),
+    "sandbox.command_output_chars": (1, True),
+    "sandbox.python_output_chars": (1, True),
+    "search.timeout": (0, False),
+    "search.fusion_k": (0, True),
+    "search.max_pages": (1, True),
+    "scrape.timeout": (0, False),
+    "scrape.max_bytes": (1, True),
+    "scrape.max_redirects": (0, True),
+    "scrape.max_chars": (1, True),
+    "scrape.cache_ttl_hours": (0, True),
+    "scrape.cache_max_mb": (0, True),
+    "extraction.max_tokens": (1, True),
+    "extraction.context_length": (0, True),
+}
+_MAXIMUMS: dict[str, float] = {"model.top_p": 1}
+
+
+def _check_ranges(settings: Settings) -> None:
+    for dotted, (lowest, inclusive) in _MINIMUMS.items():
+        section, _, key = dotted.partition(".")
+        value = getattr(getattr(settings, section), key)
+        highest = _MAXIMUMS.get(dotted, math.inf)
+        if (value >= lowest if inclusive else value > lowest) and value <= highest:
+            continue
+        wanted = f"{'>=' if inclusive else '>'} {lowest:g}" + (f" and <= {highest:g}" if highest < math.inf else "")
+        origin = settings.origins.get(dotted, "the defaults")
+        raise ConfigError(f"[{section}] {key} must be {wanted}, got {value:g} (from {origin})", f"set {key} {wanted}")
+
+
 def validate(settings: Settings) -> None:
+    _check_ranges(settings)
     if settings.model.backend not in BACKENDS:
-        hint = difflib.get_close_matches(settings.model.backend, BACKENDS, n=1)
         raise ConfigError(
-            f"unknown backend '{settings.model.backend}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""),
+            f"unknown backend '{settings.model.backend}'" + did_you_mean(settings.model.backend, BACKENDS),
             f"use --backend {' | '.join(BACKENDS)}",
         )
     if settings.model.continuation not in CONTINUATIONS:

@@ -102,6 +102,18 @@ def test_only_the_last_k_results_stay_in_context(tmp_path: Path) -> None:
     assert omitted == [1, 2, 3]
 
 
+def test_keep_last_0_hides_every_result_but_never_the_summary_prompt(tmp_path: Path) -> None:
+    turns = [command("echo 1"), command("echo 2"), ANSWER, SUMMARY]
+    agent, state, backend = make_agent(turns, [ScriptedPython()], tmp_path, keep_last=0)
+    events = run_all(agent, state)
+    assert finished(events).answer == "2"
+    (summary,) = of_type(events, SummaryStarted)
+    last_prompt = backend.prompts[-1]
+    assert last_prompt[-1] == ChatMessage("user", summary.prompt)  # the model is asked for its answer
+    results = [m.content for m in last_prompt if m.role == "user"][1:-1]
+    assert results == [OMITTED, OMITTED]
+
+
 def test_view_matches_the_reference_rule_for_every_k() -> None:
     messages = [ChatMessage("user", "task")]
     for i in range(6):

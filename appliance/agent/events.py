@@ -144,7 +144,8 @@ class SummaryStarted:
 
 @dataclass(frozen=True)
 class Notice:
-    level: Literal["info", "warning", "error"]
+    # "debug" (an internal error's traceback) is recorded but shown only with --debug.
+    level: Literal["debug", "info", "warning", "error"]
     message: str
 
 

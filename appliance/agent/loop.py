@@ -144,8 +144,9 @@ class Agent:
         except ApplianceError as exc:
             status, error, code = "error", exc.one_line(), exc.exit_code
         except Exception as exc:  # the loop must end with a RunFinished, whatever broke
-            status, error, code = "error", f"internal error: {type(exc).__name__}: {exc}", ExitCode.USAGE
-            yield Notice("error", traceback.format_exc())
+            error = f"internal error (a bug): {type(exc).__name__}: {exc}. Fix: report it; --debug prints the traceback"
+            status, code = "error", ExitCode.INTERNAL
+            yield Notice("debug", traceback.format_exc())
         yield RunFinished(
             run_id=state.run_id,
             status=status,  # type: ignore[arg-type]
@@ -193,7 +194,13 @@ class Agent:
 
     def _view(self, state: RunState) -> list[ChatMessage]:
         agent = self.settings
-        history = build_view(state.messages, agent.keep_last, agent.eviction, agent.eviction_block)
+        history = build_view(
+            state.messages,
+            agent.keep_last,
+            agent.eviction,
+            agent.eviction_block,
+            ends_in_summary=state.phase == "summary" and state.messages[-1].role == "user",
+        )
         return [ChatMessage("system", state.system_prompt), *history]
 
     def _prompt_tokens(self, view: list[ChatMessage]) -> int:

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.config import load_settings, read_toml
+from appliance.config import load_settings
 from appliance.errors import ApplianceError, ComponentUnavailable, ConfigError
 from appliance.ggufmeta import read_kv_shape
 from appliance.install import envs, weights
 from appliance.install.configfile import update_config
 from appliance.install.hardware import GIB, Hardware, detect
 from appliance.install.memplan import MemoryPlan
-from appliance.install.profiles import Fit, ProfileSpec, assess, choose, load_spec, load_specs, plan_for
+from appliance.install.profiles import Fit, ProfileSpec, pick_profile, plan_for
 from appliance.paths import AppDirs, app_dirs
 
 # Room the two Python environments take once installed (measured on Linux x86_64, Python 3.11).
@@ -106,13 +106,6 @@ class InstallPlan:
         return "\n".join(lines)
 
 
-def _configured_profile(dirs: AppDirs) -> str:
-    if not dirs.config_file.is_file():
-        return ""
-    value = read_toml(dirs.config_file, "config file").get("profile", "")
-    return value if isinstance(value, str) else ""
-
-
 def named_weights(options: InstallOptions) -> dict[str, str]:
     """`--repo`/`--file` as [model] values; both or neither, so a profile's file is never looked up elsewhere."""
     if not options.repo and not options.file:
@@ -131,21 +124,14 @@ def make_plan(options: InstallOptions) -> InstallPlan:
     env = dict(os.environ if options.environ is None else options.environ)
     dirs = app_dirs(env)
     hardware = options.hardware or detect(disk_path=dirs.data_dir)
-    wanted = options.profile or _configured_profile(dirs) or "auto"
-    specs = load_specs(dirs)
-    if wanted == "auto":
-        spec, fits = choose(specs, hardware)
-        chosen_by = "auto: the best profile that fits this machine"
-    else:
-        spec = load_spec(wanted, dirs)
-        fits = [assess(s, hardware) for s in specs]
-        chosen_by = "named" if options.profile else "from the config file"
+    pick = pick_profile(dirs, hardware, env, options.profile or None)
+    spec, fits = pick.spec, pick.fits
     fit = next(f for f in fits if f.spec.name == spec.name)
     named = named_weights(options)
     if named:
         # Other weights than the profile's: its pinned sha256 and size belong to its own file.
         spec = dataclasses.replace(spec, repo=named["repo"], file=named["file"], sha256="", size_bytes=0)
-    plan = InstallPlan(dirs, hardware, spec, chosen_by, fits, fit.plan)
+    plan = InstallPlan(dirs, hardware, spec, pick.chosen_by, fits, fit.plan)
     settings = load_settings(profile=spec.name, environ=env, overrides={f"model.{k}": v for k, v in named.items()})
     if options.with_searxng:
         plan.searxng_source = options.searxng_src or settings.search.searxng_src or envs.SEARXNG_RELEASE_URL

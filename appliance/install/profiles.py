@@ -12,6 +12,7 @@ remote profile (an OpenAI-compatible server) only when none does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,3 +174,34 @@ def choose(specs: list[ProfileSpec], hardware: Hardware) -> tuple[ProfileSpec, l
     if remote:
         return remote[0].spec, fits
     raise ConfigError("no profile fits this machine and there is no remote profile", "add a profile with device=remote")
+
+
+@dataclass(frozen=True)
+class ProfilePick:
+    spec: ProfileSpec
+    chosen_by: str  # why this one, in words
+    fits: list[Fit]
+
+
+def pick_profile(
+    dirs: AppDirs, hardware: Hardware, environ: Mapping[str, str], named: str | None = None
+) -> ProfilePick:
+    """The profile `doctor`, `install` and `profiles` would use: one rule for all three.
+
+    A name given on the command line, then APPLIANCE_PROFILE, then `profile` in
+    the config file; otherwise `auto`: the best profile that fits this machine.
+    """
+    specs = load_specs(dirs)
+    configured = ""
+    if dirs.config_file.is_file():
+        value = read_toml(dirs.config_file, "config file").get("profile", "")
+        configured = value if isinstance(value, str) else ""
+    for wanted, chosen_by in (
+        (named, "named"),
+        (environ.get("APPLIANCE_PROFILE") or None, "from APPLIANCE_PROFILE"),
+        (configured or None, "from the config file"),
+    ):
+        if wanted is not None and wanted != "auto":
+            return ProfilePick(load_spec(wanted, dirs), chosen_by, [assess(s, hardware) for s in specs])
+    spec, fits = choose(specs, hardware)
+    return ProfilePick(spec, "auto: the best profile that fits this machine", fits)

@@ -14,6 +14,7 @@ scripted turn arrives whole however the loop splits it.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -51,6 +52,8 @@ def load_replay(path: Path) -> list[ReplayTurn]:
         raise ConfigError(
             f"cannot read replay file {path}: {exc.strerror}", "pass an existing JSONL file with --replay"
         ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"replay file {path} is not UTF-8 text (byte {exc.start})", "save it as UTF-8") from exc
     turns = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -73,9 +76,13 @@ def load_replay(path: Path) -> list[ReplayTurn]:
                 f"replay file {path} line {number} has a 'prefix' that is not a string",
                 "write the assistant text the line continues, or leave prefix out",
             )
-        turns.append(
-            ReplayTurn(data["content"], float(data.get("delay", 0.0)), str(data.get("finish_reason", "stop")), prefix)
-        )
+        delay = data.get("delay", 0.0)
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay < math.inf:
+            raise ConfigError(
+                f"replay file {path} line {number}: delay must be a number of seconds >= 0, got {delay!r}",
+                'write "delay": 0.5, or leave it out',
+            )
+        turns.append(ReplayTurn(data["content"], float(delay), str(data.get("finish_reason", "stop")), prefix))
     return turns
 
 

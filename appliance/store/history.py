@@ -374,12 +374,12 @@ class History:
         """
         run = self.get_run(run_id)
         if run.status == "running" and owner_alive(run.pid, self._process_start(run.run_id), run.host):
-            raise StoreError(
+            raise StoreUsageError(
                 f"run {run.run_id} is still running (pid {run.pid} on {run.host})",
                 "wait for it to finish, or stop that process and resume then",
             )
         if run.status not in (*RESUMABLE, "running"):
-            raise StoreError(
+            raise StoreUsageError(
                 f"run {run.run_id} already finished ({run.status}); only interrupted or failed runs resume",
                 'start a new run with --task "..."',
             )

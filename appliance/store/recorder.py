@@ -46,6 +46,7 @@ from appliance.llm.base import ChatMessage
 from appliance.store.db import (
     RunNotFound,
     StoreError,
+    StoreUsageError,
     describe_error,
     host_name,
     now_iso,
@@ -285,11 +286,11 @@ class Recorder:
             raise RunNotFound(f"no recorded run {e.run_id} to resume", "list runs with `appliance history list`")
         status, pid, start, host, elapsed = row
         if status == "running" and pid != os.getpid() and owner_alive(pid, start, host):
-            raise StoreError(
+            raise StoreUsageError(
                 f"run {e.run_id} is still running (pid {pid} on {host})", "wait for it to finish or stop that process"
             )
         if status in ("answered", "no_answer"):
-            raise StoreError(f"run {e.run_id} already finished ({status})", "start a new run with --task")
+            raise StoreUsageError(f"run {e.run_id} already finished ({status})", "start a new run with --task")
         discarded, redone = self._discard_unfinished()
         self._seq = self._execute("SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", (e.run_id,)).fetchone()[
             0

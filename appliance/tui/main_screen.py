@@ -42,7 +42,7 @@ from appliance.tui.runs import PreparedRun, archived_copy
 from appliance.tui.statusbar import StatusBar
 from appliance.tui.toolcall import ToolCallView
 from appliance.tui.transcript import Transcript
-from appliance.tui.widgets import AnswerPanel, NoteView
+from appliance.tui.widgets import AnswerPanel
 
 if TYPE_CHECKING:
     from appliance.tui.app import ApplianceApp
@@ -399,8 +399,7 @@ class MainScreen(Screen[None]):
 
     def on_run_notes(self, message: RunNotes) -> None:
         self.meter.elapsed_before = message.elapsed_before
-        for note in message.notes:
-            self.transcript.mount(NoteView(note, "warning"))
+        self.transcript.run_notes = list(message.notes)  # shown after the run's first line, in order
 
     async def on_run_failed(self, message: RunFailed) -> None:
         title = f"{message.component} is unavailable" if message.component else "The run could not go on"
