@@ -10,7 +10,6 @@ import datetime as dt
 import importlib
 import json
 import sys
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -126,37 +125,6 @@ class HeadlessPrinter:
             self._line(f"appliance: run {event.status}: {event.error}")
 
 
-def drive(
-    events: Iterable[AgentEvent], subscribers: list[Callable[[AgentEvent], None]], cancel: Callable[[], None]
-) -> RunFinished:
-    """Feed every event to every subscriber; Ctrl-C cancels the run and drains it cleanly."""
-    iterator = iter(events)
-    finished: RunFinished | None = None
-    interrupted = False
-    while True:
-        try:
-            event = next(iterator)
-        except StopIteration:
-            break
-        except KeyboardInterrupt:
-            if interrupted:
-                raise
-            interrupted = True
-            cancel()
-            continue
-        for subscriber in subscribers:
-            try:
-                subscriber(event)
-            except KeyboardInterrupt:
-                interrupted = True
-                cancel()
-        if isinstance(event, RunFinished):
-            finished = event
-    if finished is None:
-        raise ApplianceError("the run ended without a result", "report this as a bug")
-    return finished
-
-
 def open_history(settings: Settings, db: Path | None) -> Any:
     """The run history (--db, or history.db in the data directory); a bad file fails here, before any work."""
     from appliance.store import open_history as open_store
@@ -165,66 +133,56 @@ def open_history(settings: Settings, db: Path | None) -> Any:
 
 
 def run_headless(options: dict[str, Any], task: str, *, as_json: bool, verbose: bool) -> int:
-    from appliance.agent.runtime import build_toolbox, prepare_run, save_kv_checkpoint
-    from appliance.llm.factory import build_backend
-    from appliance.store import RESUMABLE
+    from appliance.session import Backends, start_session
 
     settings = settings_from_options(options)
-    history = open_history(settings, options.get("db"))
-    try:
-        backend = build_backend(settings)
-        toolbox = build_toolbox(settings, lambda: backend)
-        try:
-            agent, state = prepare_run(
-                settings,
-                task,
-                backend=backend,
-                toolbox=toolbox,
-                workspace=options.get("workspace"),
-                attachments=list(options.get("attach") or ()),
-            )
-            subscribers = [history.recorder(), HeadlessPrinter(verbose=verbose)]
-            finished = drive(agent.run(state), subscribers, agent.cancel)
-            if finished.status in RESUMABLE and save_kv_checkpoint(backend, settings, state.run_id):
-                click.echo(f"appliance: kept the model's cache for `appliance resume {state.run_id}`", err=True)
-        finally:
-            toolbox.close()
-            backend.close()
-    finally:
-        history.close()
+    with open_history(settings, options.get("db")) as history, Backends() as backends:
+        session = start_session(
+            history,
+            settings,
+            task,
+            backends=backends,
+            workspace=options.get("workspace"),
+            attachments=list(options.get("attach") or ()),
+        )
+        with session:
+            finished = session.drive(HeadlessPrinter(verbose=verbose))
+    report_checkpoint(session.kept_checkpoint, finished)
     emit_result(finished, as_json=as_json)
     return int(finished.exit_code)
 
 
 def resume_headless(options: dict[str, Any], run_id: str, *, as_json: bool, verbose: bool) -> int:
     """Continue a recorded run with its own settings; flags given to `resume` override them."""
-    from appliance.store.resume import prepare_resume
+    from appliance.session import Backends, resume_session
 
-    history = open_history(settings_from_options(options), options.get("db"))
-    try:
-        resumed = prepare_resume(
+    with open_history(settings_from_options(options), options.get("db")) as history, Backends() as backends:
+        session = resume_session(
             history,
             run_id,
             option_overrides(options),
+            backends=backends,
             profile=options.get("profile"),
             workspace=options.get("workspace"),
         )
-        printer = HeadlessPrinter(verbose=verbose)
-        try:
-            for note in resumed.notes:
+        with session:
+            printer = HeadlessPrinter(verbose=verbose)
+            for note in session.notes:
                 printer.stream.write(f"appliance: {strip_control(note)}\n")
-            state = resumed.state
+            state = session.state
             printer.stream.write(
                 f"appliance: resuming run {state.run_id} after turn {state.turn} "
                 f"({state.tool_calls} tool calls so far)\n"
             )
-            finished = drive(resumed.agent.run(state), [history.recorder(), printer], resumed.agent.cancel)
-        finally:
-            resumed.close()
-    finally:
-        history.close()
+            finished = session.drive(printer)
+    report_checkpoint(session.kept_checkpoint, finished)
     emit_result(finished, as_json=as_json)
     return int(finished.exit_code)
+
+
+def report_checkpoint(kept: bool, finished: RunFinished) -> None:
+    if kept:
+        click.echo(f"appliance: kept the model's cache for `appliance resume {finished.run_id}`", err=True)
 
 
 def emit_result(finished: RunFinished, *, as_json: bool) -> None:
@@ -277,9 +235,9 @@ def cli(ctx: click.Context, /, task: str | None, as_json: bool, verbose: bool, *
 @click.pass_context
 def prompt_command(ctx: click.Context, /, date_text: str | None, **options: Any) -> None:
     """Print the exact system prompt the model gets with the enabled tools."""
-    from appliance.agent.runtime import build_toolbox
     from appliance.llm.factory import build_backend
     from appliance.protocol.prompt import render_system_prompt
+    from appliance.tools.registry import build_toolbox
 
     settings = settings_from_options(collect_common(ctx, options))
     try:

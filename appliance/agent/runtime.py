@@ -65,7 +65,7 @@ def make_agent(
         settings.agent,
         ctx,
         max_tokens=settings.model.max_tokens,
-        settings_snapshot=settings.as_dict(redact=True),
+        settings_snapshot=settings.snapshot(),
     )
 
 

@@ -18,10 +18,11 @@ from typing import Any, TextIO
 import click
 
 from appliance.paths import app_dirs
+from appliance.policy import STATUSES
 from appliance.store.db import StoreError
 from appliance.store.export import chatml, markdown_report, safe_json
 from appliance.store.history import History, open_history
-from appliance.store.records import STATUSES, RunSummary
+from appliance.store.records import RunSummary
 from appliance.textutil import one_line, strip_control
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)

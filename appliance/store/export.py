@@ -97,8 +97,14 @@ def _cut(text: str, limit: int | None) -> str:
     return text[:limit] + f"\n… [{len(text) - limit:,} more characters; --full shows all]"
 
 
+# Without a page read or a URL cited, the top results of the run's first searches stand in.
+SEARCH_FALLBACK = 5
+
+
 def sources(run: RunRecord) -> list[str]:
-    """URLs the agent read (arguments of successful calls), then URLs cited in the final answer."""
+    """The sources of a run's answer, for the UI and the export alike: URLs the agent read (arguments
+    of successful calls), then URLs cited in the final answer; when there are none, the top result of
+    each search the run made (at most five)."""
     found: list[str] = []
 
     def add(url: str) -> None:
@@ -117,6 +123,24 @@ def sources(run: RunRecord) -> list[str]:
     final = final_reply(run)
     for url in _URL.findall(final.reply.content if final else (run.final_text or "")):
         add(url)
+    return found or _top_search_results(run)
+
+
+def _top_search_results(run: RunRecord) -> list[str]:
+    found: list[str] = []
+    for step in run.kept_steps:
+        for call in step.calls:
+            if call.tool != "google_search" or call.status != "ok" or not call.result:
+                continue
+            try:
+                organic = json.loads(call.result).get("organic") or []
+            except (ValueError, AttributeError):
+                continue
+            link = organic[0].get("link") if organic and isinstance(organic[0], dict) else None
+            if isinstance(link, str) and link and link not in found:
+                found.append(link)
+            if len(found) >= SEARCH_FALLBACK:
+                return found
     return found
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from appliance.agent.events import AgentEvent
+from appliance.policy import STATUSES, Standing, standing
 from appliance.store.db import (
     RunNotFound,
     StoreError,
@@ -20,15 +21,12 @@ from appliance.store.db import (
     connect,
     describe_error,
     mark_dead_runs,
-    owner_alive,
     write_transaction,
 )
 from appliance.store.prune import choose_and_delete, compact
 from appliance.store.rebuild import LogEntry, parse_data, rebuild_state, replay
 from appliance.store.recorder import Recorder
 from appliance.store.records import (
-    RESUMABLE,
-    STATUSES,
     MessageRecord,
     PruneReport,
     ResumePoint,
@@ -366,12 +364,13 @@ class History:
         Read-only; the recorder claims the run when the resumed loop starts.
         """
         run = self.get_run(run_id)
-        if run.status == "running" and owner_alive(run.pid, self._process_start(run.run_id), run.host):
+        where = standing(run.status, run.pid, self._process_start(run.run_id), run.host)
+        if where is Standing.LIVE:
             raise StoreError(
                 f"run {run.run_id} is still running (pid {run.pid} on {run.host})",
                 "wait for it to finish, or stop that process and resume then",
             )
-        if run.status not in (*RESUMABLE, "running"):
+        if where is Standing.FINISHED:
             raise StoreError(
                 f"run {run.run_id} already finished ({run.status}); only interrupted or failed runs resume",
                 'start a new run with --task "..."',
@@ -396,7 +395,7 @@ class History:
         row = self.db.conn.execute(
             "SELECT status, pid, process_start, host FROM runs WHERE run_id = ?", (run_id,)
         ).fetchone()
-        if row and row[0] == "running" and owner_alive(row[1], row[2], row[3]):
+        if row and standing(*row) is Standing.LIVE:
             raise StoreError(f"run {run_id} is running (pid {row[1]})", "wait for it to finish or stop it first")
 
     def delete_run(self, run_id: str) -> None:

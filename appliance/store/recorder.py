@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import sqlite3
 import threading
@@ -42,42 +41,17 @@ from appliance.agent.events import (
     TurnStarted,
 )
 from appliance.llm.base import ChatMessage
+from appliance.policy import Standing, host_name, process_start, redact, redacted_snapshot, standing
 from appliance.store.db import (
     RunNotFound,
     StoreError,
     describe_error,
-    host_name,
     now_iso,
-    owner_alive,
-    process_start,
     write_transaction,
 )
 
 if TYPE_CHECKING:
     from appliance.store.history import History
-
-# Key names that hold credentials ("api_key", "judge_api_key", "hf_token"), not "max_tokens".
-_SECRET_KEY = re.compile(
-    r"^(?:.*[_-])?(?:api[_-]?key|key|token|access[_-]?token|secret|password|passwd|authorization|credentials?)$",
-    re.IGNORECASE,
-)
-_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-_URL_SECRET_PARAM = re.compile(r"([?&](?:api[_-]?key|key|token|access_token|secret|password)=)[^&#\s]+", re.IGNORECASE)
-
-
-def scrub(value: Any) -> Any:
-    """Defence in depth over the already-redacted snapshots: no credential reaches the database."""
-    if isinstance(value, dict):
-        return {
-            k: ("***" if isinstance(k, str) and _SECRET_KEY.match(k) and v not in ("", None) else scrub(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [scrub(v) for v in value]
-    if isinstance(value, str) and "://" in value:
-        return _URL_SECRET_PARAM.sub(r"\1***", _URL_USERINFO.sub("***@", value))
-    return value
-
 
 def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
@@ -244,8 +218,8 @@ class Recorder:
             return
         now = now_iso()
         pid = os.getpid()
-        backend = scrub(e.backend)
-        settings = scrub(e.settings)
+        backend = redact(e.backend).value
+        settings = redacted_snapshot(e.settings)
         try:
             self._execute(
                 "INSERT INTO runs (run_id, task, task_message, system_prompt, status, profile, model, backend, "
@@ -284,11 +258,12 @@ class Recorder:
         if row is None:
             raise RunNotFound(f"no recorded run {e.run_id} to resume", "list runs with `appliance history list`")
         status, pid, start, host, elapsed = row
-        if status == "running" and pid != os.getpid() and owner_alive(pid, start, host):
+        where = standing(status, pid, start, host)
+        if where is Standing.LIVE and pid != os.getpid():
             raise StoreError(
                 f"run {e.run_id} is still running (pid {pid} on {host})", "wait for it to finish or stop that process"
             )
-        if status in ("answered", "no_answer"):
+        if where is Standing.FINISHED:
             raise StoreError(f"run {e.run_id} already finished ({status})", "start a new run with --task")
         discarded, redone = self._discard_unfinished()
         self._seq = self._execute("SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", (e.run_id,)).fetchone()[
@@ -304,8 +279,8 @@ class Recorder:
                 me,
                 process_start(me),
                 host_name(),
-                dumps(scrub(e.settings)),
-                dumps(scrub(e.backend)),
+                dumps(redacted_snapshot(e.settings)),
+                dumps(redact(e.backend).value),
                 str(e.backend.get("model") or ""),
                 str(e.backend.get("backend") or ""),
                 e.run_id,
@@ -318,8 +293,8 @@ class Recorder:
                 "resumed": True,
                 "turn": e.turn,
                 "workspace": e.workspace,
-                "settings": scrub(e.settings),
-                "backend": scrub(e.backend),
+                "settings": redacted_snapshot(e.settings),
+                "backend": redact(e.backend).value,
                 "discarded_replies": discarded,
                 "redone_calls": redone,
                 "pid": me,
