@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.agent.events import AgentEvent, RunFinished
-from appliance.agent.loop import Agent, RunState
+from appliance.agent.loop import Agent
 from appliance.agent.runtime import (
     build_toolbox,
     discard_kv_checkpoint,
@@ -36,6 +36,7 @@ from appliance.agent.runtime import (
     run_dirs,
     save_kv_checkpoint,
 )
+from appliance.agent.state import RunState
 from appliance.config import Settings
 from appliance.errors import ApplianceError
 from appliance.llm.base import Backend

@@ -11,7 +11,8 @@ import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 
-from appliance.agent.loop import Agent, RunState, new_state
+from appliance.agent.loop import Agent
+from appliance.agent.state import RunState, new_state
 from appliance.config import Settings
 from appliance.llm.base import Backend
 from appliance.protocol.prompt import render_system_prompt, render_task_message

@@ -345,18 +345,22 @@ class History:
 
     def replay_events(self, run: RunRecord) -> Iterator[AgentEvent]:
         """A past (or running) run, already loaded with get_run, as the events the loop emitted (the UI's replay)."""
+        return replay(run, self.event_log(run.run_id))
+
+    def event_log(self, run_id: str) -> list[LogEntry]:
+        """The events a run recorded, in order (what replay and resume read)."""
 
         def log() -> list[LogEntry]:
             return [
                 LogEntry(e["seq"], e["type"], e["message_id"], e["tool_call_id"], parse_data(e["data"]))
                 for e in self._rows(
                     "SELECT seq, type, message_id, tool_call_id, data FROM events WHERE run_id = ? ORDER BY seq",
-                    (run.run_id,),
+                    (run_id,),
                 )
             ]
 
         entries: list[LogEntry] = self._guarded(log)
-        return replay(run, entries)
+        return entries
 
     def load_resume(self, run_id: str) -> ResumePoint:
         """Where an interrupted run stopped: the loop's state, its settings, workspace and attachments.
@@ -375,7 +379,7 @@ class History:
                 f"run {run.run_id} already finished ({run.status}); only interrupted or failed runs resume",
                 'start a new run with --task "..."',
             )
-        rebuilt = rebuild_state(run)
+        rebuilt = rebuild_state(run, self.event_log(run.run_id))
         return ResumePoint(
             run=run,
             state=rebuilt.state,

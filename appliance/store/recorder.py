@@ -7,9 +7,10 @@ transaction; TextDelta and TurnStarted are not written (the reply's text and
 its attempt number arrive with TurnEnded).
 
 A reply is recorded `pending` and decided by the event after it: rolled back
-(TurnRolledBack) or kept (anything else; for the summary, the end of the run).
-The decision comes microseconds later, so a process killed in between loses
-only the bookkeeping, and the resumed run samples that reply again.
+(TurnRolledBack) or kept (TurnKept). The decision comes microseconds later, so
+a process killed in between loses only the bookkeeping, and the resumed run
+samples that reply again. The events log is what a resume rebuilds the run's
+state from (store.rebuild), through the loop's own state function.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from appliance.agent.events import (
     ToolCallStarted,
     ToolResultOmitted,
     TurnEnded,
+    TurnKept,
     TurnRolledBack,
     TurnStarted,
 )
@@ -52,6 +54,7 @@ from appliance.store.db import (
 
 if TYPE_CHECKING:
     from appliance.store.history import History
+
 
 def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
@@ -106,6 +109,7 @@ class Recorder:
         self._handlers: dict[type, Callable[[Any], None]] = {
             RunStarted: self._run_started,
             TurnEnded: self._turn_ended,
+            TurnKept: self._turn_kept,
             TurnRolledBack: self._turn_rolled_back,
             ToolCallStarted: self._tool_call_started,
             ToolCallFinished: self._tool_call_finished,
@@ -273,8 +277,8 @@ class Recorder:
         me = os.getpid()
         self._execute(
             "UPDATE runs SET status = 'running', pid = ?, process_start = ?, host = ?, settings = ?, "
-            "backend_info = ?, model = ?, backend = ?, error = NULL, exit_code = NULL, finished_at = NULL "
-            "WHERE run_id = ?",
+            "backend_info = ?, model = ?, backend = ?, error = NULL, exit_code = NULL, finished_at = NULL, "
+            "turns = ?, tool_calls = ?, prompt_tokens = ?, completion_tokens = ? WHERE run_id = ?",
             (
                 me,
                 process_start(me),
@@ -283,15 +287,22 @@ class Recorder:
                 dumps(redact(e.backend).value),
                 str(e.backend.get("model") or ""),
                 str(e.backend.get("backend") or ""),
+                # The counters of the state the run resumes from (what the discarded rows no longer count).
+                e.turn,
+                e.tool_calls,
+                e.prompt_tokens,
+                e.completion_tokens,
                 e.run_id,
             ),
         )
-        self._recount()
         self._log(
             "RunStarted",
             data={
                 "resumed": True,
                 "turn": e.turn,
+                "tool_calls": e.tool_calls,
+                "prompt_tokens": e.prompt_tokens,
+                "completion_tokens": e.completion_tokens,
                 "workspace": e.workspace,
                 "settings": redacted_snapshot(e.settings),
                 "backend": redact(e.backend).value,
@@ -353,20 +364,6 @@ class Recorder:
             self._execute("DELETE FROM tool_calls WHERE id = ?", (call_id,))
         return len(ids)
 
-    def _recount(self) -> None:
-        self._execute(
-            "UPDATE runs SET "
-            "turns = (SELECT count(*) FROM messages m "
-            "  WHERE m.run_id = runs.run_id AND kind = 'turn' AND state = 'kept'), "
-            "tool_calls = (SELECT count(*) FROM tool_calls c WHERE c.run_id = runs.run_id AND status != 'running'), "
-            "prompt_tokens = (SELECT coalesce(sum(prompt_tokens), 0) FROM messages m "
-            "  WHERE m.run_id = runs.run_id AND kind IN ('turn', 'summary')), "
-            "completion_tokens = (SELECT coalesce(sum(tokens), 0) FROM messages m "
-            "  WHERE m.run_id = runs.run_id AND kind IN ('turn', 'summary')) "
-            "WHERE run_id = ?",
-            (self.run_id,),
-        )
-
     # ------------------------------------------------------------ steps
 
     def _turn_ended(self, e: TurnEnded) -> None:
@@ -401,7 +398,13 @@ class Recorder:
         self._calls, self._results = {}, {}
         self._add("prompt_tokens", e.prompt_tokens)
         self._add("completion_tokens", e.completion_tokens)
-        self._log("TurnEnded", seq, message_id=reply_id)
+        # Its keeping is logged as an event of its own (TurnKept); runs recorded before that have no mark.
+        self._log("TurnEnded", seq, message_id=reply_id, data={"kept_by_event": True})
+
+    def _turn_kept(self, e: TurnKept) -> None:
+        reply = self._reply
+        self._decide_pending()
+        self._log("TurnKept", message_id=reply.id if reply is not None else None, data={"turn": e.turn, "kind": e.kind})
 
     def _turn_rolled_back(self, e: TurnRolledBack) -> None:
         reply = self._reply

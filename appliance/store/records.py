@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from appliance.agent.loop import RunState
+from appliance.agent.state import RunState
 
 # A reply is `pending` from the moment it is recorded until the loop decides
 # whether it stands (the next event); a resumed run samples a pending one again.
