@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -48,6 +49,7 @@ from appliance.store.resume import resume_notes, resume_settings
 from appliance.tools.base import ToolBox
 
 Subscriber = Callable[[AgentEvent], None]
+log = logging.getLogger(__name__)
 
 
 class Backends:
@@ -88,9 +90,12 @@ class Backends:
         self.close()
 
     def _close_held(self) -> None:
-        if self._held is not None:
-            self._held.close()
-        self._held, self._held_key = None, ""
+        held, self._held, self._held_key = self._held, None, ""
+        if held is not None:
+            try:
+                held.close()
+            except Exception:
+                log.warning("closing the %s backend failed", held.name, exc_info=True)
 
 
 class RunSession:

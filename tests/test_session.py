@@ -125,6 +125,12 @@ def test_eval_keeps_the_cache_of_a_stopped_task_and_resumes_from_it(
     assert not checkpoint.exists()
     prompt, evaluated = summary_tokens(db, stopped.run_id)
     assert evaluated < prompt / 2, (prompt, evaluated)  # the restored prefix was not evaluated again
+    # The loop's own count of each prompt (TurnStarted) is the model's, to the token.
+    with sqlite3.connect(db) as conn:
+        counts = conn.execute(
+            "SELECT prompt_estimate, prompt_tokens FROM messages WHERE kind IN ('turn', 'summary')"
+        ).fetchall()
+    assert len(counts) >= 2 and all(estimate == exact for estimate, exact in counts), counts
 
 
 def test_a_session_closes_its_tools_and_backends_are_shared_only_where_that_pays(
@@ -181,3 +187,36 @@ def test_a_run_whose_base_url_has_a_query_parameter_resumes_with_it(appliance_ho
         assert "sk-SECRET" not in str(secret.settings) and "api_key=***" in secret.settings["model"]["base_url"]
         with Backends() as backends, resume_session(history, "secret", backends=backends) as session:
             assert session.settings.model.base_url == load_settings().model.base_url
+
+
+def test_closing_tools_and_models_logs_what_failed_and_closes_the_rest(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appliance.tools.base import ToolBox
+    from tests.tui_support import Python, Search
+
+    class Broken(Search):
+        def close(self) -> None:
+            raise OSError("the pipe is gone")
+
+    closed: list[str] = []
+    python = Python()
+    monkeypatch.setattr(python, "close", lambda: closed.append("python"))
+    with caplog.at_level("WARNING"):
+        ToolBox([Broken(), python]).close()
+    assert closed == ["python"]
+    (record,) = caplog.records
+    assert record.getMessage() == f"closing the {specs.SEARCH_SERVER} tool server failed"
+    assert record.exc_info is not None and "the pipe is gone" in str(record.exc_info[1])
+
+    caplog.clear()
+    remote = load_settings(
+        overrides={"model.backend": "openai", "model.base_url": "http://127.0.0.1:9/v1", "model.name": "m"}
+    )
+    backends = Backends()
+    held, _ = backends.acquire(remote)
+    monkeypatch.setattr(held, "close", lambda: (_ for _ in ()).throw(RuntimeError("stuck")))
+    with caplog.at_level("WARNING"):
+        backends.close()
+    assert [r.getMessage() for r in caplog.records] == ["closing the openai backend failed"]
+    assert backends.acquire(remote)[0] is not held  # the failed one is not handed out again

@@ -174,8 +174,8 @@ class Agent:
         return [ChatMessage("system", state.system_prompt), *history]
 
     def _prompt_tokens(self, view: list[ChatMessage]) -> int:
-        overhead = self.backend.message_overhead
-        return sum(self._tokens(m.content) + overhead for m in view) + 3
+        # The backend's own count: exact for a local model (its chat template, rendered and tokenized).
+        return self.backend.count_messages(view)
 
     def _omitted_turns(self, state: RunState) -> set[int]:
         """Turn numbers whose results are currently shown as the placeholder."""
