@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import click
 
 from appliance.paths import app_dirs
-from appliance.policy import STATUSES
+from appliance.policy import STATUSES, RunStatus
 from appliance.store.db import StoreError
 from appliance.store.export import chatml, markdown_report, safe_json
 from appliance.store.history import History, open_history
@@ -221,7 +221,8 @@ def export_command(
     with _history(ctx) as store:
         ids = list(run_ids)
         if all_runs:
-            ids += [r.run_id for r in store.list_runs(limit=0, status=status, tag=tag) if r.status != "running"]
+            listed = store.list_runs(limit=0, status=status, tag=tag)
+            ids += [r.run_id for r in listed if RunStatus.of(r.status) is not RunStatus.RUNNING]
         runs = [store.get_run(run_id) for run_id in ids]
     with _open_output(output) as out:
         for index, run in enumerate(runs):
