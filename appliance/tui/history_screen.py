@@ -37,7 +37,7 @@ STATUS_FILTERS: tuple[str | None, ...] = (
     RunStatus.ERROR,
     RunStatus.RUNNING,
 )
-STATUS_STYLES = {
+STATUS_STYLES: dict[str, str] = {
     RunStatus.ANSWERED: "$success",
     RunStatus.NO_ANSWER: "$warning",
     RunStatus.INTERRUPTED: "$warning",
