@@ -77,17 +77,19 @@ class LazyGroup(click.Group):
             loaded = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
             reason = str(exc)
+        else:
+            if isinstance(loaded, click.Command):
+                return loaded
+            reason = f"{target} is not a command"
 
-            @click.command(
-                cmd_name, help=f"{help_text} (unavailable: {reason})", context_settings={"ignore_unknown_options": True}
-            )
-            @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-            def unavailable(args: tuple[str, ...]) -> None:
-                raise ApplianceError(f"`appliance {cmd_name}` is unavailable: {reason}", "reinstall the appliance")
+        @click.command(
+            cmd_name, help=f"{help_text} (unavailable: {reason})", context_settings={"ignore_unknown_options": True}
+        )
+        @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+        def unavailable(args: tuple[str, ...]) -> None:
+            raise ApplianceError(f"`appliance {cmd_name}` is unavailable: {reason}", "reinstall the appliance")
 
-            return unavailable
-        assert isinstance(loaded, click.Command)
-        return loaded
+        return unavailable
 
 
 # ------------------------------------------------------------------ headless

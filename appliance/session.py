@@ -162,7 +162,11 @@ class RunSession:
         return finished
 
     def _keep_checkpoint(self) -> None:
-        self.kept_checkpoint = save_kv_checkpoint(self.agent.backend, self.settings, self.run_id)
+        # Best effort: a run that stops must not fail for its cache (the resume evaluates its prompt again).
+        try:
+            self.kept_checkpoint = save_kv_checkpoint(self.agent.backend, self.settings, self.run_id)
+        except Exception:
+            log.warning("keeping the model's cache of run %s failed", self.run_id, exc_info=True)
 
     def close(self) -> None:
         if self._closed:

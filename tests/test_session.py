@@ -220,3 +220,20 @@ def test_closing_tools_and_models_logs_what_failed_and_closes_the_rest(
         backends.close()
     assert [r.getMessage() for r in caplog.records] == ["closing the openai backend failed"]
     assert backends.acquire(remote)[0] is not held  # the failed one is not handed out again
+
+
+def test_the_ui_and_the_export_list_the_same_sources(
+    appliance_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that only searched: its sources are the top results, in the answer panel and in the report."""
+    from appliance.agent import runtime
+    from appliance.store.export import markdown_report, sources
+    from tests.store_support import call
+
+    monkeypatch.setitem(runtime.TOOL_SERVERS, "test-tools", "tests.storetools:create_server")
+    script = write_script(tmp_path / "s.jsonl", [call("google_search", q="moons of mars"), "Two.", "It is \\boxed{2}."])
+    with open_history(tmp_path / "h.db") as history:
+        run_in_process(history, settings_for(script), "How many moons?", "searched")
+        run = history.get_run("searched")
+        assert sources(run) == ["https://example.org/moons-of-mars/1"]
+        assert "## Sources\n\n- <https://example.org/moons-of-mars/1>\n" in markdown_report(run)
