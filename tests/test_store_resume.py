@@ -164,6 +164,11 @@ def _live_states(history: History, settings: Any, run_id: str) -> tuple[list[Any
             recorder(event)
             events.append(event)
             states.append(copy.deepcopy(dataclasses.asdict(state)))
+            # The history's running counters are the loop's own, after every event.
+            row = history.db.conn.execute(
+                "SELECT turns, tool_calls, prompt_tokens, completion_tokens FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            assert tuple(row) == (state.turn, state.tool_calls, state.prompt_tokens, state.completion_tokens)
     finally:
         toolbox.close()
         backend.close()

@@ -10,7 +10,8 @@ A reply is recorded `pending` and decided by the event after it: rolled back
 (TurnRolledBack) or kept (TurnKept). The decision comes microseconds later, so
 a process killed in between loses only the bookkeeping, and the resumed run
 samples that reply again. The events log is what a resume rebuilds the run's
-state from (store.rebuild), through the loop's own state function.
+state from (store.rebuild), through the loop's own state function; the run's
+running counters (turns, tool calls, tokens) come from that function too.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from appliance.agent.events import (
     TurnRolledBack,
     TurnStarted,
 )
+from appliance.agent.state import RunState, advance, new_state
 from appliance.llm.base import ChatMessage
 from appliance.policy import Standing, host_name, process_start, redact, redacted_snapshot, standing
 from appliance.store.db import (
@@ -105,7 +107,8 @@ class Recorder:
         self._calls: dict[int, int] = {}
         self._results: dict[int, str] = {}
         self._turn_started: TurnStarted | None = None
-        self._delta: dict[str, int] = {}
+        # The run's counters, moved by the loop's own state function (not counted again here).
+        self._state: RunState | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
             RunStarted: self._run_started,
             TurnEnded: self._turn_ended,
@@ -131,8 +134,9 @@ class Recorder:
         with deferred_interrupt(), self._history.lock:
             try:
                 with write_transaction(self._db):
-                    self._delta = {}
                     handler(event)
+                    if self._state is not None:
+                        advance(self._state, event)
                     self._touch()
             except sqlite3.Error as exc:
                 raise describe_error(self._history.path, exc) from exc
@@ -169,24 +173,23 @@ class Recorder:
             ),
         )
 
-    def _add(self, counter: str, amount: int) -> None:
-        self._delta[counter] = self._delta.get(counter, 0) + amount
-
     def _elapsed(self) -> float:
         return self._elapsed_before + time.monotonic() - self._clock_start
 
     def _touch(self) -> None:
-        d = self._delta
+        state = self._state
+        if state is None:
+            return
         self._execute(
-            "UPDATE runs SET updated_at = ?, elapsed_s = ?, turns = turns + ?, tool_calls = tool_calls + ?, "
-            "prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ? WHERE run_id = ?",
+            "UPDATE runs SET updated_at = ?, elapsed_s = ?, turns = ?, tool_calls = ?, prompt_tokens = ?, "
+            "completion_tokens = ? WHERE run_id = ?",
             (
                 now_iso(),
                 round(self._elapsed(), 3),
-                d.get("turns", 0),
-                d.get("tool_calls", 0),
-                d.get("prompt_tokens", 0),
-                d.get("completion_tokens", 0),
+                state.turn,
+                state.tool_calls,
+                state.prompt_tokens,
+                state.completion_tokens,
                 self.run_id,
             ),
         )
@@ -198,8 +201,6 @@ class Recorder:
             return
         self._execute("UPDATE messages SET state = 'kept' WHERE id = ?", (reply.id,))
         reply.pending = False
-        if reply.kind == "turn":
-            self._add("turns", 1)
 
     def _last_kept_reply(self, turn: int | None = None, kind: str = "turn") -> _Reply | None:
         sql = "SELECT id, turn FROM messages WHERE run_id = ? AND kind = ? AND state = 'kept'"
@@ -214,6 +215,10 @@ class Recorder:
 
     def _run_started(self, e: RunStarted) -> None:
         self.run_id = e.run_id
+        # A resumed run's counters start where its state does (the rows of what runs again are discarded).
+        self._state = new_state(e.run_id, e.task, e.task_message, e.system_prompt, e.attachments)
+        self._state.turn, self._state.tool_calls = e.turn, e.tool_calls
+        self._state.prompt_tokens, self._state.completion_tokens = e.prompt_tokens, e.completion_tokens
         self._clock_start = time.monotonic()
         self._elapsed_before = 0.0
         self._reply, self._calls, self._results = None, {}, {}
@@ -277,8 +282,8 @@ class Recorder:
         me = os.getpid()
         self._execute(
             "UPDATE runs SET status = 'running', pid = ?, process_start = ?, host = ?, settings = ?, "
-            "backend_info = ?, model = ?, backend = ?, error = NULL, exit_code = NULL, finished_at = NULL, "
-            "turns = ?, tool_calls = ?, prompt_tokens = ?, completion_tokens = ? WHERE run_id = ?",
+            "backend_info = ?, model = ?, backend = ?, error = NULL, exit_code = NULL, finished_at = NULL "
+            "WHERE run_id = ?",
             (
                 me,
                 process_start(me),
@@ -287,11 +292,6 @@ class Recorder:
                 dumps(redact(e.backend).value),
                 str(e.backend.get("model") or ""),
                 str(e.backend.get("backend") or ""),
-                # The counters of the state the run resumes from (what the discarded rows no longer count).
-                e.turn,
-                e.tool_calls,
-                e.prompt_tokens,
-                e.completion_tokens,
                 e.run_id,
             ),
         )
@@ -396,8 +396,6 @@ class Recorder:
         reply_id = int(cursor.lastrowid or 0)
         self._reply = _Reply(reply_id, e.turn, e.kind, pending=True)
         self._calls, self._results = {}, {}
-        self._add("prompt_tokens", e.prompt_tokens)
-        self._add("completion_tokens", e.completion_tokens)
         # Its keeping is logged as an event of its own (TurnKept); runs recorded before that have no mark.
         self._log("TurnEnded", seq, message_id=reply_id, data={"kept_by_event": True})
 
@@ -416,8 +414,6 @@ class Recorder:
                 "WHERE id = ? OR (reply_id = ? AND kind = 'observation')",
                 (e.reason, e.detail, reply.id, reply.id),
             )
-            if not reply.pending and reply.kind == "turn":
-                self._add("turns", -1)
         self._reply = None
         self._log(
             "TurnRolledBack",
@@ -453,7 +449,6 @@ class Recorder:
             (e.result, e.status, e.duration_s, int(e.truncated), e.raw_chars, now_iso(), call_id),
         )
         self._results[e.index] = e.result
-        self._add("tool_calls", 1)
         self._log("ToolCallFinished", tool_call_id=call_id)
 
     def _observation_added(self, e: ObservationAdded) -> None:
@@ -530,7 +525,6 @@ class Recorder:
                 self.run_id,
             ),
         )
-        self._delta = {}
         self._elapsed_before = e.elapsed_s
         self._clock_start = time.monotonic()
         data = e.as_json()
