@@ -2,7 +2,7 @@
 
 The sweep runs in process (fast enough to stop after every event): a run is
 abandoned after event N, which is what a killed process looks like to the
-database, its owner is made a dead pid, and `prepare_resume` continues it. The
+database, its owner is made a dead pid, and a resumed session (appliance.session) continues it. The
 result is compared with an uninterrupted run of the same script. The
 subprocess tests in test_store_crash.py do the same with real SIGKILLs.
 """
