@@ -44,7 +44,6 @@ from appliance.llm.base import Backend
 from appliance.llm.factory import build_backend
 from appliance.policy import RunStatus
 from appliance.store.history import History
-from appliance.store.records import ResumePoint
 from appliance.store.resume import resume_notes, resume_settings
 from appliance.tools.base import ToolBox
 
@@ -266,7 +265,8 @@ def resume_session(
     """
     point = history.load_resume(run_id)
     settings = resume_settings(point, option_overrides or {}, profile)
-    workspace, notes = resume_notes(point, workspace)
+    workspace, notes = resume_notes(point, settings, workspace)
+    dirs = run_dirs(settings, point.run.run_id, workspace)  # a refused workspace stops here, before the model loads
     backend, release = backends.acquire(settings, replay_start=point.replay_position)
     try:
         restored = restore_kv_checkpoint(backend, settings, point.run.run_id)
@@ -277,8 +277,9 @@ def resume_session(
     except BaseException:
         release()
         raise
+    attachments = tuple(Path(p) for p in point.attachments if Path(p).exists())
     try:
-        agent = _resumed_agent(settings, backend, toolbox, point, workspace)
+        agent = make_agent(settings, backend, toolbox, point.run.run_id, dirs, attachments)
     except BaseException:
         toolbox.close()
         release()
@@ -286,11 +287,3 @@ def resume_session(
     return RunSession(
         history, agent, point.state, settings, toolbox, release, notes=notes, elapsed_before=point.run.elapsed_s
     )
-
-
-def _resumed_agent(
-    settings: Settings, backend: Backend, toolbox: ToolBox, point: ResumePoint, workspace: Path | None
-) -> Agent:
-    dirs = run_dirs(settings, point.run.run_id, workspace)
-    attachments = tuple(Path(p) for p in point.attachments if Path(p).exists())
-    return make_agent(settings, backend, toolbox, point.run.run_id, dirs, attachments)

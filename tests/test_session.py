@@ -66,6 +66,7 @@ async def test_the_tui_keeps_the_cache_of_a_cancelled_run_and_resumes_from_it(
     llama_env: dict[str, str], appliance_home: Path, tmp_path: Path
 ) -> None:
     workspace = tmp_path / "ws"
+    workspace.mkdir()  # a named workspace must exist: the appliance never makes one
     app = ApplianceApp({"db": tmp_path / "history.db", "workspace": workspace})
     async with app.run_test(size=(100, 30)) as pilot:
         main = app.main

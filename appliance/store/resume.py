@@ -44,13 +44,21 @@ def resume_settings(point: ResumePoint, cli_overrides: Mapping[str, Any], profil
     )
 
 
-def resume_notes(point: ResumePoint, workspace: Path | None) -> tuple[Path | None, list[str]]:
-    """(the workspace to use, what the user should know): the recorded workspace unless another is named."""
+def resume_notes(point: ResumePoint, settings: Settings, workspace: Path | None) -> tuple[Path | None, list[str]]:
+    """(the workspace to use, what the user should know): the recorded workspace unless another is named.
+
+    A workspace the user named that is gone is not made again (a user's directory is theirs to create).
+    """
     notes: list[str] = []
-    if workspace is None and point.workspace:
-        workspace = Path(point.workspace)
-    if workspace is not None and not workspace.is_dir():
-        notes.append(f"the workspace {workspace} is gone; the resumed run starts with an empty one")
+    own_workspace = settings.dirs.run_dir(point.run.run_id) / "workspace"
+    if workspace is None and point.workspace and Path(point.workspace) != own_workspace.expanduser().resolve():
+        recorded = Path(point.workspace)
+        if recorded.is_dir():
+            workspace = recorded
+        else:  # never made again: a user's directory is theirs to create
+            notes.append(f"the workspace {recorded} is gone; the resumed run uses an empty one of its own")
+    elif workspace is None and not own_workspace.is_dir():
+        notes.append("the run's workspace is gone; the resumed run starts with an empty one")
     missing = [p for p in point.attachments if not Path(p).exists()]
     if missing:
         notes.append(f"attachments no longer on disk: {', '.join(missing)}")
