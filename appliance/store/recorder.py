@@ -507,6 +507,9 @@ class Recorder:
 
     def _run_finished(self, e: RunFinished) -> None:
         self._decide_pending()
+        if self._state is not None:  # the loop's final totals stand
+            self._state.turn, self._state.tool_calls = e.turns, e.tool_calls
+            self._state.prompt_tokens, self._state.completion_tokens = e.prompt_tokens, e.completion_tokens
         self._execute(
             "UPDATE runs SET status = ?, answer = ?, final_text = ?, error = ?, exit_code = ?, turns = ?, "
             "tool_calls = ?, prompt_tokens = ?, completion_tokens = ?, elapsed_s = ?, finished_at = ? WHERE run_id = ?",
