@@ -10,8 +10,9 @@ import datetime as dt
 import importlib
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,6 +21,7 @@ from appliance.agent.events import (
     AgentEvent,
     Notice,
     RunFinished,
+    RunStarted,
     SummaryStarted,
     TextDelta,
     ToolCallFinished,
@@ -31,6 +33,9 @@ from appliance.config import Settings
 from appliance.errors import ApplianceError, ExitCode
 from appliance.options import collect_common, common_options, option_overrides, settings_from_options
 from appliance.textutil import one_line, strip_control
+
+if TYPE_CHECKING:
+    from appliance.store.sources import Source
 
 # Subcommands live beside the code they drive and are imported on first use.
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
@@ -159,7 +164,42 @@ def run_headless(options: dict[str, Any], task: str, *, as_json: bool, verbose: 
         with session:
             finished = session.drive(HeadlessPrinter(verbose=verbose))
     report_checkpoint(session.kept_checkpoint, finished)
-    emit_result(finished, as_json=as_json)
+    emit_result(finished, as_json=as_json, sources=session.sources)
+    return int(finished.exit_code)
+
+
+def rerun_headless(options: dict[str, Any], run_id: str, *, as_json: bool, verbose: bool) -> int:
+    """The same task with the same settings and attachments as a recorded run, sampled anew.
+
+    Searches and fetches the original made are answered from its archive; with
+    `--web archive:...` nothing else is fetched either.
+    """
+    from appliance.session import Backends, rerun_session
+
+    with open_history(settings_from_options(options), options.get("db")) as history, Backends() as backends:
+        session = rerun_session(
+            history,
+            run_id,
+            option_overrides(options),
+            backends=backends,
+            workspace=options.get("workspace"),
+            profile=options.get("profile"),
+        )
+        original = history.get_run(run_id)
+        with session:
+            printer = HeadlessPrinter(verbose=verbose)
+            printer.stream.write(
+                f"appliance: re-running run {original.run_id} as {session.run_id} "
+                f"(web: {session.settings.archive.web})\n"
+            )
+
+            def tag(event: AgentEvent) -> None:
+                if isinstance(event, RunStarted):
+                    history.tag_run(event.run_id, f"rerun-of:{original.run_id}")
+
+            finished = session.drive(tag, printer)
+    report_checkpoint(session.kept_checkpoint, finished)
+    emit_result(finished, as_json=as_json, sources=session.sources)
     return int(finished.exit_code)
 
 
@@ -187,7 +227,7 @@ def resume_headless(options: dict[str, Any], run_id: str, *, as_json: bool, verb
             )
             finished = session.drive(printer)
     report_checkpoint(session.kept_checkpoint, finished)
-    emit_result(finished, as_json=as_json)
+    emit_result(finished, as_json=as_json, sources=session.sources)
     return int(finished.exit_code)
 
 
@@ -196,9 +236,10 @@ def report_checkpoint(kept: bool, finished: RunFinished) -> None:
         click.echo(f"appliance: kept the model's cache for `appliance resume {finished.run_id}`", err=True)
 
 
-def emit_result(finished: RunFinished, *, as_json: bool) -> None:
+def emit_result(finished: RunFinished, *, as_json: bool, sources: Sequence[Source] = ()) -> None:
     if as_json:
         payload = finished.as_json()
+        payload["sources"] = [source.as_json() for source in sources]
         if finished.error:
             payload["error"] = finished.error
         click.echo(json.dumps(payload, ensure_ascii=False))
@@ -280,6 +321,24 @@ def resume_command(ctx: click.Context, /, run_id: str, as_json: bool, verbose: b
     except ApplianceError as exc:
         if as_json:
             click.echo(json.dumps({"run_id": run_id, "status": "error", "answer": None, "error": exc.one_line()}))
+        raise
+    ctx.exit(code)
+
+
+@cli.command("rerun")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the answer.")
+@click.option("--verbose", "-v", is_flag=True)
+@common_options
+@click.pass_context
+def rerun_command(ctx: click.Context, /, run_id: str, as_json: bool, verbose: bool, **options: Any) -> None:
+    """Run a recorded run's task again: same settings, new samples, its searches and fetches from its archive."""
+    options = collect_common(ctx, options)
+    try:
+        code = rerun_headless(options, run_id, as_json=as_json, verbose=verbose)
+    except ApplianceError as exc:
+        if as_json:
+            click.echo(json.dumps({"run_id": None, "status": "error", "answer": None, "error": exc.one_line()}))
         raise
     ctx.exit(code)
 

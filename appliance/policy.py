@@ -121,8 +121,9 @@ def owner_alive(pid: int | None, start: str | None, host: str | None) -> bool:
 # ---------------------------------------------------------------- secrets
 
 MASK = "***"
-# Key names that hold credentials ("api_key", "judge_api_key", "hf_token"), not "max_tokens".
-_SECRET_KEY = re.compile(
+# Names that hold credentials ("api_key", "judge_api_key", "hf_token", "X-Api-Key",
+# "Authorization"), not "max_tokens". Shared by settings, the history and the web archive.
+SECRET_NAME = re.compile(
     r"^(?:.*[_-])?(?:api[_-]?key|key|token|access[_-]?token|secret|password|passwd|authorization|credentials?)$",
     re.IGNORECASE,
 )
@@ -158,7 +159,7 @@ def _redact(value: Any, path: str, *, opaque: bool, found: list[str]) -> Any:
         out: dict[Any, Any] = {}
         for key, item in value.items():
             where = f"{path}.{key}" if path else str(key)
-            secret = opaque or (isinstance(key, str) and _SECRET_KEY.match(key) is not None)
+            secret = opaque or (isinstance(key, str) and SECRET_NAME.match(key) is not None)
             if secret and item not in ("", None) and not isinstance(item, Mapping):
                 out[key] = MASK
                 found.append(where)

@@ -44,7 +44,9 @@ from appliance.llm.base import Backend
 from appliance.llm.factory import build_backend
 from appliance.policy import RunStatus
 from appliance.store.history import History
-from appliance.store.resume import resume_notes, resume_settings
+from appliance.store.report import finish_report
+from appliance.store.resume import recorded_settings, resume_notes, resume_settings
+from appliance.store.sources import Source
 from appliance.tools.base import ToolBox
 
 Subscriber = Callable[[AgentEvent], None]
@@ -120,6 +122,8 @@ class RunSession:
         self.notes = list(notes)
         self.elapsed_before = elapsed_before
         self.kept_checkpoint = False
+        # The finished run's sources (its report is written into its directory with them).
+        self.sources: list[Source] = []
         self._release_backend = release_backend
         self._closed = False
 
@@ -158,6 +162,7 @@ class RunSession:
             raise ApplianceError("the run ended without a result", "report this as a bug")
         if RunStatus.of(finished.status).resumable:
             self._keep_checkpoint()
+        self.sources = finish_report(self.history, self.settings.dirs.run_dir(self.run_id), self.run_id)
         return finished
 
     def _keep_checkpoint(self) -> None:
@@ -224,8 +229,9 @@ def start_session(
     attachments: Sequence[Path] = (),
     run_id: str | None = None,
     today: dt.date | None = None,
+    reuse_runs: Sequence[str] = (),
 ) -> RunSession:
-    """A new run of `task`, assembled from `settings`."""
+    """A new run of `task`, assembled from `settings` (`reuse_runs`: whose web archives answer first)."""
     backend, release = backends.acquire(settings)
     try:
         toolbox = build_toolbox(settings, lambda: backend)
@@ -242,6 +248,7 @@ def start_session(
             workspace=workspace,
             attachments=list(attachments),
             today=today,
+            reuse_runs=reuse_runs,
         )
     except BaseException:
         toolbox.close()
@@ -286,4 +293,28 @@ def resume_session(
         raise
     return RunSession(
         history, agent, point.state, settings, toolbox, release, notes=notes, elapsed_before=point.run.elapsed_s
+    )
+
+
+def rerun_session(
+    history: History,
+    run_id: str,
+    option_overrides: dict[str, Any] | None = None,
+    *,
+    backends: Backends,
+    workspace: Path | None = None,
+    profile: str | None = None,
+) -> RunSession:
+    """A new run of a recorded run's task, with its settings and the attachments still on disk."""
+    original = history.get_run(run_id)
+    settings = recorded_settings(original.settings, option_overrides or {}, profile)
+    attachments = [Path(p) for p in original.attachments if Path(p).exists()]
+    return start_session(
+        history,
+        settings,
+        original.task,
+        backends=backends,
+        workspace=workspace,
+        attachments=attachments,
+        reuse_runs=[original.run_id],
     )

@@ -45,7 +45,7 @@ from appliance.agent.events import (
 )
 from appliance.agent.state import RunState, advance, new_state
 from appliance.llm.base import ChatMessage
-from appliance.policy import Standing, host_name, process_start, redact, redacted_snapshot, standing
+from appliance.policy import Standing, host_name, process_start, redact, redact_url, redacted_snapshot, standing
 from appliance.store.db import (
     RunNotFound,
     StoreError,
@@ -361,6 +361,7 @@ class Recorder:
         ids = [r[0] for r in self._execute("SELECT id FROM tool_calls WHERE reply_id = ?", (reply_id,))]
         for call_id in ids:
             self._execute("DELETE FROM events WHERE run_id = ? AND tool_call_id = ?", (self.run_id, call_id))
+            self._execute("DELETE FROM archive_records WHERE run_id = ? AND tool_call_id = ?", (self.run_id, call_id))
             self._execute("DELETE FROM tool_calls WHERE id = ?", (call_id,))
         return len(ids)
 
@@ -432,7 +433,16 @@ class Recorder:
         cursor = self._execute(
             "INSERT INTO tool_calls (run_id, reply_id, turn, idx, server, tool, arguments, status, started_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
-            (self.run_id, self._reply.id, e.turn, e.index, e.server, e.tool, dumps(e.arguments), now_iso()),
+            (
+                self.run_id,
+                self._reply.id,
+                e.turn,
+                e.index,
+                e.server,
+                e.tool,
+                dumps(redact(e.arguments).value),
+                now_iso(),
+            ),
         )
         call_id = int(cursor.lastrowid or 0)
         self._calls[e.index] = call_id
@@ -449,6 +459,28 @@ class Recorder:
             (e.result, e.status, e.duration_s, int(e.truncated), e.raw_chars, now_iso(), call_id),
         )
         self._results[e.index] = e.result
+        for ref in e.archived:
+            self._execute(
+                "INSERT INTO archive_records (run_id, tool_call_id, kind, uri, warc_file, warc_offset, record_id, "
+                "warc_date, status, digest, length, origin, note, passage) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self.run_id,
+                    call_id,
+                    str(ref.get("kind", "")),
+                    redact_url(str(ref.get("uri", ""))),
+                    ref.get("file"),
+                    ref.get("offset"),
+                    ref.get("record_id"),
+                    ref.get("date"),
+                    ref.get("status"),
+                    ref.get("digest"),
+                    ref.get("length"),
+                    ref.get("origin"),
+                    ref.get("note"),
+                    ref.get("passage"),
+                ),
+            )
         self._log("ToolCallFinished", tool_call_id=call_id)
 
     def _observation_added(self, e: ObservationAdded) -> None:

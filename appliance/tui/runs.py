@@ -13,10 +13,24 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config import Settings
+from appliance.errors import ApplianceError
 from appliance.options import option_overrides, settings_from_options
 from appliance.session import Backends, RunSession, resume_session, start_session
 from appliance.store import History
+from appliance.store.sources import Source
+from appliance.tools.archive import archived_text
 from appliance.tools.rundirs import new_run_id
+
+
+def archived_copy(run_dir: Path, source: Source) -> str:
+    """A source as the user reads it in the UI: its archived copy as text, else why there is none."""
+    if not source.archived or source.warc_file is None or source.warc_offset is None:
+        where = f"a local {source.kind} document" if source.kind in ("corpus", "zim") else "not in the web archive"
+        return f"{source.url} is {where}.\n\nThe passage the extractor used:\n\n{source.passage or '(none recorded)'}"
+    try:
+        return archived_text(run_dir, source.warc_file, source.warc_offset)
+    except ApplianceError as exc:
+        return exc.one_line()
 
 
 class RunFactory:
