@@ -223,18 +223,26 @@ def test_closing_tools_and_models_logs_what_failed_and_closes_the_rest(
     assert backends.acquire(remote)[0] is not held  # the failed one is not handed out again
 
 
-def test_the_ui_and_the_export_list_the_same_sources(
+def test_a_finished_session_writes_the_report_and_hands_its_sources_to_the_face(
     appliance_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A run that only searched: its sources are the top results, in the answer panel and in the report."""
+    """The sources a face shows are the store's one list (store.sources), and the report is in the run's directory."""
     from appliance.agent import runtime
-    from appliance.store.export import markdown_report, sources
+    from appliance.store.sources import run_sources
     from tests.store_support import call
 
     monkeypatch.setitem(runtime.TOOL_SERVERS, "test-tools", "tests.storetools:create_server")
-    script = write_script(tmp_path / "s.jsonl", [call("google_search", q="moons of mars"), "Two.", "It is \\boxed{2}."])
-    with open_history(tmp_path / "h.db") as history:
-        run_in_process(history, settings_for(script), "How many moons?", "searched")
-        run = history.get_run("searched")
-        assert sources(run) == ["https://example.org/moons-of-mars/1"]
-        assert "## Sources\n\n- <https://example.org/moons-of-mars/1>\n" in markdown_report(run)
+    script = write_script(
+        tmp_path / "s.jsonl",
+        [
+            call("scrape_and_extract_info", url="https://example.org/mars", info_to_extract="moons"),
+            "Two.",
+            "\\boxed{2}",
+        ],
+    )
+    with open_history(tmp_path / "h.db") as history, Backends() as backends:
+        with start_session(history, settings_for(script), "How many moons?", backends=backends) as session:
+            session.drive()
+        assert [s.url for s in session.sources] == ["https://example.org/mars"]
+        assert session.sources == run_sources(history.get_run(session.run_id))
+        assert (session.settings.dirs.run_dir(session.run_id) / "report.md").is_file()
