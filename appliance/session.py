@@ -8,11 +8,14 @@ committed before any face sees it. Whichever way a run stops early (Ctrl-C,
 a cancel from the UI or the harness, a broken subscriber), the session keeps
 the model's KV cache for the resume.
 
-A task is driven as a sequence of agent runs (`RunSession.agent_runs`): today
-the sequence has one element. The attempts of the reference agent (a failed
+A task is driven as a sequence of agent runs (`RunSession.agent_runs`): its
+attempts, as the reference agent makes them ([agent] attempts; a failed
 attempt writes a failure-experience summary and the next attempt starts from
-the task plus those summaries) belong there, above the single-run drive and
-below the faces, so they reach every face at once.
+the task plus those summaries, agent/attempts.py). Each attempt is a run of
+its own in the history, linked to the run of attempt 1 (`task_root`); the
+session's `run_id` is always the current attempt's, so after `drive` it is
+the run that produced the final answer. With attempts off the sequence has
+one run, today's behaviour.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from appliance.agent.events import AgentEvent, RunFinished
+from appliance.agent.attempts import TaskAttempts
+from appliance.agent.events import AgentEvent, Notice, RunFinished, RunStarted
 from appliance.agent.loop import Agent
 from appliance.agent.runtime import (
     build_toolbox,
@@ -113,6 +117,8 @@ class RunSession:
         *,
         notes: Sequence[str] = (),
         elapsed_before: float = 0.0,
+        task_attempts: TaskAttempts | None = None,
+        next_attempt: Callable[[TaskAttempts], tuple[Agent, RunState]] | None = None,
     ) -> None:
         self.history = history
         self.agent = agent
@@ -124,20 +130,49 @@ class RunSession:
         self.kept_checkpoint = False
         # The finished run's sources (its report is written into its directory with them).
         self.sources: list[Source] = []
+        # The task's attempts, and how to assemble the run of the next one (None: one run).
+        self.task_attempts = task_attempts
+        self._next_attempt = next_attempt
+        # Every attempt's end, in order (one element without attempts).
+        self.attempt_results: list[RunFinished] = []
+        self._cancelled = False
         self._release_backend = release_backend
         self._closed = False
 
     @property
     def run_id(self) -> str:
+        """The current attempt's run (after `drive`: the one whose answer is final)."""
         return self.state.run_id
 
+    @property
+    def task_root(self) -> str:
+        """The run of the task's first attempt."""
+        return self.state.task_root or self.state.run_id
+
     def cancel(self) -> None:
-        """Stop the run at the next safe point (the current tool call is stopped too); safe from any thread."""
+        """Stop the run and every attempt after it (the current tool call is stopped too); safe from any thread."""
+        self._cancelled = True
         self.agent.cancel()
 
     def agent_runs(self) -> Iterator[Iterable[AgentEvent]]:
-        """The agent runs this task makes, in order: one today (see the module's note on attempts)."""
+        """The agent runs this task makes, in order: its attempts (see the module's note)."""
         yield self.agent.run(self.state)
+        while self._another_attempt():
+            attempts = self.task_attempts
+            assert attempts is not None and self._next_attempt is not None  # _another_attempt checked them
+            root = self.task_root
+            self.agent, self.state = self._next_attempt(attempts)
+            self.state.task_root = root
+            yield announced(self.agent.run(self.state), attempts.progress_line())
+
+    def _another_attempt(self) -> bool:
+        """Record the attempt that just ended; True when the decision table starts another."""
+        if self.task_attempts is None or self._next_attempt is None or not self.attempt_results:
+            return False
+        ended = self.attempt_results[-1]
+        if self._cancelled or ended.status != "no_answer":
+            return False  # stopped, or failed in a way a new attempt would not mend
+        return self.task_attempts.finish(ended.answer, ended.failure_summary)
 
     def drive(self, *subscribers: Subscriber) -> RunFinished:
         """Feed every event to the recorder, then to each subscriber; the last run's end is the result.
@@ -151,6 +186,7 @@ class RunSession:
         for events in self.agent_runs():
             try:
                 finished = drive_events(events, [recorder, *subscribers], self.cancel)
+                self.attempt_results.append(finished)
             except BaseException:
                 self.cancel()
                 close = getattr(events, "close", None)
@@ -158,11 +194,12 @@ class RunSession:
                     close()
                 self._keep_checkpoint()
                 raise
+            # Each attempt's run gets its report; the last one's sources are the task's.
+            self.sources = finish_report(self.history, self.settings.dirs.run_dir(self.run_id), self.run_id)
         if finished is None:
             raise ApplianceError("the run ended without a result", "report this as a bug")
         if RunStatus.of(finished.status).resumable:
             self._keep_checkpoint()
-        self.sources = finish_report(self.history, self.settings.dirs.run_dir(self.run_id), self.run_id)
         return finished
 
     def _keep_checkpoint(self) -> None:
@@ -186,6 +223,14 @@ class RunSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def announced(events: Iterable[AgentEvent], line: str) -> Iterator[AgentEvent]:
+    """The run's events with `line` said as a notice right after it starts (so it is recorded in it)."""
+    for event in events:
+        yield event
+        if isinstance(event, RunStarted):
+            yield Notice("info", line)
 
 
 def drive_events(
@@ -238,8 +283,15 @@ def start_session(
     except BaseException:
         release()
         raise
-    try:
-        agent, state = prepare_run(
+    # Attempts off: one run, exactly as before attempts existed (no TaskAttempts at all).
+    task_attempts = (
+        TaskAttempts(task, attempts=settings.agent.attempts, retry_with_summary=settings.agent.retry_with_summary)
+        if settings.agent.attempts > 0
+        else None
+    )
+
+    def prepare(attempts: TaskAttempts | None, run_id: str | None = None) -> tuple[Agent, RunState]:
+        return prepare_run(
             settings,
             task,
             backend=backend,
@@ -249,12 +301,18 @@ def start_session(
             attachments=list(attachments),
             today=today,
             reuse_runs=reuse_runs,
+            attempts=attempts,
         )
+
+    try:
+        agent, state = prepare(task_attempts, run_id)
     except BaseException:
         toolbox.close()
         release()
         raise
-    return RunSession(history, agent, state, settings, toolbox, release)
+    return RunSession(
+        history, agent, state, settings, toolbox, release, task_attempts=task_attempts, next_attempt=prepare
+    )
 
 
 def resume_session(

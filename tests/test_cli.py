@@ -48,7 +48,8 @@ def test_plain_output_is_the_answer(appliance_home: Path, tmp_path: Path) -> Non
 
 def test_no_boxed_answer_exits_1(appliance_home: Path, tmp_path: Path) -> None:
     replay = write_replay(tmp_path / "r.jsonl", ["hmm", "no idea", "still none", "nothing"])
-    result = run_cli(["--task", "?", "--replay", str(replay), "--json"], env=NO_TOOLS)
+    # One run (attempts off): with attempts, each would need a failure summary scripted.
+    result = run_cli(["--task", "?", "--replay", str(replay), "--json", "--attempts", "0"], env=NO_TOOLS)
     assert result.returncode == 1
     assert json.loads(result.stdout)["status"] == "no_answer"
 

@@ -34,6 +34,9 @@ class RunStarted:
     tool_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Attempt `attempt` of its task, whose first attempt is run `task_root` ("" for attempt 1).
+    attempt: int = 1
+    task_root: str = ""
 
 
 @dataclass(frozen=True)

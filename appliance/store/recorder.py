@@ -241,8 +241,8 @@ class Recorder:
         try:
             self._execute(
                 "INSERT INTO runs (run_id, task, task_message, system_prompt, status, profile, model, backend, "
-                "backend_info, settings, workspace, attachments, started_at, updated_at, pid, process_start, host) "
-                "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "backend_info, settings, workspace, attachments, started_at, updated_at, pid, process_start, host, "
+                "task_root, attempt) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     e.run_id,
                     e.task,
@@ -260,6 +260,8 @@ class Recorder:
                     pid,
                     process_start(pid),
                     host_name(),
+                    e.task_root or None,
+                    e.attempt,
                 ),
             )
         except sqlite3.IntegrityError as exc:

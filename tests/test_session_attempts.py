@@ -1,0 +1,145 @@
+"""A task's attempts through the run session: each attempt its own run in the history, linked to the first.
+
+The scenarios drive the reference's decision table end to end (agent/attempts.py)
+on the replay backend, the real recorder and a real SQLite history: turns run
+out, no box after the summary, every attempt fails and the final one falls
+back, a missing failure summary, Ctrl-C stopping all attempts, and attempts
+off being one run as before.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.agent import runtime
+from appliance.agent.events import AgentEvent, Notice, RunFinished, ToolCallStarted
+from appliance.protocol.failure import FAILURE_SUMMARY_ASSISTANT_PREFIX, render_enhanced_task
+from appliance.session import Backends, start_session
+from appliance.store import open_history
+from tests.store_support import call, settings_for, write_script
+
+TASK = "How many moons has Mars?"
+
+
+@pytest.fixture(autouse=True)
+def scripted_tools(monkeypatch: pytest.MonkeyPatch, appliance_home: Path) -> None:
+    monkeypatch.setitem(runtime.TOOL_SERVERS, "test-tools", "tests.storetools:create_server")
+
+
+def failure(text: str) -> dict[str, Any]:
+    """A scripted failure-summary reply: it continues the reference's assistant prefix."""
+    return {"content": text, "prefix": FAILURE_SUMMARY_ASSISTANT_PREFIX}
+
+
+def run_task(
+    tmp_path: Path, turns: list[str | dict[str, Any]], *, cancel_on_tool: bool = False, **overrides: Any
+) -> tuple[list[RunFinished], list[AgentEvent], list[dict[str, Any]], str]:
+    """Drive TASK through a session; (each attempt's end, every event, the runs table, the session's run)."""
+    script = write_script(tmp_path / "script.jsonl", turns)
+    settings = settings_for(script, **overrides)
+    seen: list[AgentEvent] = []
+    db = tmp_path / "history.db"
+    with (
+        open_history(db) as history,
+        Backends() as backends,
+        start_session(history, settings, TASK, backends=backends) as session,
+    ):
+
+        def watch(event: AgentEvent) -> None:
+            seen.append(event)
+            if cancel_on_tool and isinstance(event, ToolCallStarted):
+                session.cancel()
+
+        last = session.drive(watch)
+        results, run_id = session.attempt_results, session.run_id
+        assert results[-1] == last
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        query = "SELECT run_id, task, status, answer, task_root, attempt FROM runs ORDER BY id"
+        rows = [dict(r) for r in conn.execute(query)]
+    return results, seen, rows, run_id
+
+
+def test_turns_run_out_then_attempt_two_answers_as_its_own_linked_run(tmp_path: Path) -> None:
+    summary = "Failure type: incomplete\nWhat happened: two searches.\nUseful findings: none."
+    turns: list[str | dict[str, Any]] = [
+        call("google_search", q="mars moons"), call("google_search", q="phobos"),  # attempt 1 spends its turns
+        failure(summary),
+        "Mars has \\boxed{2} moons.", "\\boxed{2}",  # attempt 2 answers
+    ]  # fmt: skip
+    results, events, rows, run_id = run_task(tmp_path, turns, **{"agent.max_turns": 2, "agent.attempts": 2})
+    assert [(r.status, r.answer) for r in results] == [("no_answer", None), ("answered", "2")]
+    assert results[0].failure_summary == summary
+    first, second = rows
+    assert (first["attempt"], first["task_root"], first["status"], first["task"]) == (1, None, "no_answer", TASK)
+    # Attempt 2 is a run of its own, linked to the first, whose task is the enhanced task.
+    assert (second["attempt"], second["task_root"], second["answer"]) == (2, first["run_id"], "2")
+    assert second["task"] == render_enhanced_task(TASK, [summary])
+    # The session ends on the answering run; the faces hear the attempt start.
+    assert run_id == second["run_id"]
+    notices = [e.message for e in events if isinstance(e, Notice)]
+    assert "attempt 2/3: starting again with 1 failure summary" in notices
+
+
+def test_no_box_after_the_summary_retries_and_no_earlier_box_is_used(tmp_path: Path) -> None:
+    turns: list[str | dict[str, Any]] = [
+        "I think it is \\boxed{3}.", "The answer is three.", "Still three.", "Three.",
+        failure("Failure type: format_missed"),
+        "\\boxed{2} it is", "\\boxed{2}",
+    ]  # fmt: skip
+    results, _, rows, _ = run_task(tmp_path, turns, **{"agent.attempts": 1})
+    assert [r.answer for r in results] == [None, "2"]
+    assert [r["answer"] for r in rows] == [None, "2"]
+    assert rows[1]["task"] == render_enhanced_task(TASK, ["Failure type: format_missed"])
+
+
+def test_every_attempt_fails_and_the_final_one_falls_back(tmp_path: Path) -> None:
+    no_box = ["Maybe \\boxed{3}.", "No idea.", "No idea.", "No idea."]
+    turns: list[str | dict[str, Any]] = [
+        *no_box, failure("Failure type: misdirected"), *no_box, failure("Failure type: blocked"), *no_box,
+    ]  # fmt: skip
+    results, events, rows, run_id = run_task(tmp_path, turns, **{"agent.attempts": 2})
+    assert [r.answer for r in results] == [None, None, "3"]
+    assert [(r["attempt"], r["task_root"]) for r in rows] == [(1, None), (2, rows[0]["run_id"]), (3, rows[0]["run_id"])]
+    assert rows[2]["task"] == render_enhanced_task(TASK, ["Failure type: misdirected", "Failure type: blocked"])
+    assert run_id == rows[2]["run_id"]
+    assert "attempt 3/3: starting again with 2 failure summaries" in [
+        e.message for e in events if isinstance(e, Notice)
+    ]
+
+
+def test_a_missing_failure_summary_starts_the_next_attempt_without_it(tmp_path: Path) -> None:
+    turns: list[str | dict[str, Any]] = [call("google_search", q="mars"), failure(""), "\\boxed{2}", "\\boxed{2}"]
+    results, events, rows, _ = run_task(tmp_path, turns, **{"agent.max_turns": 1, "agent.attempts": 1})
+    assert [r.answer for r in results] == [None, "2"] and results[0].failure_summary is None
+    assert rows[1]["task"] == TASK  # nothing to add: the task starts again unchanged
+    assert "attempt 2/2: starting again with no failure summary" in [e.message for e in events if isinstance(e, Notice)]
+
+
+def test_a_corrupt_failure_summary_is_used_as_written_and_the_task_goes_on(tmp_path: Path) -> None:
+    # A reply that ignores the requested format: the reference keeps whatever text came.
+    garbage = "\x00 ### ]]] not the format at all"
+    turns: list[str | dict[str, Any]] = [call("google_search", q="mars"), failure(garbage), "\\boxed{2}", "\\boxed{2}"]
+    results, _, rows, _ = run_task(tmp_path, turns, **{"agent.max_turns": 1, "agent.attempts": 1})
+    assert [r.answer for r in results] == [None, "2"]
+    assert results[0].failure_summary is not None
+    assert rows[1]["task"] == render_enhanced_task(TASK, [results[0].failure_summary])
+
+
+def test_cancel_stops_every_attempt(tmp_path: Path) -> None:
+    turns: list[str | dict[str, Any]] = [call("google_search", q="mars"), failure("x"), "\\boxed{2}", "\\boxed{2}"]
+    results, _, rows, _ = run_task(tmp_path, turns, cancel_on_tool=True, **{"agent.attempts": 3})
+    assert [r.status for r in results] == ["interrupted"]
+    assert len(rows) == 1 and rows[0]["status"] == "interrupted"
+
+
+def test_attempts_off_is_one_run_as_before(tmp_path: Path) -> None:
+    turns: list[str | dict[str, Any]] = ["Maybe \\boxed{3}.", "No idea.", "No idea.", "No idea."]
+    results, events, rows, run_id = run_task(tmp_path, turns, **{"agent.attempts": 0})
+    assert [r.answer for r in results] == ["3"]  # the single run falls back to the earlier box
+    assert [(r["attempt"], r["task_root"]) for r in rows] == [(1, None)] and run_id == rows[0]["run_id"]
+    assert not any(isinstance(e, Notice) and e.message.startswith("attempt ") for e in events)
