@@ -23,6 +23,7 @@ import click
 from appliance import __version__
 from appliance.agent.events import (
     AgentEvent,
+    AttemptStarted,
     Notice,
     ReplyContinued,
     RunFinished,
@@ -155,6 +156,8 @@ class HeadlessPrinter:
             )
         elif isinstance(event, SummaryStarted):
             self._line(f"[summary] asking for the final answer ({event.reason.replace('_', ' ')})")
+        elif isinstance(event, AttemptStarted):
+            self._line(event.line)
         elif isinstance(event, Notice) and self._shows(event.level):
             self._line(f"{event.level}: {event.message.rstrip()}")
         elif isinstance(event, RunFinished) and event.error:
@@ -193,7 +196,7 @@ def run_headless(options: dict[str, Any], task: str, *, as_json: bool, printer: 
         with session:
             finished = session.drive(printer)
     report_checkpoint(session.kept_checkpoint, finished)
-    emit_result(finished, as_json=as_json, sources=session.sources)
+    emit_result(finished, as_json=as_json, sources=session.sources, attempts=session.attempt_results)
     return int(finished.exit_code)
 
 
@@ -227,7 +230,7 @@ def rerun_headless(options: dict[str, Any], run_id: str, *, as_json: bool, print
 
             finished = session.drive(tag, printer)
     report_checkpoint(session.kept_checkpoint, finished)
-    emit_result(finished, as_json=as_json, sources=session.sources)
+    emit_result(finished, as_json=as_json, sources=session.sources, attempts=session.attempt_results)
     return int(finished.exit_code)
 
 
@@ -254,7 +257,7 @@ def resume_headless(options: dict[str, Any], run_id: str, *, as_json: bool, prin
             )
             finished = session.drive(printer)
     report_checkpoint(session.kept_checkpoint, finished)
-    emit_result(finished, as_json=as_json, sources=session.sources)
+    emit_result(finished, as_json=as_json, sources=session.sources, attempts=session.attempt_results)
     return int(finished.exit_code)
 
 
@@ -263,10 +266,14 @@ def report_checkpoint(kept: bool, finished: RunFinished) -> None:
         click.echo(f"appliance: kept the model's cache for `appliance resume {finished.run_id}`", err=True)
 
 
-def emit_result(finished: RunFinished, *, as_json: bool, sources: Sequence[Source] = ()) -> None:
+def emit_result(
+    finished: RunFinished, *, as_json: bool, sources: Sequence[Source] = (), attempts: Sequence[RunFinished] = ()
+) -> None:
+    """The answer on stdout, or one JSON object: the final run's (`run_id` is the run whose answer is final)."""
     if as_json:
         payload = finished.as_json()
         payload["sources"] = [source.as_json() for source in sources]
+        payload["attempts"] = [attempt_json(number, ended) for number, ended in enumerate(attempts or [finished], 1)]
         if finished.error:
             payload["error"] = finished.error
         click.echo(safe_json(payload))
@@ -274,6 +281,17 @@ def emit_result(finished: RunFinished, *, as_json: bool, sources: Sequence[Sourc
         click.echo(for_terminal(finished.answer))
     elif finished.status == "no_answer":
         click.echo("appliance: the run finished without a \\boxed{} answer", err=True)
+
+
+def attempt_json(number: int, ended: RunFinished) -> dict[str, Any]:
+    """One attempt of the task in --json: its run, how it ended, whether it left a failure summary."""
+    return {
+        "attempt": number,
+        "run_id": ended.run_id,
+        "status": ended.status,
+        "answer": ended.answer,
+        "failure_summary": ended.failure_summary is not None,
+    }
 
 
 # ------------------------------------------------------------------ commands

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.agent.attempts import TaskAttempts
-from appliance.agent.events import AgentEvent, Notice, RunFinished, RunStarted
+from appliance.agent.events import AgentEvent, AttemptStarted, RunFinished, RunStarted
 from appliance.agent.loop import Agent
 from appliance.agent.runtime import (
     build_toolbox,
@@ -163,7 +163,7 @@ class RunSession:
             root = self.task_root
             self.agent, self.state = self._next_attempt(attempts)
             self.state.task_root = root
-            yield announced(self.agent.run(self.state), attempts.progress_line())
+            yield announced(self.agent.run(self.state), attempts.started())
 
     def _another_attempt(self) -> bool:
         """Record the attempt that just ended; True when the decision table starts another."""
@@ -225,12 +225,12 @@ class RunSession:
         self.close()
 
 
-def announced(events: Iterable[AgentEvent], line: str) -> Iterator[AgentEvent]:
-    """The run's events with `line` said as a notice right after it starts (so it is recorded in it)."""
+def announced(events: Iterable[AgentEvent], started: AttemptStarted) -> Iterator[AgentEvent]:
+    """The run's events with `started` right after its RunStarted (so it is recorded in that run)."""
     for event in events:
         yield event
         if isinstance(event, RunStarted):
-            yield Notice("info", line)
+            yield started
 
 
 def drive_events(

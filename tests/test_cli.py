@@ -13,7 +13,8 @@ from tests.conftest import REPO_ROOT, cli_env, run_cli, tool_call, write_replay
 
 NO_TOOLS = {"APPLIANCE_TOOLS_ENABLED": ""}
 JSON_KEYS = [
-    "run_id", "status", "answer", "turns", "tool_calls", "prompt_tokens", "completion_tokens", "elapsed_s", "sources"
+    "run_id", "status", "answer", "turns", "tool_calls", "prompt_tokens", "completion_tokens", "elapsed_s", "sources",
+    "attempts",
 ]  # fmt: skip
 
 

@@ -9,6 +9,7 @@ off being one run as before.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,13 @@ from typing import Any
 import pytest
 
 from appliance.agent import runtime
-from appliance.agent.events import AgentEvent, Notice, RunFinished, ToolCallStarted
+from appliance.agent.events import AgentEvent, AttemptStarted, Notice, RunFinished, ToolCallStarted
 from appliance.protocol.failure import FAILURE_SUMMARY_ASSISTANT_PREFIX, render_enhanced_task
 from appliance.session import Backends, start_session
 from appliance.store import open_history
+from tests.conftest import run_cli
 from tests.store_support import call, settings_for, write_script
+from tests.test_cli import JSON_KEYS
 
 TASK = "How many moons has Mars?"
 
@@ -81,8 +84,9 @@ def test_turns_run_out_then_attempt_two_answers_as_its_own_linked_run(tmp_path: 
     assert second["task"] == render_enhanced_task(TASK, [summary])
     # The session ends on the answering run; the faces hear the attempt start.
     assert run_id == second["run_id"]
-    notices = [e.message for e in events if isinstance(e, Notice)]
-    assert "attempt 2/3: starting again with 1 failure summary" in notices
+    assert [e.line for e in events if isinstance(e, AttemptStarted)] == [
+        "attempt 2/3: starting again with 1 failure summary"
+    ]
 
 
 def test_no_box_after_the_summary_retries_and_no_earlier_box_is_used(tmp_path: Path) -> None:
@@ -107,8 +111,9 @@ def test_every_attempt_fails_and_the_final_one_falls_back(tmp_path: Path) -> Non
     assert [(r["attempt"], r["task_root"]) for r in rows] == [(1, None), (2, rows[0]["run_id"]), (3, rows[0]["run_id"])]
     assert rows[2]["task"] == render_enhanced_task(TASK, ["Failure type: misdirected", "Failure type: blocked"])
     assert run_id == rows[2]["run_id"]
-    assert "attempt 3/3: starting again with 2 failure summaries" in [
-        e.message for e in events if isinstance(e, Notice)
+    assert [e.line for e in events if isinstance(e, AttemptStarted)] == [
+        "attempt 2/3: starting again with 1 failure summary",
+        "attempt 3/3: starting again with 2 failure summaries",
     ]
 
 
@@ -117,7 +122,9 @@ def test_a_missing_failure_summary_starts_the_next_attempt_without_it(tmp_path: 
     results, events, rows, _ = run_task(tmp_path, turns, **{"agent.max_turns": 1, "agent.attempts": 1})
     assert [r.answer for r in results] == [None, "2"] and results[0].failure_summary is None
     assert rows[1]["task"] == TASK  # nothing to add: the task starts again unchanged
-    assert "attempt 2/2: starting again with no failure summary" in [e.message for e in events if isinstance(e, Notice)]
+    assert [e.line for e in events if isinstance(e, AttemptStarted)] == [
+        "attempt 2/2: starting again with no failure summary"
+    ]
 
 
 def test_a_corrupt_failure_summary_is_used_as_written_and_the_task_goes_on(tmp_path: Path) -> None:
@@ -142,4 +149,44 @@ def test_attempts_off_is_one_run_as_before(tmp_path: Path) -> None:
     results, events, rows, run_id = run_task(tmp_path, turns, **{"agent.attempts": 0})
     assert [r.answer for r in results] == ["3"]  # the single run falls back to the earlier box
     assert [(r["attempt"], r["task_root"]) for r in rows] == [(1, None)] and run_id == rows[0]["run_id"]
+    assert not any(isinstance(e, AttemptStarted) for e in events)
     assert not any(isinstance(e, Notice) and e.message.startswith("attempt ") for e in events)
+
+
+def test_headless_says_each_attempt_and_json_lists_them(tmp_path: Path) -> None:
+    turns: list[str | dict[str, Any]] = [
+        "I think it is \\boxed{3}.", "Three.", "Three.", "Three.", failure("Failure type: format_missed"),
+        "\\boxed{2}", "\\boxed{2}",
+    ]  # fmt: skip
+    script = write_script(tmp_path / "script.jsonl", turns)
+    args = ["--task", TASK, "--replay", str(script), "--attempts", "2", "--json"]
+    result = run_cli(args, env={"APPLIANCE_TOOLS_ENABLED": ""})
+    assert result.returncode == 0, result.stderr
+    assert "attempt 2/3: starting again with 1 failure summary" in result.stderr.splitlines()
+    payload = json.loads(result.stdout)
+    assert list(payload) == JSON_KEYS  # every key a single run had stays, and the attempts
+    first, second = payload["attempts"]
+    assert (first["attempt"], first["status"], first["answer"], first["failure_summary"]) == (
+        1,
+        "no_answer",
+        None,
+        True,
+    )
+    assert (second["attempt"], second["status"], second["answer"], second["failure_summary"]) == (
+        2,
+        "answered",
+        "2",
+        False,
+    )
+    # The top-level run is the one whose answer is final.
+    assert (payload["run_id"], payload["answer"]) == (second["run_id"], "2") and first["run_id"] != second["run_id"]
+
+
+def test_json_of_a_single_run_lists_one_attempt(tmp_path: Path) -> None:
+    script = write_script(tmp_path / "script.jsonl", ["\\boxed{2}", "\\boxed{2}"])
+    result = run_cli(["--task", TASK, "--replay", str(script), "--json"], env={"APPLIANCE_TOOLS_ENABLED": ""})
+    payload = json.loads(result.stdout)
+    assert payload["attempts"] == [
+        {"attempt": 1, "run_id": payload["run_id"], "status": "answered", "answer": "2", "failure_summary": False}
+    ]
+    assert "attempt" not in result.stderr

@@ -170,6 +170,22 @@ class Notice:
 
 
 @dataclass(frozen=True)
+class AttemptStarted:
+    """A run that is attempt `number` (> 1) of its task began, with this many failure summaries in its task."""
+
+    number: int
+    total: int
+    failure_summaries: int
+
+    @property
+    def line(self) -> str:
+        """'attempt 2/6: starting again with 1 failure summary'."""
+        count = self.failure_summaries
+        summaries = "no failure summary" if count == 0 else f"{count} failure summar{'y' if count == 1 else 'ies'}"
+        return f"attempt {self.number}/{self.total}: starting again with {summaries}"
+
+
+@dataclass(frozen=True)
 class RunFinished:
     run_id: str
     status: RunStatus
@@ -213,5 +229,6 @@ AgentEvent = (
     | ToolResultOmitted
     | SummaryStarted
     | Notice
+    | AttemptStarted
     | RunFinished
 )

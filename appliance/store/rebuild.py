@@ -16,6 +16,7 @@ from typing import Any
 
 from appliance.agent.events import (
     AgentEvent,
+    AttemptStarted,
     Notice,
     ObservationAdded,
     RunFinished,
@@ -174,6 +175,8 @@ def replay(run: RunRecord, log: Sequence[LogEntry]) -> Iterator[AgentEvent]:
             )
         elif entry.type == "Notice":
             yield Notice(data.get("level", "info"), str(data.get("message", "")))
+        elif entry.type == "AttemptStarted":
+            yield AttemptStarted(int(data["number"]), int(data["total"]), int(data["failure_summaries"]))
         elif entry.type == "RunFinished":
             yield RunFinished(
                 run_id=run.run_id,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from appliance.agent.context import kept_result_positions, recorded_keep_rule
 from appliance.agent.events import (
     AgentEvent,
+    AttemptStarted,
     Notice,
     ObservationAdded,
     ReplyContinued,
@@ -126,6 +127,7 @@ class Recorder:
             ToolResultOmitted: self._tool_result_omitted,
             SummaryStarted: self._summary_started,
             Notice: self._notice,
+            AttemptStarted: self._attempt_started,
             RunFinished: self._run_finished,
         }
 
@@ -556,6 +558,11 @@ class Recorder:
 
     def _notice(self, e: Notice) -> None:
         self._log("Notice", data={"level": e.level, "message": e.message})
+
+    def _attempt_started(self, e: AttemptStarted) -> None:
+        self._log(
+            "AttemptStarted", data={"number": e.number, "total": e.total, "failure_summaries": e.failure_summaries}
+        )
 
     def _run_finished(self, e: RunFinished) -> None:
         self._decide_pending()
