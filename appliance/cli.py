@@ -273,7 +273,7 @@ def emit_result(
     if as_json:
         payload = finished.as_json()
         payload["sources"] = [source.as_json() for source in sources]
-        payload["attempts"] = [attempt_json(number, ended) for number, ended in enumerate(attempts or [finished], 1)]
+        payload["attempts"] = [attempt_json(ended) for ended in attempts or [finished]]
         if finished.error:
             payload["error"] = finished.error
         click.echo(safe_json(payload))
@@ -283,10 +283,10 @@ def emit_result(
         click.echo("appliance: the run finished without a \\boxed{} answer", err=True)
 
 
-def attempt_json(number: int, ended: RunFinished) -> dict[str, Any]:
+def attempt_json(ended: RunFinished) -> dict[str, Any]:
     """One attempt of the task in --json: its run, how it ended, whether it left a failure summary."""
     return {
-        "attempt": number,
+        "attempt": ended.attempt,
         "run_id": ended.run_id,
         "status": ended.status,
         "answer": ended.answer,

@@ -48,6 +48,7 @@ from appliance.llm.base import Backend
 from appliance.llm.factory import build_backend
 from appliance.policy import RunStatus
 from appliance.store.history import History
+from appliance.store.records import RunRecord
 from appliance.store.report import finish_report
 from appliance.store.resume import recorded_settings, resume_notes, resume_settings
 from appliance.store.sources import Source
@@ -328,11 +329,14 @@ def resume_session(
 
     The run's recorded workspace is used unless `workspace` names another (it was moved).
     """
+    explicit_workspace = workspace
     point = history.load_resume(run_id)
     settings = resume_settings(point, option_overrides or {}, profile)
     workspace, notes = resume_notes(point, settings, workspace)
     dirs = run_dirs(settings, point.run.run_id, workspace)  # a refused workspace stops here, before the model loads
-    backend, release = backends.acquire(settings, replay_start=point.replay_position)
+    # A replay script is the task's: its earlier attempts read their lines first.
+    replayed = history.replies_before(point.run.task_root, point.run.attempt) if point.run.task_root else 0
+    backend, release = backends.acquire(settings, replay_start=replayed + point.replay_position)
     try:
         restored = restore_kv_checkpoint(backend, settings, point.run.run_id)
         if restored:
@@ -349,9 +353,44 @@ def resume_session(
         toolbox.close()
         release()
         raise
+    task_attempts = resumed_attempts(history, point.run, point.state, settings)
+
+    def prepare(attempts: TaskAttempts) -> tuple[Agent, RunState]:
+        # The next attempt is a new run, in its own workspace unless one was named.
+        return prepare_run(
+            settings, attempts.task, backend=backend, toolbox=toolbox, workspace=explicit_workspace,
+            attachments=list(attachments), attempts=attempts,
+        )  # fmt: skip
+
     return RunSession(
-        history, agent, point.state, settings, toolbox, release, notes=notes, elapsed_before=point.run.elapsed_s
+        history,
+        agent,
+        point.state,
+        settings,
+        toolbox,
+        release,
+        notes=notes,
+        elapsed_before=point.run.elapsed_s,
+        task_attempts=task_attempts,
+        next_attempt=prepare,
     )
+
+
+def resumed_attempts(history: History, run: RunRecord, state: RunState, settings: Settings) -> TaskAttempts | None:
+    """The attempts of an interrupted run's task, at the attempt it was in, with the summaries before it."""
+    if settings.agent.attempts <= 0:
+        return None
+    root = run.task_root or run.run_id
+    original = history.get_run(root).task if run.task_root else run.task
+    attempts = TaskAttempts(
+        original,
+        attempts=settings.agent.attempts,
+        retry_with_summary=settings.agent.retry_with_summary,
+        number=run.attempt,
+        failure_summaries=history.failure_summaries(root, run.attempt),
+    )
+    state.attempt, state.attempts_total, state.task_root = attempts.number, attempts.total, run.task_root or ""
+    return attempts
 
 
 def rerun_session(

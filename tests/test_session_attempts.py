@@ -10,6 +10,8 @@ off being one run as before.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,9 @@ from appliance.protocol.failure import FAILURE_SUMMARY_ASSISTANT_PREFIX, render_
 from appliance.session import Backends, start_session
 from appliance.store import open_history
 from tests.conftest import run_cli
-from tests.store_support import call, settings_for, write_script
+from tests.store_support import call, env_for, run_store_cli, settings_for, store_cli, write_script
 from tests.test_cli import JSON_KEYS
+from tests.test_store_crash import wait_for
 
 TASK = "How many moons has Mars?"
 
@@ -190,3 +193,43 @@ def test_json_of_a_single_run_lists_one_attempt(tmp_path: Path) -> None:
         {"attempt": 1, "run_id": payload["run_id"], "status": "answered", "answer": "2", "failure_summary": False}
     ]
     assert "attempt" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_process_killed_in_attempt_three_resumes_attempt_three_with_both_summaries(
+    tmp_path: Path, appliance_home: Path
+) -> None:
+    turns: list[str | dict[str, Any]] = [
+        call("google_search", q="mars"), failure("Failure type: first"),
+        call("google_search", q="phobos"), failure("Failure type: second"),
+        call("wait", seconds=60, marker="waiting", release="go"), "\\boxed{2}",  # attempt 3 (final)
+    ]  # fmt: skip
+    script = write_script(tmp_path / "script.jsonl", turns)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    env = env_for(appliance_home, APPLIANCE_MAX_TURNS="1")
+    proc = store_cli(["--task", TASK, "--replay", str(script), "--attempts", "2", "--workspace", str(ws)], env)
+    try:
+        wait_for(lambda: (ws / "waiting").exists())
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    with open_history(appliance_home / "history.db") as history:
+        runs = sorted(history.list_runs(limit=0), key=lambda r: r.started_at)
+        assert len(runs) == 3
+        third = history.get_run(runs[-1].run_id)
+        assert (third.attempt, third.task_root, third.status) == (3, runs[0].run_id, "interrupted")
+    (ws / "go").write_text("")
+    done = run_store_cli(["resume", third.run_id, "--json"], env)
+    assert done.returncode == 0, done.stderr
+    payload = json.loads(done.stdout)
+    assert (payload["run_id"], payload["answer"]) == (third.run_id, "2")
+    assert [(a["attempt"], a["status"]) for a in payload["attempts"]] == [(3, "answered")]
+    with open_history(appliance_home / "history.db") as history:
+        after = history.list_runs(limit=0)
+        assert len(after) == 3  # nothing redone: attempts 1 and 2 stand, attempt 3 finished in place
+        resumed = history.get_run(third.run_id)
+        assert resumed.task == render_enhanced_task(TASK, ["Failure type: first", "Failure type: second"])
+        assert [c.tool for s in resumed.steps for c in s.calls] == ["wait"]
+        assert history.failure_summaries(runs[0].run_id, 3) == ["Failure type: first", "Failure type: second"]

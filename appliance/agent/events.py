@@ -201,6 +201,7 @@ class RunFinished:
     # A run of a task's attempt that ended without an answer: what it tells the next attempt
     # (agent/attempts.py); None when none was asked for or none came.
     failure_summary: str | None = None
+    attempt: int = 1  # the attempt of its task this run was
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -145,6 +145,7 @@ class Agent:
             error=error,
             exit_code=int(code),
             failure_summary=failure_summary,
+            attempt=state.attempt,
         )
 
     def answer_plan(self, state: RunState, loop_ended_by: str | None = None) -> AnswerPlan:

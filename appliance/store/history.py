@@ -282,7 +282,39 @@ class History:
             notices=tuple(notices),
             resumes=resumes,
             summary_reason=summary_reason,
+            attempt=r["attempt"],
+            task_root=r["task_root"],
         )
+
+    def failure_summaries(self, task_root: str, before: int) -> list[str]:
+        """The failure summaries the attempts of a task left before attempt `before`, in order."""
+
+        def read() -> list[str]:
+            rows = self._rows(
+                "SELECT e.data FROM runs r JOIN events e ON e.run_id = r.run_id AND e.type = 'RunFinished' "
+                "WHERE (r.run_id = ? OR r.task_root = ?) AND r.attempt < ? ORDER BY r.attempt, e.seq",
+                (task_root, task_root, before),
+            )
+            summaries = [str(parse_data(row["data"]).get("failure_summary") or "").strip() for row in rows]
+            return [s for s in summaries if s]
+
+        result: list[str] = self._guarded(read)
+        return result
+
+    def replies_before(self, task_root: str, before: int) -> int:
+        """The model replies the attempts of a task made before attempt `before` (a replay script's lines)."""
+
+        def count() -> int:
+            rows = self._rows(
+                "SELECT count(*) AS n FROM messages m JOIN runs r ON r.run_id = m.run_id "
+                "WHERE (r.run_id = ? OR r.task_root = ?) AND r.attempt < ? "
+                "AND m.kind IN ('turn', 'summary', 'failure_summary') AND m.state != 'pending'",
+                (task_root, task_root, before),
+            )
+            return int(rows[0]["n"])
+
+        result: int = self._guarded(count)
+        return result
 
     def search(self, query: str, limit: int = 20, *, raw: bool = False) -> list[SearchHit]:
         """Full-text search over tasks, answers and tool results (arguments too). Best matches first.

@@ -590,5 +590,12 @@ class Recorder:
         self._elapsed_before = e.elapsed_s
         self._clock_start = time.monotonic()
         data = e.as_json()
-        data.update({"final_text": e.final_text, "error": e.error, "exit_code": e.exit_code})
+        data.update(
+            {
+                "final_text": e.final_text,
+                "error": e.error,
+                "exit_code": e.exit_code,
+                "failure_summary": e.failure_summary,
+            }
+        )
         self._log("RunFinished", data=data)
