@@ -233,3 +233,26 @@ def test_a_process_killed_in_attempt_three_resumes_attempt_three_with_both_summa
         assert resumed.task == render_enhanced_task(TASK, ["Failure type: first", "Failure type: second"])
         assert [c.tool for s in resumed.steps for c in s.calls] == ["wait"]
         assert history.failure_summaries(runs[0].run_id, 3) == ["Failure type: first", "Failure type: second"]
+
+
+def test_history_show_and_export_carry_every_attempt_of_the_task(tmp_path: Path) -> None:
+    no_box = ["Maybe \\boxed{3}.", "No idea.", "No idea.", "No idea."]
+    turns: list[str | dict[str, Any]] = [*no_box, failure("Failure type: misdirected"), "\\boxed{2}", "\\boxed{2}"]
+    _, _, rows, _ = run_task(tmp_path, turns, **{"agent.attempts": 1})
+    first, second = (r["run_id"] for r in rows)
+    db = ["history", "--db", str(tmp_path / "history.db")]
+    shown = run_cli([*db, "show", second])
+    assert shown.returncode == 0, shown.stderr
+    assert f"# Attempt 1 of 2 (run {first}, no_answer)" in shown.stdout
+    assert f"# Attempt 2 of 2 (run {second}, answered)" in shown.stdout
+    assert shown.stdout.index("Attempt 1 of 2") < shown.stdout.index("Attempt 2 of 2")
+    payload = json.loads(run_cli([*db, "show", first, "--json"]).stdout)
+    assert [(a["attempt"], a["run_id"], a["answer"]) for a in payload["attempts"]] == [
+        (1, first, None),
+        (2, second, "2"),
+    ]
+    # Naming either attempt exports both, each its own ChatML sample tied to the first.
+    exported = run_cli([*db, "export", second])
+    samples = [json.loads(line)["metadata"] for line in exported.stdout.splitlines()]
+    assert [(m["run_id"], m["attempt"], m["task_root"]) for m in samples] == [(first, 1, first), (second, 2, first)]
+    assert samples[1]["task"] == render_enhanced_task(TASK, ["Failure type: misdirected"])

@@ -286,6 +286,20 @@ class History:
             task_root=r["task_root"],
         )
 
+    def task_attempts(self, run_id: str) -> list[RunRecord]:
+        """Every attempt of the task `run_id` belongs to, in order (the run alone when it had no others)."""
+        run = self.get_run(run_id)
+        root = run.task_root or run.run_id
+
+        def ids() -> list[str]:
+            rows = self._rows(
+                "SELECT run_id FROM runs WHERE run_id = ? OR task_root = ? ORDER BY attempt, id", (root, root)
+            )
+            return [r["run_id"] for r in rows]
+
+        found: list[str] = self._guarded(ids)
+        return [run if i == run.run_id else self.get_run(i) for i in found]
+
     def failure_summaries(self, task_root: str, before: int) -> list[str]:
         """The failure summaries the attempts of a task left before attempt `before`, in order."""
 
