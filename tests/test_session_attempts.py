@@ -20,6 +20,8 @@ import pytest
 
 from appliance.agent import runtime
 from appliance.agent.events import AgentEvent, AttemptStarted, Notice, RunFinished, ToolCallStarted
+from appliance.eval.report import first_attempt_only, scores
+from appliance.eval.runner import RunResult, load_results
 from appliance.protocol.failure import FAILURE_SUMMARY_ASSISTANT_PREFIX, render_enhanced_task
 from appliance.session import Backends, start_session
 from appliance.store import open_history
@@ -256,3 +258,40 @@ def test_history_show_and_export_carry_every_attempt_of_the_task(tmp_path: Path)
     samples = [json.loads(line)["metadata"] for line in exported.stdout.splitlines()]
     assert [(m["run_id"], m["attempt"], m["task_root"]) for m in samples] == [(first, 1, first), (second, 2, first)]
     assert samples[1]["task"] == render_enhanced_task(TASK, ["Failure type: misdirected"])
+
+
+def test_eval_counts_a_tasks_attempts_as_one_task_and_reports_both_accuracies(
+    appliance_home: Path, tmp_path: Path
+) -> None:
+    replays = tmp_path / "replays"
+    replays.mkdir()
+    no_box = ["Maybe.", "No idea.", "No idea.", "No idea."]
+    scripts: dict[str, list[str | dict[str, Any]]] = {
+        "a": ["\\boxed{2}", "\\boxed{2}"],  # right on attempt 1
+        "b": [*no_box, failure("Failure type: format_missed"), "\\boxed{4}", "\\boxed{4}"],  # right on attempt 2
+    }
+    rows = [
+        json.dumps({"task_id": "a", "Question": "1 + 1?", "Final answer": "2"}),
+        json.dumps({"task_id": "b", "Question": "2 + 2?", "Final answer": "4"}),
+    ]
+    for name, turns in scripts.items():
+        write_script(replays / f"{name}.jsonl", turns)
+    dataset = tmp_path / "mini.jsonl"
+    dataset.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    args = ["eval", str(dataset), "--backend", "replay", "--replay", str(replays), "--attempts", "1"]
+    result = run_cli(args, env={"APPLIANCE_TOOLS_ENABLED": ""})
+    assert result.returncode == 0, result.stderr
+    results = {r.task_id: r for r in load_results(appliance_home / "evals" / "mini")}
+    assert sorted(results) == ["a", "b"]  # two tasks, three runs in the history
+    assert (results["a"].attempts, results["b"].attempts) == (1, 2)
+    assert results["a"].correct and results["b"].correct
+    report = (appliance_home / "evals" / "mini" / "report.md").read_text(encoding="utf-8")
+    assert "| avg@1 | 100.0% |" in report
+    assert "| runs that needed more than one attempt | 1 of 2 |" in report
+    assert "| avg@1 with only the first attempt | 50.0% |" in report
+
+
+def test_first_attempt_only_counts_a_retried_task_as_not_answered() -> None:
+    base = RunResult("t", 1, "r", "1", "x", "x", "answered", True, None, True, 1, 0, 1, 1, 1.0)
+    again = RunResult("u", 1, "s", "1", "y", "y", "answered", True, None, True, 1, 0, 1, 1, 1.0, attempts=3)
+    assert (scores([base, again]).avg_at_k, scores(first_attempt_only([base, again])).avg_at_k) == (100.0, 50.0)
