@@ -295,3 +295,39 @@ def test_first_attempt_only_counts_a_retried_task_as_not_answered() -> None:
     base = RunResult("t", 1, "r", "1", "x", "x", "answered", True, None, True, 1, 0, 1, 1, 1.0)
     again = RunResult("u", 1, "s", "1", "y", "y", "answered", True, None, True, 1, 0, 1, 1, 1.0, attempts=3)
     assert (scores([base, again]).avg_at_k, scores(first_attempt_only([base, again])).avg_at_k) == (100.0, 50.0)
+
+
+@pytest.mark.asyncio
+async def test_the_tui_shows_each_attempt_its_failure_summary_and_which_attempt_answered(tmp_path: Path) -> None:
+    from appliance.tui.app import ApplianceApp
+    from appliance.tui.transcript import Transcript
+    from appliance.tui.widgets import AnswerPanel, NoteView, TurnView
+    from tests.tui_support import wait_for as wait_until
+
+    no_box = ["Maybe.", "No idea.", "No idea.", "No idea."]
+    turns: list[str | dict[str, Any]] = [
+        *no_box,
+        failure("Failure type: format_missed \x1b[31mred"),
+        "\\boxed{2}",
+        "\\boxed{2}",
+    ]
+    script = write_script(tmp_path / "script.jsonl", turns)
+    options = {"backend": "replay", "replay": script, "db": tmp_path / "history.db", "attempts": 1, "tools_enabled": ""}
+    app = ApplianceApp(options)
+    async with app.run_test(size=(100, 60)) as pilot:
+        await pilot.click("#task")
+        await pilot.press(*"Mars moons?")
+        await pilot.press("ctrl+s")
+        await wait_until(lambda: app.main.phase == "done", what="the task to finish")
+        await pilot.pause()
+        transcript = app.main.query_one(Transcript)
+        notes = [str(n.render()) for n in transcript.query(NoteView)]
+        summary = next(n for n in notes if n.startswith("Failure summary of attempt 1:"))
+        assert "format_missed" in summary and "\x1b" not in summary
+        assert "Attempt 2/2: starting again with 1 failure summary." in notes
+        assert "The final answer comes from attempt 2." in notes
+        # Attempt 2's section comes after attempt 1's summary, and its turns start at 1 again.
+        assert notes.index(summary) < notes.index("Attempt 2/2: starting again with 1 failure summary.")
+        assert [t.turn for t in transcript.query(TurnView) if t.kind == "turn"][-1] == 1
+        panels = list(transcript.query(AnswerPanel))
+        assert len(panels) == 1 and panels[0].answer == "2"
