@@ -144,3 +144,19 @@ def test_status_screen(home: Path, snap_compare: Snap) -> None:
         await no_blink(pilot)
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
+
+
+def test_command_palette(home: Path, snap_compare: Snap) -> None:
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await pilot.press("/")
+        await wait_for(lambda: bool(pilot.app.screen.query("CommandList")), what="the palette")
+        await pilot.press(*"switch")
+        await wait_for(
+            lambda: pilot.app.screen.query_one("CommandList").option_count > 3,  # type: ignore[attr-defined]
+            what="the profiles",
+        )
+        await no_blink(pilot)
+
+    # No model flags: each profile is offered as it stands here (none has its model installed).
+    app = app_for(backend=None, replay=None)
+    assert snap_compare(app, terminal_size=(100, 24), run_before=run_before)

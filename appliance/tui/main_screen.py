@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 WELCOME = (
     "Type a research task below and press ctrl+s to run it.\n"
-    "ctrl+o attaches local files · f2 past runs · f3 configuration and health · ctrl+q quits"
+    "/ or ctrl+p commands · f1 keys · f2 past runs · f3 status · ctrl+q quits"
 )
 
 
@@ -66,6 +66,15 @@ class TaskArea(TextArea):
         super().__init__(**kwargs)
         self.recall = recall
         self._recalled: str | None = None
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.character == "/" and not self.text:
+            # `/` first in an empty box: the command palette, filtered as you type (ctrl+p opens it too).
+            event.stop()
+            event.prevent_default()
+            self.app.action_command_palette()
+            return
+        await super()._on_key(event)
 
     def _walking(self, at_edge: bool) -> bool:
         return self.document.line_count <= 1 or (self.text == self._recalled and at_edge)
