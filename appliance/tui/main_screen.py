@@ -167,6 +167,7 @@ class MainScreen(Screen[None]):
         transcript = self.query_one(Transcript)
         if app.setup_error is not None:
             error = app.setup_error
+            self.meter.state = "error"  # nothing can run until the error is fixed: not "ready"
             await transcript.add_error(_title_for(error), error.message, error.fix or "")
         else:
             await transcript.mount(Static(Content.styled(WELCOME, "$text-muted"), classes="welcome"))
