@@ -445,7 +445,7 @@ def fail(code: int, message: str, *, as_json: bool, json_events: bool = False) -
     sys.exit(code)
 
 
-def crash(exc: BaseException, *, debug: bool, as_json: bool) -> NoReturn:
+def crash(exc: BaseException, *, debug: bool, as_json: bool, json_events: bool = False) -> NoReturn:
     """A bug: one line for the user, the traceback in a log file (and on stderr with --debug)."""
     details = "".join(traceback.format_exception(exc))
     if debug:
@@ -453,7 +453,7 @@ def crash(exc: BaseException, *, debug: bool, as_json: bool) -> NoReturn:
     log = record_crash(details)
     where = f"the traceback is in {log}" if log else "run it again with --debug for the traceback"
     message = f"internal error (a bug): {type(exc).__name__}: {exc}. Fix: report it; {where}"
-    fail(ExitCode.INTERNAL, message, as_json=as_json)
+    fail(ExitCode.INTERNAL, message, as_json=as_json, json_events=json_events)
 
 
 @cli.command("rerun")
@@ -491,14 +491,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(ExitCode.INTERRUPTED)
     except OSError as exc:
         if exc.filename is None:
-            crash(exc, debug=debug, as_json=as_json)
+            crash(exc, debug=debug, as_json=as_json, json_events=events)
         # A file or directory the user's setup points at (a read-only APPLIANCE_HOME, a full disk): not a bug.
         fail(
             ExitCode.USAGE,
             f"cannot use {exc.filename}: {exc.strerror or exc}. Fix: make it writable (or free space), "
             "or point APPLIANCE_HOME, --db or --workspace somewhere that is",
             as_json=as_json,
+            json_events=events,
         )
     except Exception as exc:
-        crash(exc, debug=debug, as_json=as_json)
+        crash(exc, debug=debug, as_json=as_json, json_events=events)
     sys.exit(code if isinstance(code, int) else 0)
