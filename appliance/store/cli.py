@@ -46,7 +46,7 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * 1024**power)
 
 
-def _db_path(ctx: click.Context, db: Path | None) -> Path:
+def db_path(ctx: click.Context, db: Path | None) -> Path:
     root = ctx.find_root().obj or {}
     chosen = db or root.get("db")
     return Path(chosen) if chosen else app_dirs().default_db
@@ -54,7 +54,7 @@ def _db_path(ctx: click.Context, db: Path | None) -> Path:
 
 @contextmanager
 def _history(ctx: click.Context, *, create: bool = False) -> Iterator[History]:
-    path = _db_path(ctx, ctx.obj.get("history_db") if isinstance(ctx.obj, dict) else None)
+    path = db_path(ctx, ctx.obj.get("history_db") if isinstance(ctx.obj, dict) else None)
     history = open_history(path, create=create)
     try:
         yield history
