@@ -362,3 +362,28 @@ def test_bad_input(labelled: dict[str, Any], tmp_path: Path) -> None:
     # A history that does not exist is not created.
     result = run_cli(["dataset", "build", str(tmp_path / "x"), "--db", str(tmp_path / "none.db")], env=env)
     assert result.returncode == 3 and not (tmp_path / "none.db").exists()
+
+
+def test_format_errors_are_bad_calls_for_sft_and_trivial_failures_for_dpo(appliance_home: Path, tmp_path: Path) -> None:
+    """Out of rollbacks, a reply with tool-call tags and no parseable call stands, and the run ends."""
+    broken = "<think>\nCall it.\n</think>\n\n<use_mcp_tool>\n<server_name>tool-python</server_name>\n"
+    replay = write_replay(tmp_path / "r.jsonl", [broken] * 5 + ["\\boxed{3}"])
+    env = {"APPLIANCE_TOOLS_ENABLED": ""}
+    result = run_cli(["--task", "How many?", "--replay", str(replay), "--json"], env=env)
+    run_id = json.loads(result.stdout)["run_id"]
+    assert run_cli(["history", "tag", run_id, "incorrect"], env=env).returncode == 0
+    out = tmp_path / "ds"
+    result = run_cli(["dataset", "build", str(out), "--no-filter", "incorrect"], env=env)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    why = {
+        (f["name"], r["run_id"]): r["why"]
+        for s in ("sft", "rejected")
+        for f in manifest["filters"][s]
+        for r in f["runs"]
+    }
+    assert why == {
+        ("bad_calls", run_id): "a reply has tool-call tags but no parseable call",
+        ("trivial_failure", run_id): "format error: a reply the loop could not use",
+    }
+    assert not (out / "sft.jsonl").exists() and "nothing passed the filters" in result.stderr

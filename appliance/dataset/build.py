@@ -213,11 +213,12 @@ def build(candidates: Sequence[Candidate], options: BuildOptions, redactor: Reda
         DUPLICATE_TRAJECTORY not in options.disabled,
         {},
     )
+    keys = {run_id: _key(m) for run_id, m in messages.items()}
     seen: dict[str, str] = {}
     sft_run_ids = []
     for candidate in sft_kept:
         run_id = candidate.run.run_id
-        key = _key(messages[run_id])
+        key = keys[run_id]
         if duplicates.enabled and key in seen:
             duplicates.removed.append((run_id, f"the same as {seen[key]}"))
             continue
@@ -227,7 +228,7 @@ def build(candidates: Sequence[Candidate], options: BuildOptions, redactor: Reda
 
     chosen, filters["chosen"] = _apply("chosen", [c for c in candidates if c.score == "correct"], options)
     rejected, filters["rejected"] = _apply("rejected", [c for c in candidates if c.score == "incorrect"], options)
-    dpo, dpo_run_ids = _pairs(chosen, rejected, messages)
+    dpo, dpo_run_ids = _pairs(chosen, rejected, messages, keys)
 
     sources = Counter(c.source for c in candidates if c.score is not None and c.source)
     return Dataset(
@@ -243,27 +244,26 @@ def build(candidates: Sequence[Candidate], options: BuildOptions, redactor: Reda
 
 
 def _pairs(
-    chosen: Sequence[Candidate], rejected: Sequence[Candidate], messages: dict[str, list[Message]]
+    chosen: Sequence[Candidate],
+    rejected: Sequence[Candidate],
+    messages: dict[str, list[Message]],
+    keys: dict[str, str],
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Every chosen run with every rejected run of the same prompt (system prompt and task as the model read them)."""
     rows: list[dict[str, Any]] = []
     ids: list[tuple[str, str]] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for good in chosen:
         prompt = messages[good.run.run_id][:2]
         for bad in rejected:
-            if messages[bad.run.run_id][:2] != prompt:
+            pair = (keys[good.run.run_id], keys[bad.run.run_id])
+            # Identical runs (a replayed eval) would make identical pairs.
+            if messages[bad.run.run_id][:2] != prompt or pair in seen:
                 continue
-            row = {
-                "prompt": prompt,
-                "chosen": messages[good.run.run_id][2:],
-                "rejected": messages[bad.run.run_id][2:],
-            }
-            key = _key(row)
-            if key in seen:  # identical runs (a replayed eval) make identical pairs
-                continue
-            seen.add(key)
-            rows.append(row)
+            seen.add(pair)
+            rows.append(
+                {"prompt": prompt, "chosen": messages[good.run.run_id][2:], "rejected": messages[bad.run.run_id][2:]}
+            )
             ids.append((good.run.run_id, bad.run.run_id))
     return rows, ids
 

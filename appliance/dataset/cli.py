@@ -11,6 +11,7 @@ import click
 from appliance.config import McpServerConfig, Settings, load_settings
 from appliance.dataset.build import (
     BuildOptions,
+    Dataset,
     Redactor,
     Selection,
     build,
@@ -155,7 +156,7 @@ def _describe(selection: Selection) -> str:
     return f" ({'; '.join(parts)})" if parts else " (the history is empty)"
 
 
-def _report(out: Path, result: Any, meta: dict[str, Any]) -> None:
+def _report(out: Path, result: Dataset, meta: dict[str, Any]) -> None:
     scores = meta["scores"]
     click.echo(
         f"{out}: {len(result.sft)} SFT trajectories, {len(result.dpo)} DPO pairs from {len(result.runs)} runs "

@@ -47,7 +47,6 @@ def _filters_json(reports: list[FilterReport]) -> list[dict[str, Any]]:
 
 
 def manifest(dataset: Dataset, selection: Selection, options: BuildOptions, *, redact_paths: bool) -> dict[str, Any]:
-    models = Counter(c.run.model or "?" for c in dataset.runs if c.run.run_id in set(dataset.sft_run_ids))
     return {
         "format": "appliance-dataset/1",
         "appliance_version": __version__,
@@ -56,7 +55,6 @@ def manifest(dataset: Dataset, selection: Selection, options: BuildOptions, *, r
         "view": options.view,
         "redact_paths": redact_paths,
         "models": dict(Counter(c.run.model or "?" for c in dataset.runs)),
-        "sft_models": dict(models),
         "runs": len(dataset.runs),
         "scores": {
             "correct": dataset.scored("correct"),

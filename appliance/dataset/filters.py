@@ -110,8 +110,13 @@ def _short(text: str, limit: int = 80) -> str:
 
 
 def _unparseable_reply(run: RunRecord) -> str | None:
-    for text in kept_turns(run):
-        if has_mcp_tags(text) and not parse_tool_calls(text):
+    """A kept reply with tool-call tags and no call the loop could parse (its recorded count, else parsed again)."""
+    for step in run.kept_steps:
+        text = step.reply.content
+        if step.reply.kind != "turn" or not has_mcp_tags(text):
+            continue
+        calls = step.reply.call_count if step.reply.call_count is not None else len(parse_tool_calls(text))
+        if calls == 0:
             return text
     return None
 

@@ -291,7 +291,7 @@ def prune_command(
 @click.option("--remove", is_flag=True, help="Remove the tag instead.")
 @click.pass_context
 def tag_command(ctx: click.Context, run_id: str, tag: str, remove: bool) -> None:
-    """Tag a run (tagged runs survive prune)."""
+    """Tag a run (tagged runs survive prune). The tags correct and incorrect label its answer for `dataset build`."""
     with _history(ctx) as store:
         if remove:
             store.untag_run(run_id, tag)
