@@ -100,9 +100,14 @@ def main() -> None:
                     assert count == args.runs
             sft = sum(1 for _ in (root / "dataset" / "sft.jsonl").open())
             dpo = sum(1 for _ in (root / "dataset" / "dpo.jsonl").open())
+            written = sum(p.stat().st_size for p in (root / "dataset").iterdir())
+            exported = (root / "export.jsonl").stat().st_size
         per_k = {name: statistics.median(values) / args.runs * 1000 for name, values in times.items()}
         ratios = [b / e for b, e in zip(times["build"], times["export"], strict=True)]
-        print(f"dataset: {sft} SFT trajectories, {dpo} DPO pairs")
+        print(
+            f"dataset: {sft} SFT trajectories, {dpo} DPO pairs, {written / 1e6:.1f} MB written "
+            f"(the export: {exported / 1e6:.1f} MB)"
+        )
         print(f"export (ChatML, context view): {per_k['export']:.2f} s per 1,000 runs")
         print(f"dataset build:                 {per_k['build']:.2f} s per 1,000 runs")
         print(

@@ -387,3 +387,18 @@ def test_format_errors_are_bad_calls_for_sft_and_trivial_failures_for_dpo(applia
         ("trivial_failure", run_id): "format error: a reply the loop could not use",
     }
     assert not (out / "sft.jsonl").exists() and "nothing passed the filters" in result.stderr
+
+
+def test_runs_of_the_same_task_with_different_prompts_are_not_paired(appliance_home: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("seven\n", encoding="utf-8")
+    env = {"APPLIANCE_TOOLS_ENABLED": ""}
+    for boxed, extra in (("7", ["--attach", str(tmp_path / "notes.txt")]), ("8", [])):
+        replay = write_replay(tmp_path / f"r{boxed}.jsonl", ["Seven.", f"\\boxed{{{boxed}}}"])
+        result = run_cli(["--task", "What number?", "--replay", str(replay), "--json", *extra], env=env)
+        label = "correct" if boxed == "7" else "incorrect"
+        assert run_cli(["history", "tag", json.loads(result.stdout)["run_id"], label], env=env).returncode == 0
+    result = run_cli(["dataset", "build", str(tmp_path / "ds")], env=env)
+    assert result.returncode == 0, result.stderr
+    assert "no DPO pairs: 1 run(s) scored correct and 1 scored incorrect pass the filters" in result.stderr
+    assert "1 task(s) have correct and incorrect runs whose prompts differ" in result.stderr
+    assert not (tmp_path / "ds" / "dpo.jsonl").exists()

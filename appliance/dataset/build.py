@@ -239,7 +239,7 @@ def build(candidates: Sequence[Candidate], options: BuildOptions, redactor: Reda
         dpo_run_ids=dpo_run_ids,
         filters=filters,
         score_sources=dict(sources),
-        dpo_notes=_dpo_notes(candidates, chosen, rejected, [good for good, _ in dpo_run_ids]),
+        dpo_notes=_dpo_notes(candidates, chosen, rejected, {good for good, _ in dpo_run_ids}),
     )
 
 
@@ -269,22 +269,22 @@ def _pairs(
 
 
 def _dpo_notes(
-    candidates: Sequence[Candidate], chosen: Sequence[Candidate], rejected: Sequence[Candidate], pairs: list[str]
+    candidates: Sequence[Candidate], chosen: Sequence[Candidate], rejected: Sequence[Candidate], paired: set[str]
 ) -> list[str]:
-    """Why there are no (or fewer) pairs than the scores suggest. `pairs` are the chosen run ids of the pairs made."""
+    """Why there are no (or fewer) pairs than the scores suggest. `paired`: the chosen runs of the pairs made."""
     notes = []
     if not any(c.score for c in candidates):
         return [
             "no run in the selection has a score, so there are no DPO pairs: score runs with `appliance eval`, "
             "or label them with `appliance history tag RUN_ID correct` (or `incorrect`)"
         ]
-    if not pairs:
+    if not paired:
         notes.append(
             f"no DPO pairs: {len(chosen)} run(s) scored correct and {len(rejected)} scored incorrect pass the "
             "filters, and a pair needs one of each for the same task"
         )
-    paired = {c.run.task for c in chosen if c.run.run_id in pairs}
-    unmatched = ({c.run.task for c in chosen} & {r.run.task for r in rejected}) - paired
+    paired_tasks = {c.run.task for c in chosen if c.run.run_id in paired}
+    unmatched = ({c.run.task for c in chosen} & {r.run.task for r in rejected}) - paired_tasks
     if unmatched:
         notes.append(
             f"{len(unmatched)} task(s) have correct and incorrect runs whose prompts differ (another date, other "
