@@ -4,6 +4,7 @@ bad input."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -295,7 +296,8 @@ def labelled(appliance_home: Path, tmp_path: Path) -> dict[str, Any]:
 def test_unscored_runs_give_sft_only_then_labels_make_a_pair(labelled: dict[str, Any], tmp_path: Path) -> None:
     env = labelled["env"]
     out = tmp_path / "ds"
-    result = run_cli(["dataset", "build", str(out)], env=env)
+    today = dt.date.today().isoformat()
+    result = run_cli(["dataset", "build", str(out), "--since", "1h", "--until", today, "--status", "answered"], env=env)
     assert result.returncode == 0, result.stderr
     assert "no run in the selection has a score" in result.stderr and "appliance history tag" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "manifest.json", "sft.jsonl"]
