@@ -78,13 +78,22 @@ def dataset() -> None:
     help="context: tool results as the model saw them at the end (old ones as the placeholder); full: all whole.",
 )  # fmt: skip
 @click.option("--no-filter", "disabled", multiple=True, type=click.Choice(FILTER_NAMES), help="Turn a filter off.")
-@click.option("--ngram-size", type=click.IntRange(1), default=Thresholds.ngram_size, show_default=True)
+@click.option(
+    "--ngram-size", type=click.IntRange(1), default=Thresholds.ngram_size, show_default=True,
+    help="repetition: the n of the word n-grams.",
+)  # fmt: skip
 @click.option(
     "--max-ngram-repeat", type=click.FloatRange(0, 1), default=Thresholds.max_ngram_repeat, show_default=True,
     help="repetition: the largest share of a reply's n-grams that may repeat.",
 )  # fmt: skip
-@click.option("--max-same-reply", type=click.IntRange(1), default=Thresholds.max_same_reply, show_default=True)
-@click.option("--max-same-call", type=click.IntRange(1), default=Thresholds.max_same_call, show_default=True)
+@click.option(
+    "--max-same-reply", type=click.IntRange(1), default=Thresholds.max_same_reply, show_default=True,
+    help="duplicate_reply: how many times one reply text may appear.",
+)  # fmt: skip
+@click.option(
+    "--max-same-call", type=click.IntRange(1), default=Thresholds.max_same_call, show_default=True,
+    help="duplicate_call, pathological_success: how many times one call may be made.",
+)  # fmt: skip
 @click.option(
     "--max-error-streak", type=click.IntRange(1), default=Thresholds.max_error_streak, show_default=True,
     help="pathological_success: this many failed calls in a row.",
