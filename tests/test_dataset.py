@@ -404,3 +404,23 @@ def test_runs_of_the_same_task_with_different_prompts_are_not_paired(appliance_h
     assert "no DPO pairs: 1 run(s) scored correct and 1 scored incorrect pass the filters" in result.stderr
     assert "1 task(s) have correct and incorrect runs whose prompts differ" in result.stderr
     assert not (tmp_path / "ds" / "dpo.jsonl").exists()
+
+
+def test_the_context_view_omits_old_results_as_the_loop_did_and_full_keeps_them(
+    appliance_home: Path, tmp_path: Path
+) -> None:
+    env = {"APPLIANCE_TOOLS_ENABLED": ""}
+    turns = [tool_call("nowhere", "lookup", {"q": q}) for q in ("first", "second")] + ["Done.", "\\boxed{1}"]
+    replay = write_replay(tmp_path / "r.jsonl", turns)
+    result = run_cli(["--task", "Look twice", "--replay", str(replay), "--keep-last", "1", "--json"], env=env)
+    assert result.returncode == 0, result.stderr
+    results = {}
+    for view in ("context", "full"):
+        out = tmp_path / view
+        built = run_cli(["dataset", "build", str(out), "--view", view, "--no-filter", "bad_calls"], env=env)
+        assert built.returncode == 0, built.stderr
+        (row,) = read_jsonl(out / "sft.jsonl")
+        results[view] = [m["content"] for m in row["messages"] if m["content"].startswith(("Tool", "Tool call"))]
+    assert len(results["context"]) == len(results["full"]) == 2
+    assert results["context"][0] == "Tool result is omitted to save tokens."
+    assert all("lookup on nowhere failed" in text for text in results["full"])
