@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -424,3 +425,18 @@ def test_the_context_view_omits_old_results_as_the_loop_did_and_full_keeps_them(
     assert len(results["context"]) == len(results["full"]) == 2
     assert results["context"][0] == "Tool result is omitted to save tokens."
     assert all("lookup on nowhere failed" in text for text in results["full"])
+
+
+def test_an_eval_written_elsewhere_scores_runs_with_eval_dir(evals: dict[str, Any], tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(evals["home"], home, ignore=shutil.ignore_patterns("runs"))
+    shutil.move(home / "evals" / "alpha", tmp_path / "alpha-out")  # as if run with `appliance eval --out`
+    env = {**evals["env"], "APPLIANCE_HOME": str(home)}
+    result = run_cli(["dataset", "build", str(tmp_path / "a"), "--eval", "alpha"], env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["scores"]["unscored"] == 6
+    result = run_cli(
+        ["dataset", "build", str(tmp_path / "b"), "--eval", "alpha", "--eval-dir", str(tmp_path / "alpha-out")], env=env
+    )
+    scores = json.loads((tmp_path / "b" / "manifest.json").read_text())["scores"]
+    assert scores == {"correct": 5, "incorrect": 1, "unscored": 0, "sources": {"eval alpha-out": 6}}
