@@ -10,9 +10,9 @@ import datetime as dt
 import importlib
 import json
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +21,7 @@ from appliance.agent.events import (
     AgentEvent,
     Notice,
     RunFinished,
+    RunStarted,
     SummaryStarted,
     TextDelta,
     ToolCallFinished,
@@ -32,6 +33,9 @@ from appliance.config import Settings
 from appliance.errors import ApplianceError, ExitCode
 from appliance.options import collect_common, common_options, option_overrides, settings_from_options
 from appliance.textutil import one_line, strip_control
+
+if TYPE_CHECKING:
+    from appliance.store.sources import Source
 
 # Subcommands live beside the code they drive and are imported on first use.
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
@@ -158,6 +162,13 @@ def drive(
     return finished
 
 
+def finish_report(history: Any, run_dir: Path, run_id: str) -> list[Source]:
+    """The run's report into its directory; its sources (see store.report)."""
+    from appliance.store.report import finish_report as finish
+
+    return finish(history, run_dir, run_id)
+
+
 def open_history(settings: Settings, db: Path | None) -> Any:
     """The run history (--db, or history.db in the data directory); a bad file fails here, before any work."""
     from appliance.store import open_history as open_store
@@ -200,9 +211,57 @@ def run_headless(options: dict[str, Any], task: str, *, as_json: bool, verbose: 
         finally:
             toolbox.close()
             backend.close()
+        sources = finish_report(history, settings.dirs.run_dir(finished.run_id), finished.run_id)
     finally:
         history.close()
-    emit_result(finished, as_json=as_json)
+    emit_result(finished, as_json=as_json, sources=sources)
+    return int(finished.exit_code)
+
+
+def rerun_headless(options: dict[str, Any], run_id: str, *, as_json: bool, verbose: bool) -> int:
+    """The same task with the same settings and attachments as a recorded run, sampled anew.
+
+    Searches and fetches the original made are answered from its archive; with
+    `--web archive:...` nothing else is fetched either.
+    """
+    from appliance.agent.runtime import build_toolbox, prepare_run
+    from appliance.llm.factory import build_backend
+    from appliance.store.resume import recorded_settings
+
+    history = open_history(settings_from_options(options), options.get("db"))
+    try:
+        original = history.get_run(run_id)
+        settings = recorded_settings(original.settings, option_overrides(options), options.get("profile"))
+        attachments = [Path(p) for p in original.attachments if Path(p).exists()]
+        backend = build_backend(settings)
+        toolbox = build_toolbox(settings, lambda: backend)
+        try:
+            agent, state = prepare_run(
+                settings,
+                original.task,
+                backend=backend,
+                toolbox=toolbox,
+                workspace=options.get("workspace"),
+                attachments=attachments,
+                reuse_runs=[original.run_id],
+            )
+            printer = HeadlessPrinter(verbose=verbose)
+            printer.stream.write(
+                f"appliance: re-running run {original.run_id} as {state.run_id} (web: {settings.archive.web})\n"
+            )
+
+            def tag(event: AgentEvent) -> None:
+                if isinstance(event, RunStarted):
+                    history.tag_run(event.run_id, f"rerun-of:{original.run_id}")
+
+            finished = drive(agent.run(state), [history.recorder(), tag, printer], agent.cancel)
+        finally:
+            toolbox.close()
+            backend.close()
+        sources = finish_report(history, settings.dirs.run_dir(finished.run_id), finished.run_id)
+    finally:
+        history.close()
+    emit_result(finished, as_json=as_json, sources=sources)
     return int(finished.exit_code)
 
 
@@ -231,15 +290,17 @@ def resume_headless(options: dict[str, Any], run_id: str, *, as_json: bool, verb
             finished = drive(resumed.agent.run(state), [history.recorder(), printer], resumed.agent.cancel)
         finally:
             resumed.close()
+        sources = finish_report(history, resumed.settings.dirs.run_dir(finished.run_id), finished.run_id)
     finally:
         history.close()
-    emit_result(finished, as_json=as_json)
+    emit_result(finished, as_json=as_json, sources=sources)
     return int(finished.exit_code)
 
 
-def emit_result(finished: RunFinished, *, as_json: bool) -> None:
+def emit_result(finished: RunFinished, *, as_json: bool, sources: Sequence[Source] = ()) -> None:
     if as_json:
         payload = finished.as_json()
+        payload["sources"] = [source.as_json() for source in sources]
         if finished.error:
             payload["error"] = finished.error
         click.echo(json.dumps(payload, ensure_ascii=False))
@@ -321,6 +382,24 @@ def resume_command(ctx: click.Context, /, run_id: str, as_json: bool, verbose: b
     except ApplianceError as exc:
         if as_json:
             click.echo(json.dumps({"run_id": run_id, "status": "error", "answer": None, "error": exc.one_line()}))
+        raise
+    ctx.exit(code)
+
+
+@cli.command("rerun")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the answer.")
+@click.option("--verbose", "-v", is_flag=True)
+@common_options
+@click.pass_context
+def rerun_command(ctx: click.Context, /, run_id: str, as_json: bool, verbose: bool, **options: Any) -> None:
+    """Run a recorded run's task again: same settings, new samples, its searches and fetches from its archive."""
+    options = collect_common(ctx, options)
+    try:
+        code = rerun_headless(options, run_id, as_json=as_json, verbose=verbose)
+    except ApplianceError as exc:
+        if as_json:
+            click.echo(json.dumps({"run_id": None, "status": "error", "answer": None, "error": exc.one_line()}))
         raise
     ctx.exit(code)
 

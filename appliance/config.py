@@ -166,6 +166,17 @@ class ExtractionSettings:
 
 
 @dataclass
+class ArchiveSettings:
+    # Every search response and fetched document is kept, as fetched, in a WARC file in the run's directory.
+    enabled: bool = True
+    # Per run, all sessions of it together; past it the run goes on and the gap is recorded.
+    max_mb: int = 1024
+    # Where search and fetch are answered: "live" (the network; a resumed or re-run run reuses
+    # what it already archived), or "archive:RUN_ID" / "archive:PATH" (that archive only, never the network).
+    web: str = "live"
+
+
+@dataclass
 class EvalSettings:
     # An LLM judge for `appliance eval` (any OpenAI-compatible server); empty: GAIA exact match only.
     judge_url: str = ""
@@ -347,6 +358,7 @@ class Settings:
     search: SearchSettings = field(default_factory=SearchSettings)
     scrape: ScrapeSettings = field(default_factory=ScrapeSettings)
     extraction: ExtractionSettings = field(default_factory=ExtractionSettings)
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     ui: UiSettings = field(default_factory=UiSettings)
     profile: str = DEFAULT_PROFILE

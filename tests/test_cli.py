@@ -12,7 +12,9 @@ from pathlib import Path
 from tests.conftest import REPO_ROOT, cli_env, run_cli, tool_call, write_replay
 
 NO_TOOLS = {"APPLIANCE_TOOLS_ENABLED": ""}
-JSON_KEYS = ["run_id", "status", "answer", "turns", "tool_calls", "prompt_tokens", "completion_tokens", "elapsed_s"]
+JSON_KEYS = [
+    "run_id", "status", "answer", "turns", "tool_calls", "prompt_tokens", "completion_tokens", "elapsed_s", "sources"
+]  # fmt: skip
 
 
 def test_version() -> None:
@@ -32,6 +34,7 @@ def test_task_with_replay_prints_the_json_object(appliance_home: Path, tmp_path:
     assert list(payload) == JSON_KEYS
     assert payload["status"] == "answered" and payload["answer"] == "2"
     assert payload["turns"] == 2 and payload["tool_calls"] == 1
+    assert payload["sources"] == []  # the call named no URL: the run read nothing
     assert payload["prompt_tokens"] > 0 and payload["completion_tokens"] > 0
     assert "[turn 1] nowhere/lookup" in result.stderr  # progress goes to stderr
     assert (appliance_home / "runs" / payload["run_id"] / "workspace").is_dir()

@@ -17,7 +17,7 @@ import pytest
 
 from appliance.store import open_history
 from tests.conftest import REPO_ROOT, cli_env, run_cli
-from tests.tui_support import answer, search, write_script
+from tests.tui_support import answer, scrape, search, write_script
 
 if shutil.which("tmux") is None:  # installer/test.sh installs it; a machine without it fails loudly
     pytest.fail("tmux is not installed: apt-get install tmux (installer/test.sh lists it)", pytrace=False)
@@ -103,10 +103,17 @@ def full_env(extra: dict[str, str]) -> dict[str, str]:
 def test_a_run_from_a_real_terminal(corpus_env: dict[str, str], tmp_path: Path, terminals: list[Terminal]) -> None:
     script = write_script(
         tmp_path / "run.jsonl",
-        [search("moons of Mars", "Search the local documents."), "Phobos and Deimos.", answer("2")],
+        [
+            search("moons of Mars", "Search the local documents."),
+            scrape("corpus://1/mars.md", "the moons of Mars", "Read the document."),
+            "Mars has two moons, Phobos and Deimos.",  # the extractor's answer (the same replay)
+            "Phobos and Deimos.",
+            answer("2"),
+        ],
     )
     db = tmp_path / "history.db"
-    term = Terminal(appliance(script, db), full_env(corpus_env), width=120, height=50)
+    env = {**corpus_env, "APPLIANCE_TOOLS_ENABLED": "search_and_scrape_webpage,jina_scrape_llm_summary"}
+    term = Terminal(appliance(script, db), full_env(env), width=120, height=50)
     terminals.append(term)
     term.wait_for("Type a research task", "ctrl+s")
     term.keys("How many moons does Mars have?", literal=True)
@@ -114,8 +121,8 @@ def test_a_run_from_a_real_terminal(corpus_env: dict[str, str], tmp_path: Path, 
     # The run is over once the footer offers a new run; the sources arrive with that last message.
     shown = term.wait_for("Answer", "answered", "^n New", "Sources")
     assert "google_search" in shown and "moons of Mars" in shown, shown
-    # No page was read and the answer cites nothing: the search's top hit stands as the source.
-    assert "1. corpus://" in shown, shown
+    # The document the run read is its source (a search's hits are not).
+    assert "1. corpus://1/mars.md" in shown, shown
     term.keys("F2")
     shown = term.wait_for("Past runs", "How many moons does Mars have?")
     assert "answered" in shown
@@ -125,7 +132,7 @@ def test_a_run_from_a_real_terminal(corpus_env: dict[str, str], tmp_path: Path, 
     term.wait_for("EXITED 0")
     with open_history(db) as history:
         (run,) = history.list_runs()
-        assert run.status == "answered" and run.answer == "2" and run.tool_calls == 1
+        assert run.status == "answered" and run.answer == "2" and run.tool_calls == 2
 
 
 def start_slow_run(

@@ -95,6 +95,8 @@ class ToolCallFinished:
     duration_s: float
     truncated: bool
     raw_chars: int
+    # The web archive records the call read (tools.archive.RecordRef.as_dict()), gaps included.
+    archived: tuple[dict[str, Any], ...] = field(default=(), hash=False)
 
 
 @dataclass(frozen=True)

@@ -401,6 +401,7 @@ class Agent:
                 outcome.duration_s,
                 truncated,
                 len(outcome.text),
+                tuple(outcome.meta.get("archive", ())),
             )
             if outcome.meta.get("notice"):
                 yield Notice("warning", str(outcome.meta["notice"]))

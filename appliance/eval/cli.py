@@ -83,6 +83,10 @@ def _progress(total: int, already: int) -> Any:
 @click.option("--out", type=click.Path(path_type=Path), help="Report directory (default: data dir/evals/NAME).")
 @click.option("--name", help="Eval name, used in run tags and the default report directory.")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N tasks.")
+@click.option(
+    "--web-archive", type=click.Path(path_type=Path, file_okay=False),
+    help="Record each task's web into DIR/TASK_ID.warc.gz on the first pass; replay it (offline) on later passes.",
+)  # fmt: skip
 @common_options
 @click.pass_context
 def eval_command(
@@ -97,6 +101,7 @@ def eval_command(
     out: Path | None,
     name: str | None,
     limit: int | None,
+    web_archive: Path | None,
     **options: Any,
 ) -> None:
     """Run a GAIA-format JSONL benchmark: every task K times, scored, stored in the history, reported.
@@ -146,6 +151,7 @@ def eval_command(
     runner = EvalRunner(
         settings, name=eval_name, out_dir=out_dir, db_path=db_path, runs=runs, concurrency=concurrency,
         judge=judge, replay=replay, on_result=_progress(total, already),
+        web_archive=web_archive.expanduser().resolve() if web_archive else None,
     )  # fmt: skip
     try:
         complete = runner.run(tasks)

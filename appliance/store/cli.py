@@ -22,6 +22,8 @@ from appliance.store.db import StoreError
 from appliance.store.export import chatml, markdown_report, safe_json
 from appliance.store.history import History, open_history
 from appliance.store.records import STATUSES, RunSummary
+from appliance.store.report import report_html, research_report
+from appliance.store.sources import run_sources
 from appliance.textutil import one_line, strip_control
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
@@ -139,14 +141,20 @@ def list_command(ctx: click.Context, limit: int, status: str | None, tag: str | 
 @history.command("show")
 @click.argument("run_id")
 @click.option("--full", is_flag=True, help="Show tool results and thinking in full (default: cut at 2,000 characters).")
-@click.option("--json", "as_json", is_flag=True, help="The run as JSON (ChatML trajectory plus metadata).")
+@click.option("--report", is_flag=True, help="The research report: answer, reasoning summary, numbered sources.")
+@click.option("--json", "as_json", is_flag=True, help="The run as JSON (ChatML trajectory plus metadata and sources).")
 @click.pass_context
-def show_command(ctx: click.Context, run_id: str, full: bool, as_json: bool) -> None:
-    """A run as readable Markdown: task, each step, sources, answer."""
+def show_command(ctx: click.Context, run_id: str, full: bool, report: bool, as_json: bool) -> None:
+    """A run as readable Markdown: task, each step, sources, answer (--report: the research report)."""
     with _history(ctx) as store:
         run = store.get_run(run_id)
     if as_json:
-        click.echo(safe_json(chatml(run)))
+        payload = chatml(run)
+        payload["sources"] = [source.as_json() for source in run_sources(run)]
+        click.echo(safe_json(payload))
+        return
+    if report:
+        click.echo(research_report(run), nl=False)
         return
     click.echo(markdown_report(run, limit=None if full else 2000), nl=False)
 
@@ -192,8 +200,9 @@ def search_command(ctx: click.Context, query: tuple[str, ...], limit: int, raw: 
 @history.command("export")
 @click.argument("run_ids", nargs=-1)
 @click.option(
-    "--format", "fmt", type=click.Choice(["chatml", "markdown"]), default="chatml", show_default=True,
-    help="chatml: one JSON line per run with the messages as the model saw them; markdown: a report.",
+    "--format", "fmt", type=click.Choice(["chatml", "markdown", "md", "html"]), default="chatml", show_default=True,
+    help="chatml: one JSON line per run with the messages as the model saw them; markdown: every step; "
+    "md / html: the research report (answer, reasoning summary, numbered sources).",
 )  # fmt: skip
 @click.option(
     "--view", type=click.Choice(["full", "context"]), default="full", show_default=True,
@@ -214,9 +223,11 @@ def export_command(
     tag: str | None,
     output: Path | None,
 ) -> None:
-    """Export runs as a ChatML JSONL trajectory (for fine-tuning) or as a Markdown report."""
+    """Export runs as a ChatML JSONL trajectory (for fine-tuning), every step in Markdown, or the research report."""
     if not run_ids and not all_runs:
         raise click.UsageError("name one or more RUN_IDs, or pass --all")
+    if fmt == "html" and (all_runs or len(run_ids) > 1):
+        raise click.UsageError("--format html writes one run per page: name one RUN_ID (and -o FILE for each)")
     with _history(ctx) as store:
         ids = list(run_ids)
         if all_runs:
@@ -226,6 +237,10 @@ def export_command(
         for index, run in enumerate(runs):
             if fmt == "chatml":
                 out.write(safe_json(chatml(run, "context" if view == "context" else "full")) + "\n")
+            elif fmt == "md":
+                out.write(("\n---\n\n" if index else "") + research_report(run))
+            elif fmt == "html":
+                out.write(report_html(run))
             else:
                 out.write(("\n---\n\n" if index else "") + markdown_report(run, limit=None))
     if output is not None:

@@ -10,11 +10,11 @@ from appliance.agent.context import build_view, recorded_keep_rule
 from appliance.llm.base import ChatMessage
 from appliance.protocol.parsing import split_thinking, text_before_tool_call
 from appliance.store.records import RunRecord, Step
+from appliance.store.sources import run_sources
 from appliance.textutil import strip_control
 
 View = Literal["full", "context"]
 _UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029]")
-_URL = re.compile(r"https?://[^\s<>\"'`)\]}]+")
 
 
 def safe_json(value: Any) -> str:
@@ -97,29 +97,6 @@ def _cut(text: str, limit: int | None) -> str:
     return text[:limit] + f"\n… [{len(text) - limit:,} more characters; --full shows all]"
 
 
-def sources(run: RunRecord) -> list[str]:
-    """URLs the agent read (arguments of successful calls), then URLs cited in the final answer."""
-    found: list[str] = []
-
-    def add(url: str) -> None:
-        url = url.rstrip(".,;:")
-        if url not in found:
-            found.append(url)
-
-    for step in run.kept_steps:
-        for call in step.calls:
-            if call.status != "ok" or call.tool == "google_search":
-                continue
-            for value in call.arguments.values():
-                match = _URL.match(value) if isinstance(value, str) else None
-                if match:
-                    add(match.group())
-    final = final_reply(run)
-    for url in _URL.findall(final.reply.content if final else (run.final_text or "")):
-        add(url)
-    return found
-
-
 def _step_markdown(step: Step, limit: int | None) -> list[str]:
     reply = step.reply
     out: list[str] = []
@@ -176,9 +153,9 @@ def markdown_report(run: RunRecord, *, limit: int | None = 2000, include_discard
         if step.reply.state == "pending" or (step.reply.state == "rolled_back" and not include_discarded):
             continue
         lines += [*_step_markdown(step, limit), ""]
-    found = sources(run)
+    found = run_sources(run)
     lines += ["## Sources", ""]
-    lines += [f"- <{url}>" for url in found] if found else ["(none recorded)"]
+    lines += [f"- <{source.url}>" for source in found] if found else ["(none recorded)"]
     lines += ["", "## Answer", ""]
     lines.append(fence(run.answer) if run.answer else "(no answer)")
     for level, message in run.notices:

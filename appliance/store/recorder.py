@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import sqlite3
 import threading
@@ -52,30 +51,23 @@ from appliance.store.db import (
     process_start,
     write_transaction,
 )
+from appliance.textutil import SECRET_NAME, redact_url_secrets
 
 if TYPE_CHECKING:
     from appliance.store.history import History
-
-# Key names that hold credentials ("api_key", "judge_api_key", "hf_token"), not "max_tokens".
-_SECRET_KEY = re.compile(
-    r"^(?:.*[_-])?(?:api[_-]?key|key|token|access[_-]?token|secret|password|passwd|authorization|credentials?)$",
-    re.IGNORECASE,
-)
-_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-_URL_SECRET_PARAM = re.compile(r"([?&](?:api[_-]?key|key|token|access_token|secret|password)=)[^&#\s]+", re.IGNORECASE)
 
 
 def scrub(value: Any) -> Any:
     """Defence in depth over the already-redacted snapshots: no credential reaches the database."""
     if isinstance(value, dict):
         return {
-            k: ("***" if isinstance(k, str) and _SECRET_KEY.match(k) and v not in ("", None) else scrub(v))
+            k: ("***" if isinstance(k, str) and SECRET_NAME.match(k) and v not in ("", None) else scrub(v))
             for k, v in value.items()
         }
     if isinstance(value, (list, tuple)):
         return [scrub(v) for v in value]
     if isinstance(value, str) and "://" in value:
-        return _URL_SECRET_PARAM.sub(r"\1***", _URL_USERINFO.sub("***@", value))
+        return redact_url_secrets(value)
     return value
 
 
@@ -375,6 +367,7 @@ class Recorder:
         ids = [r[0] for r in self._execute("SELECT id FROM tool_calls WHERE reply_id = ?", (reply_id,))]
         for call_id in ids:
             self._execute("DELETE FROM events WHERE run_id = ? AND tool_call_id = ?", (self.run_id, call_id))
+            self._execute("DELETE FROM archive_records WHERE run_id = ? AND tool_call_id = ?", (self.run_id, call_id))
             self._execute("DELETE FROM tool_calls WHERE id = ?", (call_id,))
         return len(ids)
 
@@ -458,7 +451,7 @@ class Recorder:
         cursor = self._execute(
             "INSERT INTO tool_calls (run_id, reply_id, turn, idx, server, tool, arguments, status, started_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
-            (self.run_id, self._reply.id, e.turn, e.index, e.server, e.tool, dumps(e.arguments), now_iso()),
+            (self.run_id, self._reply.id, e.turn, e.index, e.server, e.tool, dumps(scrub(e.arguments)), now_iso()),
         )
         call_id = int(cursor.lastrowid or 0)
         self._calls[e.index] = call_id
@@ -476,6 +469,28 @@ class Recorder:
         )
         self._results[e.index] = e.result
         self._add("tool_calls", 1)
+        for ref in e.archived:
+            self._execute(
+                "INSERT INTO archive_records (run_id, tool_call_id, kind, uri, warc_file, warc_offset, record_id, "
+                "warc_date, status, digest, length, origin, note, passage) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self.run_id,
+                    call_id,
+                    str(ref.get("kind", "")),
+                    scrub(str(ref.get("uri", ""))),
+                    ref.get("file"),
+                    ref.get("offset"),
+                    ref.get("record_id"),
+                    ref.get("date"),
+                    ref.get("status"),
+                    ref.get("digest"),
+                    ref.get("length"),
+                    ref.get("origin"),
+                    ref.get("note"),
+                    ref.get("passage"),
+                ),
+            )
         self._log("ToolCallFinished", tool_call_id=call_id)
 
     def _observation_added(self, e: ObservationAdded) -> None:
