@@ -22,6 +22,11 @@ _COMMON = [
     click.option("--model", "model", help="GGUF file (llamacpp) or model name (openai)."),
     click.option("--max-turns", type=int, help="Turn budget (default 600)."),
     click.option("--keep-last", type=int, help="Tool results kept in context (default 5, -1 = all)."),
+    click.option(
+        "--attempts",
+        type=int,
+        help="Runs after the first for a task without an answer, each with a failure summary (default 5, 0 = one run).",
+    ),
     click.option("--workspace", type=click.Path(path_type=Path), help="Host directory used as the sandbox home."),
     click.option("--db", type=click.Path(path_type=Path), help="History database (default: data dir)."),
     click.option(
@@ -63,6 +68,7 @@ def option_overrides(options: dict[str, Any]) -> dict[str, Any]:
         "agent.max_turns": options.get("max_turns"),
         "agent.keep_last": options.get("keep_last"),
         "archive.web": web_mode(options["web"]) if options.get("web") else None,
+        "agent.attempts": options.get("attempts"),
     }
     model = options.get("model")
     if model:

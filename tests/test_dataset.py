@@ -55,9 +55,10 @@ ALPHA: dict[str, list[Any]] = {
         sandbox("Let me make sure a sandbox exists."),
         *answer("1,245,000 volumes; Mira Okafor.", "1245000, Mira Okafor"),
     ],
-    # The loop discards a reply that repeats itself, four times; the fifth stands.
+    # A reply that repeats itself is sent again nine times and the tenth accepted (the reference's
+    # client), then the loop discards it, four times; the fifth stands: 5 x 10 replies.
     "sample-04": [
-        *[search("Zephyr build tool remote caching release", "Which version?") + "\n" + "Searching now. " * 40] * 5,
+        *[search("Zephyr build tool remote caching release", "Which version?") + "\n" + "Searching now. " * 40] * 50,
         *answer("2020-2019", "1"),
     ],
     "sample-05": [
@@ -93,8 +94,11 @@ BETA: dict[str, list[Any]] = {
         ),
         *answer("2021 - 2019 = 2.", "2"),
     ],
+    # Cut by max_tokens, continued nine times and still cut: the turn stands truncated.
     "sample-05": [
         {"content": "<think>\nThe amounts are 12, 30 and 7, so the sum", "finish_reason": "length"},
+        *({"content": f" {word}", "finish_reason": "length"}
+          for word in ("is", "forty-nine", "unless", "the", "fourth", "row", "adds", "fifteen", "more")),
         "\\boxed{49}",
     ],
     "sample-06": ALPHA["sample-06"],

@@ -174,3 +174,24 @@ def test_quitting_during_a_run_records_it_as_interrupted(
     with open_history(db) as history:
         (run,) = history.list_runs()
         assert run.status == "interrupted"
+
+
+def test_control_characters_show_as_escapes_on_a_real_terminal(
+    corpus_env: dict[str, str], tmp_path: Path, terminals: list[Terminal]
+) -> None:
+    # A carriage return would put "Right" over "Wrong"; a bidi override would reverse what follows it;
+    # an escape sequence would clear the screen. On screen each is its visible escape, and every word stays.
+    hostile = "Wrong\rRight \u202eevil\u202c \x1b[2Jcleared \x1b]0;title\x07"
+    script = write_script(tmp_path / "evil.jsonl", ["Thinking \x1b[2J\rhidden.", answer(hostile)])
+    db = tmp_path / "history.db"
+    term = Terminal(appliance(script, db), full_env(corpus_env), width=120, height=40)
+    terminals.append(term)
+    term.wait_for("Type a research task")
+    term.keys("Say it", literal=True)
+    term.keys("C-s")
+    shown = term.wait_for("answered", "^n New")
+    assert "Wrong\\rRight" in shown, shown  # both words
+    assert "\\u202eevil\\u202c" in shown and "\\x1b[2Jcleared" in shown and "\\x1b]0;title\\x07" in shown, shown
+    assert "Say it" in shown  # the task is still on screen: nothing cleared it
+    term.keys("C-q")
+    term.wait_for("EXITED 0")

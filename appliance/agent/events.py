@@ -2,9 +2,10 @@
 
 The loop is a generator of these events. The store, the TUI and the headless
 printer subscribe to them; none of them reaches into the loop. The order within
-one turn is: TurnStarted, TextDelta*, TurnEnded, then either TurnRolledBack
-(the reply is discarded and sampled again) or, for each call,
+one turn is: TurnStarted, TextDelta* (ReplyContinued, TextDelta*)*, TurnEnded, then either TurnRolledBack
+(the reply is discarded and sampled again) or TurnKept and, for each call,
 ToolCallStarted/ToolCallFinished, then ObservationAdded and ToolResultOmitted*.
+Each event is also what moves the run's state (appliance.agent.state.advance).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-TurnKind = Literal["turn", "summary"]
+# failure_summary: the reply that sums up a failed attempt for the next one (agent/attempts.py).
+TurnKind = Literal["turn", "summary", "failure_summary"]
 RunStatus = Literal["answered", "no_answer", "error", "interrupted"]
 
 
@@ -28,6 +30,10 @@ class RunStarted:
     resumed: bool = False
     turn: int = 0
     workspace: str = ""  # the sandbox home on the host (--workspace or the run's own)
+    # Where a resumed run starts from (its state's counters); all 0 for a new run.
+    tool_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -60,18 +66,49 @@ class TurnEnded:
 
 
 @dataclass(frozen=True)
+class TurnKept:
+    """The reply of `turn` stands: it enters the history (a turn's calls run next).
+
+    A kept turn may still leave later with its results (TurnRolledBack: a wasted
+    call, a full context). The final answer's reply is kept by RunFinished.
+    """
+
+    turn: int
+    kind: TurnKind
+
+
+@dataclass(frozen=True)
 class TurnRolledBack:
     """The reply of `turn` (and any results it produced) left the history.
 
     Reasons: format, refusal, bad_arguments, duplicate, repetition, empty,
     tool_error, empty_search (sampled again); context_full (the last turn is
-    dropped to make room for the summary); no_boxed (summary sampled again).
+    dropped to make room for the summary); no_boxed (summary sampled again);
+    repetition_resend (the reference's call-level resend of a reply whose last
+    50 characters recur more than 5 times: sent again at once, on any kind of
+    turn, without counting against the loop's rollbacks).
     """
 
     turn: int
     kind: TurnKind
     reason: str
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class ReplyContinued:
+    """The reply so far was cut by max_tokens and is continued where it stopped.
+
+    The tokens already generated stay in the prompt (and the KV cache), so they
+    are not paid for again. `generated_tokens` is the reply's length so far,
+    `max_tokens` what the continuation may add.
+    """
+
+    turn: int
+    kind: TurnKind
+    round: int
+    generated_tokens: int
+    max_tokens: int
 
 
 @dataclass(frozen=True)
@@ -124,7 +161,8 @@ class SummaryStarted:
 
 @dataclass(frozen=True)
 class Notice:
-    level: Literal["info", "warning", "error"]
+    # "debug" (an internal error's traceback) is recorded but shown only with --debug.
+    level: Literal["debug", "info", "warning", "error"]
     message: str
 
 
@@ -141,6 +179,9 @@ class RunFinished:
     elapsed_s: float
     error: str | None = None
     exit_code: int = 0
+    # A run of a task's attempt that ended without an answer: what it tells the next attempt
+    # (agent/attempts.py); None when none was asked for or none came.
+    failure_summary: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -160,7 +201,9 @@ AgentEvent = (
     | TurnStarted
     | TextDelta
     | TurnEnded
+    | TurnKept
     | TurnRolledBack
+    | ReplyContinued
     | ToolCallStarted
     | ToolCallFinished
     | ObservationAdded

@@ -26,9 +26,9 @@ from appliance.dataset.filters import (
     threshold_values,
 )
 from appliance.eval.runner import load_results
+from appliance.policy import redact
 from appliance.store.export import View, chatml
 from appliance.store.history import History
-from appliance.store.recorder import scrub
 from appliance.store.records import RunRecord, RunSummary
 
 # The labels a user puts on a run with `appliance history tag RUN_ID correct` (or incorrect).
@@ -132,7 +132,7 @@ class Redactor:
         patterns = self._path_patterns(run)
 
         def clean(text: str) -> str:
-            text = str(scrub(text))
+            text = str(redact(text).value)
             for secret in self.secrets:
                 text = text.replace(secret, "***")
             for pattern, replacement in patterns:

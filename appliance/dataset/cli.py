@@ -23,9 +23,9 @@ from appliance.dataset.build import (
 from appliance.dataset.files import SIDE_TITLES, check_output, manifest, write_dataset
 from appliance.dataset.filters import FILTER_NAMES, SIDES, Candidate, Thresholds
 from appliance.errors import ConfigError
+from appliance.policy import STATUSES
 from appliance.store.cli import db_path, parse_age
 from appliance.store.history import open_history
-from appliance.store.records import STATUSES
 
 # Shorter values are not worth hiding and would blank out ordinary words.
 _MIN_SECRET_CHARS = 6

@@ -11,16 +11,8 @@ from appliance.llm.base import ChatMessage
 from appliance.protocol.parsing import split_thinking, text_before_tool_call
 from appliance.store.records import RunRecord, Step
 from appliance.store.sources import run_sources
-from appliance.textutil import strip_control
 
 View = Literal["full", "context"]
-_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029]")
-
-
-def safe_json(value: Any) -> str:
-    """One line of JSON that a terminal cannot interpret: C1 controls are written as \\u escapes."""
-    text = json.dumps(value, ensure_ascii=False)
-    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 # ---------------------------------------------------------------- ChatML
@@ -59,7 +51,9 @@ def chatml(run: RunRecord, view: View = "full") -> dict[str, Any]:
     """
     messages = conversation(run)
     if view == "context":
-        messages = build_view(messages, *recorded_keep_rule(run.settings))
+        messages = build_view(
+            messages, *recorded_keep_rule(run.settings), ends_in_summary=run.summary_prompt is not None
+        )
     final = final_reply(run)
     if final is not None:
         messages.append(ChatMessage("assistant", final.reply.content))
@@ -130,7 +124,10 @@ def _step_markdown(step: Step, limit: int | None) -> list[str]:
 
 
 def markdown_report(run: RunRecord, *, limit: int | None = 2000, include_discarded: bool = True) -> str:
-    """Task, each step, sources and answer. Control characters are removed; code fences contain the rest."""
+    """Task, each step, sources and answer, with the exact text (code fences contain it).
+
+    The text is untrusted: a face that prints it to a terminal passes it through textutil.for_terminal.
+    """
     lines = [f"# Run {run.run_id}", ""]
     facts = [
         f"- **Status:** {run.status}" + (f" ({run.error})" if run.error else ""),
@@ -159,6 +156,6 @@ def markdown_report(run: RunRecord, *, limit: int | None = 2000, include_discard
     lines += ["", "## Answer", ""]
     lines.append(fence(run.answer) if run.answer else "(no answer)")
     for level, message in run.notices:
-        if level != "info":
+        if level in ("warning", "error"):
             lines += ["", f"> {level}: {message.splitlines()[0] if message else ''}"]
-    return strip_control("\n".join(lines)) + "\n"
+    return "\n".join(lines) + "\n"

@@ -21,7 +21,7 @@ from appliance.store.export import fence
 from appliance.store.history import History
 from appliance.store.records import RunRecord
 from appliance.store.sources import Source, final_text, run_sources
-from appliance.textutil import one_line, strip_control
+from appliance.textutil import one_line
 
 REPORT_FILE = "report.md"
 
@@ -93,7 +93,8 @@ def research_report(run: RunRecord) -> str:
         lines.append("(the run read no page or document)")
     for source in sources:
         lines += [*_source_lines(source), ""]
-    return strip_control("\n".join(lines)).rstrip() + "\n"
+    # The exact text (a file keeps it); a face printing it to a terminal passes it through for_terminal.
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def report_html(run: RunRecord) -> str:

@@ -2,20 +2,22 @@
 
 Model and tool text is untrusted: it reaches the screen only as literal
 `Content` (never parsed as markup, so "[bold]" or "[@click=app.quit]" stay text),
-after terminal control sequences are removed.
+with control characters written as visible escapes.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from textual.content import Content
 from textual.widgets import Collapsible
-from textual.widgets._collapsible import CollapsibleTitle
+from textual.widgets.collapsible import CollapsibleTitle
 
 from appliance.tui import format as fmt
 
 
 def literal(text: str, style: str = "") -> Content:
-    """Untrusted text as content that is shown exactly (control sequences removed, no markup)."""
+    """Untrusted text as content that is shown exactly (controls as visible escapes, no markup)."""
     return Content.styled(fmt.clean(text), style) if style else Content(fmt.clean(text))
 
 
@@ -31,8 +33,7 @@ class QuietCollapsible(Collapsible):
     thinking from code would pull a streaming transcript away from its bottom.
     """
 
-    def _watch_collapsed(self, collapsed: bool) -> None:
-        self._update_collapsed(collapsed)
-        self.post_message(self.Collapsed(self) if collapsed else self.Expanded(self))
-        if self.is_mounted and self.has_focus_within:
-            self.call_after_refresh(self.scroll_visible)
+    def scroll_visible(self, *args: Any, **kwargs: Any) -> None:
+        # Collapsible asks for this after every change of `collapsed`; the user's toggle has the focus.
+        if self.has_focus_within:
+            super().scroll_visible(*args, **kwargs)
