@@ -29,6 +29,10 @@ from appliance.errors import ConfigError
 from appliance.paths import AppDirs, app_dirs
 
 BACKENDS = ("llamacpp", "openai", "replay")
+EVICTION_MODES = ("exact", "blocks", "shift")
+# llama.cpp KV cache types offered by [model] kv_cache_type, most precise first.
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+FLASH_ATTN_MODES = ("auto", "on", "off")
 DEFAULT_PROFILE = "cpu-8b"
 SECRET_KEYS = frozenset({"api_key", "judge_api_key"})
 
@@ -63,6 +67,11 @@ class ModelSettings:
     # An interrupted run leaves its KV cache in its run directory when it is at
     # most this big, so `appliance resume` does not evaluate the prefix again (0: never).
     kv_checkpoint_mb: int = 4096
+    # llama.cpp's KV cache: f16, or q8_0 / q4_0 (about half / a quarter of the
+    # memory, so a longer context fits; the memory plan uses the same value).
+    kv_cache_type: str = "f16"
+    # Flash attention: "auto" turns it on where a quantized cache needs it; on; off.
+    flash_attn: str = "auto"
     # Optional GBNF grammars constraining normal turns and the summary turn
     # (file paths). Useful for small models that slip the format, and for
     # deterministic tests with random weights.
@@ -80,7 +89,9 @@ class AgentSettings:
     result_max_chars: int = 100_000
     # "exact" is the reference's last-K (the faithful default); "blocks" evicts
     # results `eviction_block` at a time (0 = 2K: K..3K-1 results visible) so
-    # the prompt prefix stays stable for the KV cache (see docs/performance.md).
+    # the prompt prefix stays stable for the KV cache; "shift" shows the exact
+    # view and splices evicted results out of llama.cpp's KV cache instead of
+    # re-evaluating what follows them (approximate; see docs/performance.md).
     eviction: str = "exact"
     eviction_block: int = 0
     # The v1.0 evaluation configuration hides this tool; offering it changes
@@ -606,11 +617,15 @@ def load_settings(
     return settings
 
 
+def _did_you_mean(value: str, choices: tuple[str, ...]) -> str:
+    hint = difflib.get_close_matches(value, choices, n=1)
+    return f" (did you mean '{hint[0]}'?)" if hint else ""
+
+
 def validate(settings: Settings) -> None:
     if settings.model.backend not in BACKENDS:
-        hint = difflib.get_close_matches(settings.model.backend, BACKENDS, n=1)
         raise ConfigError(
-            f"unknown backend '{settings.model.backend}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""),
+            f"unknown backend '{settings.model.backend}'" + _did_you_mean(settings.model.backend, BACKENDS),
             f"use --backend {' | '.join(BACKENDS)}",
         )
     agent = settings.agent
@@ -618,8 +633,27 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"max_turns must be at least 1, got {agent.max_turns}", "use --max-turns N with N >= 1")
     if agent.keep_last < -1:
         raise ConfigError(f"keep_last must be -1 (keep all) or >= 0, got {agent.keep_last}", "use --keep-last K")
-    if agent.eviction not in ("exact", "blocks"):
-        raise ConfigError(f"unknown eviction mode '{agent.eviction}'", "set [agent] eviction to exact or blocks")
+    if agent.eviction not in EVICTION_MODES:
+        raise ConfigError(
+            f"unknown eviction mode '{agent.eviction}'" + _did_you_mean(agent.eviction, EVICTION_MODES),
+            f"set [agent] eviction to {', '.join(EVICTION_MODES)}",
+        )
+    model = settings.model
+    if model.kv_cache_type not in KV_CACHE_TYPES:
+        raise ConfigError(
+            f"unknown kv_cache_type '{model.kv_cache_type}'" + _did_you_mean(model.kv_cache_type, KV_CACHE_TYPES),
+            f"set [model] kv_cache_type to {', '.join(KV_CACHE_TYPES)}",
+        )
+    if model.flash_attn not in FLASH_ATTN_MODES:
+        raise ConfigError(
+            f"unknown flash_attn '{model.flash_attn}'" + _did_you_mean(model.flash_attn, FLASH_ATTN_MODES),
+            f"set [model] flash_attn to {', '.join(FLASH_ATTN_MODES)}",
+        )
+    if model.kv_cache_type != "f16" and model.flash_attn == "off":
+        raise ConfigError(
+            f"kv_cache_type {model.kv_cache_type} needs flash attention (llama.cpp quantizes the V cache only with it)",
+            'set [model] flash_attn = "auto", or kv_cache_type = "f16"',
+        )
     if agent.eviction_block < 0:
         raise ConfigError(
             f"eviction_block must be >= 0, got {agent.eviction_block}", "use 0 (= 2 x keep_last) or a size"

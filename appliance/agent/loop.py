@@ -232,6 +232,11 @@ class Agent:
             raise ApplianceError(f"the {self.backend.name} backend returned no completion", "check the model server")
         state.prompt_tokens += completion.prompt_tokens
         state.completion_tokens += completion.completion_tokens
+        if completion.kv_shift_fallback:
+            yield Notice(
+                "warning",
+                f"turn {turn}: the KV cache after the shift did not match the prompt; it was evaluated again",
+            )
         return _Reply(completion.text, completion, time.monotonic() - started)
 
     # ------------------------------------------------------------ the loop

@@ -5,6 +5,12 @@ cache keeps the prompt prefix and each turn evaluates only what is new. The
 prompt is rendered with the chat template stored in the GGUF (what a server
 would do with the same weights) and passed to llama.cpp as tokens, which lets
 us report how many prompt tokens were really evaluated.
+
+With `kv_shift` (the `shift` eviction mode), a change in the middle of the
+prompt (an old tool result becoming the placeholder) is spliced into the KV
+cache instead of re-evaluating everything after it (appliance.llm.kvshift).
+`kv_cache_type` stores the cache quantized (q8_0 halves it), with flash
+attention, which llama.cpp needs for a quantized V cache.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import ComponentUnavailable
+from appliance.config import KV_CACHE_TYPES
+from appliance.errors import ComponentUnavailable, ConfigError
 from appliance.llm.base import Backend, ChatMessage, Completion, Purpose, StreamEvent, TextChunk
 from appliance.llm.factory import read_grammar
+from appliance.llm.kvshift import Splice, apply_splice, common_prefix, plan_splices
 
 CHATML_FALLBACK = (
     "{% for message in messages %}"
@@ -27,8 +35,8 @@ CHATML_FALLBACK = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-# (path, n_ctx, n_gpu_layers) -> (Llama, lock): backends sharing weights share the lock.
-_MODELS: dict[tuple[str, int, int], tuple[Any, threading.Lock]] = {}
+# (path, n_ctx, n_gpu_layers, cache type, flash attention) -> (Llama, lock): backends sharing weights share the lock.
+_MODELS: dict[tuple[str, int, int, str, bool], tuple[Any, threading.Lock]] = {}
 _MODELS_LOCK = threading.Lock()
 
 
@@ -50,6 +58,9 @@ class LlamaCppBackend(Backend):
         grammar: str = "",
         summary_grammar: str = "",
         extract_grammar: str = "",
+        kv_cache_type: str = "f16",
+        flash_attn: str = "auto",
+        kv_shift: bool = False,
     ) -> None:
         if not model_path.is_file():
             raise ComponentUnavailable(
@@ -70,7 +81,18 @@ class LlamaCppBackend(Backend):
         self.top_p = top_p
         self.repeat_penalty = repeat_penalty
         self.seed = seed
+        if kv_cache_type not in KV_CACHE_TYPES:
+            raise ConfigError(f"unknown kv_cache_type '{kv_cache_type}'", f"use one of {', '.join(KV_CACHE_TYPES)}")
+        self.kv_cache_type = kv_cache_type
+        self.flash_attn = use_flash_attn(kv_cache_type, flash_attn)
+        self.kv_shift = kv_shift
         self.llm, self._lock = self._load(model_path, context_length, n_gpu_layers, n_threads, n_batch, seed)
+        if kv_shift and not llama_cpp.llama_memory_can_shift(llama_cpp.llama_get_memory(self.llm._ctx.ctx)):
+            # llama.cpp aborts the process on a shift this model's cache cannot do.
+            raise ConfigError(
+                f"{model_path.name}: llama.cpp cannot shift this model's KV cache ([agent] eviction = shift needs it)",
+                "set [agent] eviction = exact or blocks",
+            )
         self.context_length = int(self.llm.n_ctx())
         metadata: dict[str, str] = dict(self.llm.metadata)
         template = metadata.get("tokenizer.chat_template") or CHATML_FALLBACK
@@ -90,16 +112,21 @@ class LlamaCppBackend(Backend):
         self.message_overhead = max(
             0, len(self.render_tokens([ChatMessage("user", "x")], generation_prompt=False)) - self.count_tokens("x")
         )
+        # Splices end at control tokens (<|im_end|> and the like): message boundaries in any template.
+        self._control_tokens = frozenset(
+            t for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_control(vocab.vocab, t)
+        )
 
     def _load(
         self, path: Path, n_ctx: int, n_gpu_layers: int, n_threads: int, n_batch: int, seed: int
     ) -> tuple[Any, threading.Lock]:
         # One model per (file, context, offload) per process: a second run in the
         # same process (TUI, eval) reuses the weights and the KV cache.
-        key = (str(path.resolve()), n_ctx, n_gpu_layers)
+        key = (str(path.resolve()), n_ctx, n_gpu_layers, self.kv_cache_type, self.flash_attn)
         with _MODELS_LOCK:
             if key in _MODELS:
                 return _MODELS[key]
+            cache_type = getattr(self._llama_cpp, f"GGML_TYPE_{self.kv_cache_type.upper()}")
             try:
                 llm = self._llama_cpp.Llama(
                     model_path=str(path),
@@ -108,9 +135,21 @@ class LlamaCppBackend(Backend):
                     n_threads=n_threads or None,
                     n_batch=n_batch,
                     seed=seed if seed >= 0 else self._llama_cpp.LLAMA_DEFAULT_SEED,
+                    type_k=cache_type,
+                    type_v=cache_type,
+                    flash_attn=self.flash_attn,
                     verbose=False,
                 )
             except (ValueError, RuntimeError) as exc:
+                if "context" in str(exc) and (self.kv_cache_type != "f16" or self.flash_attn):
+                    # The weights loaded; the cache type or flash attention is what this build or model refuses.
+                    raise ConfigError(
+                        f"llama.cpp could not create a context for {path.name} with kv_cache_type "
+                        f"{self.kv_cache_type} and flash attention {'on' if self.flash_attn else 'off'}: {exc}",
+                        "set [model] kv_cache_type = f16 and flash_attn = off (a quantized cache needs flash "
+                        "attention and head sizes that are multiples of 32), or reinstall llama-cpp-python "
+                        "built for this hardware (installer/install.sh)",
+                    ) from exc
                 raise ComponentUnavailable(
                     "model",
                     f"llama.cpp could not load {path}: {exc}",
@@ -156,7 +195,8 @@ class LlamaCppBackend(Backend):
 
         with self._lock:
             prompt = self.render_tokens(messages)
-            reused = self.cached_prefix(prompt)
+            spliced, fell_back = self._splice_cache(prompt) if self.kv_shift else (0, False)
+            reused = self.cached_prefix(prompt) - spliced
             grammar_text = self._grammars.get(purpose)
             grammar = LlamaGrammar.from_string(grammar_text, verbose=False) if grammar_text else None
             stream = self.llm.create_completion(
@@ -193,7 +233,62 @@ class LlamaCppBackend(Backend):
             evaluated = max(len(prompt) - reused, 1 if reused == len(prompt) else 0)
             # Every generated token but the last is evaluated into the cache.
             generated = max(completion_tokens, int(self.llm.n_tokens) - len(prompt) + 1)
-            yield Completion("".join(parts), finish, len(prompt), generated, evaluated)
+            yield Completion("".join(parts), finish, len(prompt), generated, evaluated, kv_shift_fallback=fell_back)
+
+    # ------------------------------------------------------------ the shift eviction mode
+
+    def _splice_cache(self, prompt: list[int]) -> tuple[int, bool]:
+        """Splice the KV cache toward `prompt` (kvshift.plan_splices); returns (tokens evaluated, fell back).
+
+        llama.cpp only appends at the end of a sequence, so each replacement is
+        evaluated after the cached tokens and moved into place: the old span is
+        removed, the tokens after it shift to their new positions, the
+        replacement is evaluated at the end and shifted back before them.
+        Afterwards the record (what llama-cpp-python believes is cached) must
+        agree with the fresh render and llama.cpp's positions with the record;
+        if not, the cache is cleared and the prompt evaluated again.
+        """
+        llama_cpp, llm = self._llama_cpp, self.llm
+        record = [int(t) for t in llm.input_ids[: llm.n_tokens]]
+        splices = plan_splices(record, prompt, self._control_tokens.__contains__)
+        if not splices:
+            return 0, False
+        memory = llama_cpp.llama_get_memory(llm._ctx.ctx)
+        evaluated = 0
+        try:
+            for splice in splices:
+                self._apply_splice(memory, len(record), splice)
+                record = apply_splice(record, splice)
+                evaluated += len(splice.inserted)
+        except RuntimeError:
+            record = []
+        consistent = (
+            bool(record)
+            and common_prefix(record, prompt) >= splices[-1].end
+            and llama_cpp.llama_memory_seq_pos_min(memory, 0) == 0
+            and llama_cpp.llama_memory_seq_pos_max(memory, 0) == len(record) - 1
+        )
+        if not consistent:
+            llm.reset()
+            llama_cpp.llama_memory_clear(memory, True)
+            return 0, True
+        llm.input_ids[: len(record)] = record
+        llm.n_tokens = len(record)
+        # The logits of the last decode belong to the moved replacement, not to the end of the record.
+        llm._requires_eval = True
+        return evaluated, False
+
+    def _apply_splice(self, memory: Any, length: int, splice: Splice) -> None:
+        llama_cpp, llm = self._llama_cpp, self.llm
+        removed_end = splice.start + splice.removed
+        llama_cpp.llama_memory_seq_rm(memory, 0, splice.start, removed_end)
+        llama_cpp.llama_memory_seq_add(memory, 0, removed_end, -1, splice.shift)
+        top = length + splice.shift  # the first free position after the moved tail
+        tokens = list(splice.inserted)
+        for offset in range(0, len(tokens), llm.n_batch):
+            llm._batch.set_batch(batch=tokens[offset : offset + llm.n_batch], n_past=top + offset, logits_all=False)
+            llm._ctx.decode(llm._batch)
+        llama_cpp.llama_memory_seq_add(memory, 0, top, -1, splice.start - top)
 
     # ------------------------------------------------------------ KV checkpoints
 
@@ -257,6 +352,13 @@ class LlamaCppBackend(Backend):
         info = super().describe()
         info.update({"path": str(self.model_path), "template": self.template_source})
         return info
+
+
+def use_flash_attn(kv_cache_type: str, flash_attn: str) -> bool:
+    """Whether llama.cpp runs with flash attention: "auto" turns it on where a quantized cache needs it."""
+    if flash_attn == "auto":
+        return kv_cache_type != "f16"
+    return flash_attn == "on"
 
 
 def clear_model_cache() -> None:

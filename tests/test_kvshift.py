@@ -1,0 +1,224 @@
+"""The `shift` eviction mode: the exact last-K view, with evicted results spliced out of llama.cpp's KV cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from appliance.agent import runtime
+from appliance.agent.context import OMITTED, build_view
+from appliance.agent.events import AgentEvent, Notice, ObservationAdded, RunFinished, TurnEnded
+from appliance.agent.runtime import build_toolbox, prepare_run
+from appliance.llm.base import ChatMessage, Completion
+from appliance.llm.factory import build_backend
+from appliance.llm.kvshift import Splice, apply_splice, plan_splice, plan_splices
+from appliance.llm.llamacpp import LlamaCppBackend, clear_model_cache
+from appliance.store import History, open_history
+from tests.store_support import resume_in_process, settings_for, simulate_dead_owner
+
+END = 0  # the boundary token in the pure tests
+
+
+def is_end(token: int) -> bool:
+    return token == END
+
+
+# ------------------------------------------------------------------ planning (pure)
+
+
+def test_a_shrunk_span_is_spliced_and_the_tokens_after_it_kept() -> None:
+    cached = [1, 2, 3, 10, 11, 12, 13, 14, END, 5, 6, 7, 8, 9]
+    wanted = [1, 2, 3, 20, END, 5, 6, 7, 8, 9, 30, 31]
+    splice = plan_splice(cached, wanted, is_end)
+    assert splice == Splice(start=3, removed=5, inserted=(20,), kept=6)
+    assert splice.shift == -4 and splice.end == 10
+    assert apply_splice(cached, splice) == [1, 2, 3, 20, END, 5, 6, 7, 8, 9]
+
+
+def test_no_splice_when_it_would_not_pay_or_cannot_be_bounded() -> None:
+    # The prompt only grows: a prefix cache already handles it.
+    assert plan_splice([1, 2, 3], [1, 2, 3, 4], is_end) is None
+    # The new span is not shorter than the old one (nothing was evicted).
+    assert plan_splice([1, 2, END, 5, 6, 7], [1, 9, 9, END, 5, 6, 7], is_end) is None
+    # Fewer tokens kept after the span than tokens to evaluate in its place.
+    assert plan_splice([1, 7, 7, 7, 7, END, 5], [1, 8, 8, END, 5], is_end) is None
+    # No boundary after the difference (a reply re-tokenized at the end of the cache).
+    assert plan_splice([1, 2, 3, 4], [1, 2, 9, 9, 9], is_end) is None
+
+
+def test_several_changed_spans_are_spliced_left_to_right() -> None:
+    cached = [1, 10, 10, 10, 10, END, 2, 2, 2, 11, 11, 11, 11, END, 3, 3, 3]
+    wanted = [1, 20, END, 2, 2, 2, 21, END, 3, 3, 3, 4]
+    splices = plan_splices(cached, wanted, is_end)
+    assert [s.start for s in splices] == [1, 6]
+    record = cached
+    for splice in splices:
+        record = apply_splice(record, splice)
+    assert record == wanted[:-1]
+
+
+# ------------------------------------------------------------------ llama.cpp, tiny GGUF
+
+WORDS = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "lambda"]
+
+
+def filler(seed: int, words: int) -> str:
+    return " ".join(f"{WORDS[(seed * 7 + i) % len(WORDS)]}{(seed + i) % 13}" for i in range(words))
+
+
+def run_turn(backend: LlamaCppBackend, view: list[ChatMessage]) -> Completion:
+    completion = None
+    for event in backend.stream_chat(view, max_tokens=1):
+        if isinstance(event, Completion):
+            completion = event
+    assert completion is not None
+    return completion
+
+
+def held_tokens(backend: LlamaCppBackend) -> list[int]:
+    return [int(t) for t in backend.llm.input_ids[: backend.llm.n_tokens]]
+
+
+def llama_positions(backend: LlamaCppBackend) -> tuple[int, int]:
+    import llama_cpp
+
+    memory = llama_cpp.llama_get_memory(backend.llm._ctx.ctx)
+    return int(llama_cpp.llama_memory_seq_pos_min(memory, 0)), int(llama_cpp.llama_memory_seq_pos_max(memory, 0))
+
+
+@pytest.fixture
+def shifting(tiny_gguf: Path) -> LlamaCppBackend:
+    clear_model_cache()
+    return LlamaCppBackend(tiny_gguf, context_length=32768, temperature=0.0, seed=5, kv_shift=True)
+
+
+def test_forty_turns_hold_the_exact_view_and_evaluate_only_new_tokens(
+    shifting: LlamaCppBackend, tmp_path: Path
+) -> None:
+    keep = 3
+    system = ChatMessage("system", "You are a researcher. " * 40)
+    messages = [ChatMessage("user", "Task: " + filler(0, 60))]
+    previous: list[int] = []
+    spliced_turns = 0
+    for turn in range(40):
+        view = [system, *build_view(messages, keep, "shift")]
+        assert view == [system, *build_view(messages, keep, "exact")]  # what the model is shown is exact last-K
+        completion = run_turn(shifting, view)
+        fresh = shifting.render_tokens(view)
+        # What llama.cpp holds is the exact view, token for token, at consecutive positions.
+        assert held_tokens(shifting) == fresh
+        assert llama_positions(shifting) == (0, len(fresh) - 1)
+        assert not completion.kv_shift_fallback
+        # Evaluated: only what the previous prompt did not hold (the placeholder is new, the evicted result gone).
+        results = [i for i, m in enumerate(messages) if m.role == "user"][1:]
+        evicted = results[-keep - 1] if len(results) > keep else None
+        evicted_tokens = shifting.count_tokens(messages[evicted].content) if evicted is not None else 0
+        expected = len(fresh) - (len(previous) - evicted_tokens) if previous else len(fresh)
+        assert completion.evaluated_tokens == expected, turn
+        spliced_turns += evicted is not None
+        previous = fresh
+        messages += [
+            ChatMessage("assistant", f"<think>{filler(100 + turn, 12)}</think> call {turn}"),
+            ChatMessage("user", f"result {turn}: {filler(200 + turn, 40 + turn % 7)}"),
+        ]
+    assert spliced_turns == 40 - keep - 1
+    assert [m.content for m in build_view(messages, keep, "exact")].count(OMITTED) == 40 - keep
+
+    # A KV checkpoint of the shifted cache restores in a fresh process and the next turn is still only new tokens.
+    checkpoint = tmp_path / "kv-cache.bin"
+    assert shifting.save_checkpoint(checkpoint, max_bytes=1 << 30)
+    clear_model_cache()
+    restored = LlamaCppBackend(shifting.model_path, context_length=32768, temperature=0.0, seed=5, kv_shift=True)
+    assert restored.load_checkpoint(checkpoint) == len(previous)
+    assert llama_positions(restored) == (0, len(previous) - 1)
+    view = [system, *build_view(messages, keep, "shift")]
+    completion = run_turn(restored, view)
+    fresh = restored.render_tokens(view)
+    assert held_tokens(restored) == fresh and not completion.kv_shift_fallback
+    evicted = [i for i, m in enumerate(messages) if m.role == "user"][1:][-keep - 1]
+    assert completion.evaluated_tokens == len(fresh) - len(previous) + restored.count_tokens(messages[evicted].content)
+
+
+def test_a_cache_that_disagrees_with_its_record_falls_back_to_a_full_evaluation(shifting: LlamaCppBackend) -> None:
+    import llama_cpp
+
+    messages = [ChatMessage("user", "Task: " + filler(1, 40))]
+    for turn in range(3):
+        messages += [ChatMessage("assistant", f"reply {turn}"), ChatMessage("user", filler(300 + turn, 80))]
+    run_turn(shifting, [*build_view(messages, 3, "shift")])
+    # Damage llama.cpp's cache behind the record's back: its last positions are gone.
+    memory = llama_cpp.llama_get_memory(shifting.llm._ctx.ctx)
+    llama_cpp.llama_memory_seq_rm(memory, 0, shifting.llm.n_tokens - 5, -1)
+    messages += [ChatMessage("assistant", "reply 3"), ChatMessage("user", filler(400, 80))]
+    view = build_view(messages, 3, "shift")
+    completion = run_turn(shifting, view)
+    assert completion.kv_shift_fallback
+    assert completion.evaluated_tokens == completion.prompt_tokens  # evaluated again, from scratch
+    assert held_tokens(shifting) == shifting.render_tokens(view)
+    assert llama_positions(shifting) == (0, completion.prompt_tokens - 1)
+
+
+# ------------------------------------------------------------------ the loop, interrupted and resumed
+
+REPEAT_CALL = (
+    "<use_mcp_tool>\n<server_name>test-tools</server_name>\n<tool_name>repeat</tool_name>\n<arguments>\n"
+    '{"text": "\' [a-h] [a-h] [a-h] [a-h] \' ", "times": 40}\n</arguments>\n</use_mcp_tool>'
+)
+
+
+@pytest.fixture
+def history(appliance_home: Path, monkeypatch: pytest.MonkeyPatch) -> History:
+    monkeypatch.setitem(runtime.TOOL_SERVERS, "test-tools", "tests.storetools:create_server")
+    store = open_history(appliance_home / "history.db")
+    yield store  # type: ignore[misc]
+    store.close()
+
+
+def test_a_shifted_run_resumes_in_the_same_process_evaluating_only_new_tokens(
+    history: History, tiny_gguf: Path, tmp_path: Path
+) -> None:
+    # Every turn calls `repeat` with four letters the (random, greedy) model picks: results differ from turn to turn.
+    grammar = tmp_path / "turn.gbnf"
+    prefix, suffix = REPEAT_CALL.split("' [a-h] [a-h] [a-h] [a-h] '")
+    grammar.write_text(f"root ::= {json.dumps(prefix)} [a-h] [a-h] [a-h] [a-h] {json.dumps(suffix)}\n")
+    summary = tmp_path / "summary.gbnf"
+    summary.write_text('root ::= "\\\\boxed{42}"\n')
+    clear_model_cache()
+    settings = settings_for(
+        tmp_path / "unused.jsonl",
+        **{
+            "model.backend": "llamacpp", "model.path": str(tiny_gguf), "model.context_length": 16384,
+            "model.max_tokens": 200, "model.temperature": 0.0, "model.seed": 5, "model.grammar": str(grammar),
+            "model.summary_grammar": str(summary), "agent.eviction": "shift", "agent.max_turns": 12,
+        },
+    )  # fmt: skip
+    # The first process stops (as if killed) right after the results of turn 6.
+    backend = build_backend(settings)
+    toolbox = build_toolbox(settings, lambda: backend)
+    agent, state = prepare_run(settings, "Repeat things.", backend=backend, toolbox=toolbox, run_id="shift-run",
+                               workspace=tmp_path / "ws")  # fmt: skip
+    recorder, first = history.recorder(), list[AgentEvent]()
+    events = agent.run(state)
+    for event in events:
+        recorder(event)
+        first.append(event)
+        if isinstance(event, ObservationAdded) and event.turn == 6:
+            events.close()
+            break
+    toolbox.close()
+    simulate_dead_owner(history, "shift-run")
+    resumed = resume_in_process(history, "shift-run")
+    done = resumed[-1]
+    assert isinstance(done, RunFinished) and (done.status, done.answer) == ("answered", "42"), done
+    assert not [e for e in first + resumed if isinstance(e, Notice) and "KV cache" in e.message]
+    turns = [e for e in first + resumed if isinstance(e, TurnEnded) and e.kind == "turn"]
+    assert len(turns) == 12
+    # Greedy decoding makes every reply and result the same length, so every turn adds the same new tokens;
+    # from turn 4 on (K=2) each also shows one more placeholder, and evaluates nothing else, resumed or not.
+    placeholder = backend.count_tokens(OMITTED)
+    assert [t.evaluated_tokens for t in turns[1:3]] == [turns[1].evaluated_tokens] * 2
+    assert [t.evaluated_tokens for t in turns[3:]] == [turns[1].evaluated_tokens + placeholder] * 9
+    # Exact last-K would evaluate the K kept results and replies again on every turn.
+    assert turns[1].evaluated_tokens + placeholder < 2 * turns[1].evaluated_tokens
