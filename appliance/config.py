@@ -72,6 +72,9 @@ class ModelSettings:
     kv_cache_type: str = "f16"
     # Flash attention: "auto" turns it on where a quantized cache needs it; on; off.
     flash_attn: str = "auto"
+    # Prompt-lookup decoding on llama.cpp: draft up to this many tokens by finding
+    # the last tokens earlier in the prompt, verify them in one batch (0: off).
+    prompt_lookup: int = 0
     # Optional GBNF grammars constraining normal turns and the summary turn
     # (file paths). Useful for small models that slip the format, and for
     # deterministic tests with random weights.
@@ -648,6 +651,10 @@ def validate(settings: Settings) -> None:
         raise ConfigError(
             f"unknown flash_attn '{model.flash_attn}'" + _did_you_mean(model.flash_attn, FLASH_ATTN_MODES),
             f"set [model] flash_attn to {', '.join(FLASH_ATTN_MODES)}",
+        )
+    if model.prompt_lookup < 0:
+        raise ConfigError(
+            f"prompt_lookup must be >= 0, got {model.prompt_lookup}", "set [model] prompt_lookup = 0 (off) or 10"
         )
     if model.kv_cache_type != "f16" and model.flash_attn == "off":
         raise ConfigError(

@@ -148,3 +148,41 @@ def test_q4_0_is_the_last_resort() -> None:
     assert tight[1].fits and tight[1].context < 32768 <= tight[2].context
     assert best_cache_plan(tight, 32768) == tight[2]
     assert best_cache_plan(tight, 16384) == tight[1]
+
+
+# ------------------------------------------------------------------ prompt-lookup decoding
+
+
+def test_prompt_lookup_gives_the_same_greedy_text_in_fewer_decodes() -> None:
+    quoted = "\n".join(f"- https://example.org/archive/{i}/fields-medal-1994 (Zurich, {i} August)" for i in range(6))
+    messages = [ChatMessage("user", f"Search results:\n{quoted}\n\nCopy every line above exactly, in order.")]
+    texts, decodes = {}, {}
+    for draft in (0, 8):
+        clear_model_cache()
+        backend = LlamaCppBackend(
+            smollm2_gguf(), context_length=2048, temperature=0.0, seed=1, n_threads=1, prompt_lookup=draft
+        )
+        backend.complete(messages, max_tokens=1)  # the prompt is cached; below only generation decodes
+        calls = 0
+        decode = backend.llm._ctx.decode
+
+        def counting(batch: object, decode: object = decode) -> None:
+            nonlocal calls
+            calls += 1
+            decode(batch)  # type: ignore[operator]
+
+        backend.llm._ctx.decode = counting
+        completion = backend.complete(messages, max_tokens=80)
+        texts[draft], decodes[draft] = completion.text, calls
+        assert completion.completion_tokens >= 60
+        # The cache holds the prompt and the reply, whatever the drafts left behind.
+        held = [int(t) for t in backend.llm.input_ids[: backend.llm.n_tokens]]
+        assert held[: completion.prompt_tokens] == backend.render_tokens(messages)
+    assert texts[8] == texts[0]  # drafts are verified: the output is the model's own
+    assert "https://example.org/archive/0/fields-medal-1994" in texts[0]
+    assert decodes[8] < decodes[0] / 2  # copied text is accepted several tokens per decode
+
+
+def test_prompt_lookup_must_not_be_negative(appliance_home: Path) -> None:
+    result = run_cli(["prompt", "--date", "2025-01-01"], env={"APPLIANCE_MODEL_PROMPT_LOOKUP": "-1"})
+    assert result.returncode == 2 and "prompt_lookup must be >= 0" in result.stderr

@@ -72,6 +72,7 @@ def build_backend(settings: Settings, *, replay_start: int = 0) -> Backend:
         kv_cache_type=model.kv_cache_type,
         flash_attn=model.flash_attn,
         kv_shift=settings.agent.eviction == "shift",
+        prompt_lookup=model.prompt_lookup,
     )
 
 

@@ -10,7 +10,10 @@ With `kv_shift` (the `shift` eviction mode), a change in the middle of the
 prompt (an old tool result becoming the placeholder) is spliced into the KV
 cache instead of re-evaluating everything after it (appliance.llm.kvshift).
 `kv_cache_type` stores the cache quantized (q8_0 halves it), with flash
-attention, which llama.cpp needs for a quantized V cache.
+attention, which llama.cpp needs for a quantized V cache. `prompt_lookup`
+drafts the next tokens from the prompt itself (replies quote URLs, names and
+numbers from tool results) and verifies the draft in one batch: the output is
+sampled exactly as without it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import json
 import threading
+import types
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,8 +39,9 @@ CHATML_FALLBACK = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-# (path, n_ctx, n_gpu_layers, cache type, flash attention) -> (Llama, lock): backends sharing weights share the lock.
-_MODELS: dict[tuple[str, int, int, str, bool], tuple[Any, threading.Lock]] = {}
+# (path, n_ctx, n_gpu_layers, cache type, flash attention, draft tokens) -> (Llama, lock):
+# backends sharing weights share the lock.
+_MODELS: dict[tuple[str, int, int, str, bool, int], tuple[Any, threading.Lock]] = {}
 _MODELS_LOCK = threading.Lock()
 
 
@@ -61,6 +66,7 @@ class LlamaCppBackend(Backend):
         kv_cache_type: str = "f16",
         flash_attn: str = "auto",
         kv_shift: bool = False,
+        prompt_lookup: int = 0,
     ) -> None:
         if not model_path.is_file():
             raise ComponentUnavailable(
@@ -86,6 +92,7 @@ class LlamaCppBackend(Backend):
         self.kv_cache_type = kv_cache_type
         self.flash_attn = use_flash_attn(kv_cache_type, flash_attn)
         self.kv_shift = kv_shift
+        self.prompt_lookup = max(0, prompt_lookup)
         self.llm, self._lock = self._load(model_path, context_length, n_gpu_layers, n_threads, n_batch, seed)
         if kv_shift and not llama_cpp.llama_memory_can_shift(llama_cpp.llama_get_memory(self.llm._ctx.ctx)):
             # llama.cpp aborts the process on a shift this model's cache cannot do.
@@ -122,7 +129,7 @@ class LlamaCppBackend(Backend):
     ) -> tuple[Any, threading.Lock]:
         # One model per (file, context, offload) per process: a second run in the
         # same process (TUI, eval) reuses the weights and the KV cache.
-        key = (str(path.resolve()), n_ctx, n_gpu_layers, self.kv_cache_type, self.flash_attn)
+        key = (str(path.resolve()), n_ctx, n_gpu_layers, self.kv_cache_type, self.flash_attn, self.prompt_lookup)
         with _MODELS_LOCK:
             if key in _MODELS:
                 return _MODELS[key]
@@ -133,6 +140,8 @@ class LlamaCppBackend(Backend):
                     n_ctx=n_ctx,
                     n_gpu_layers=n_gpu_layers,
                     n_threads=n_threads or None,
+                    # Prompt batches too: llama-cpp-python would use every core there, whatever n_threads says.
+                    n_threads_batch=n_threads or None,
                     n_batch=n_batch,
                     seed=seed if seed >= 0 else self._llama_cpp.LLAMA_DEFAULT_SEED,
                     type_k=cache_type,
@@ -156,6 +165,13 @@ class LlamaCppBackend(Backend):
                     "check that the file is a complete GGUF (appliance install verifies sha256) "
                     "and that it fits in memory (appliance doctor)",
                 ) from exc
+            if self.prompt_lookup:
+                from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+                # Set after loading, not passed to Llama(): passed, it forces logits_all, an n_ctx x vocabulary
+                # array of floats (tens of GB for a 256K window); _eval_with_draft_logits needs none of it.
+                llm.draft_model = LlamaPromptLookupDecoding(num_pred_tokens=self.prompt_lookup)
+                llm.eval = types.MethodType(_eval_with_draft_logits, llm)  # type: ignore[method-assign]
             _MODELS[key] = (llm, threading.Lock())
             return _MODELS[key]
 
@@ -231,8 +247,10 @@ class LlamaCppBackend(Backend):
                     close()
             # A prefix hit that consumes the whole prompt re-evaluates one token.
             evaluated = max(len(prompt) - reused, 1 if reused == len(prompt) else 0)
-            # Every generated token but the last is evaluated into the cache.
-            generated = max(completion_tokens, int(self.llm.n_tokens) - len(prompt) + 1)
+            # Every generated token but the last is evaluated into the cache (with a draft, also
+            # draft tokens past the end: then the stream's count is the one to trust).
+            cached = int(self.llm.n_tokens) - len(prompt) + 1
+            generated = completion_tokens if self.prompt_lookup else max(completion_tokens, cached)
             yield Completion("".join(parts), finish, len(prompt), generated, evaluated, kv_shift_fallback=fell_back)
 
     # ------------------------------------------------------------ the shift eviction mode
@@ -352,6 +370,25 @@ class LlamaCppBackend(Backend):
         info = super().describe()
         info.update({"path": str(self.model_path), "template": self.template_source})
         return info
+
+
+def _eval_with_draft_logits(llm: Any, tokens: Sequence[int]) -> None:
+    """`Llama.eval` for prompt-lookup decoding, bound to one Llama.
+
+    llama-cpp-python's generate() verifies a draft by sampling at every token of
+    the batch [sampled token, draft...], so those batches need logits for every
+    token; prompt batches only for their last. Nothing is copied to `llm.scores`.
+    """
+    llm._ctx.kv_cache_seq_rm(-1, llm.n_tokens, -1)
+    draft_batch = llm.draft_model.num_pred_tokens + 1
+    for start in range(0, len(tokens), llm.n_batch):
+        batch = list(tokens[start : start + llm.n_batch])
+        n_past = llm.n_tokens
+        llm._batch.set_batch(batch=batch, n_past=n_past, logits_all=len(batch) <= draft_batch)
+        llm._ctx.decode(llm._batch)
+        llm.input_ids[n_past : n_past + len(batch)] = batch
+        llm.n_tokens += len(batch)
+        llm._requires_eval = False
 
 
 def use_flash_attn(kv_cache_type: str, flash_attn: str) -> bool:
