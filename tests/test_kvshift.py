@@ -222,3 +222,38 @@ def test_a_shifted_run_resumes_in_the_same_process_evaluating_only_new_tokens(
     assert [t.evaluated_tokens for t in turns[3:]] == [turns[1].evaluated_tokens + placeholder] * 9
     # Exact last-K would evaluate the K kept results and replies again on every turn.
     assert turns[1].evaluated_tokens + placeholder < 2 * turns[1].evaluated_tokens
+
+
+# ------------------------------------------------------------------ measuring it: eval --compare
+
+
+def test_eval_compare_runs_the_same_tasks_under_each_mode(appliance_home: Path, tiny_gguf: Path) -> None:
+    from appliance.eval.runner import load_results
+    from tests.conftest import run_cli
+
+    env = {"APPLIANCE_MODEL_MAX_TOKENS": "48", "APPLIANCE_MODEL_CONTEXT_LENGTH": "16384",
+           "APPLIANCE_SUMMARY_RETRIES": "1"}  # fmt: skip
+    args = ["eval", "--sample", "--backend", "llamacpp", "--model", str(tiny_gguf), "--max-turns", "2", "--limit", "2"]
+    result = run_cli([*args, "--compare", "exact,shift"], env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = {
+        line.split()[0]: line.split()
+        for line in result.stdout.splitlines()
+        if line.split()[:1] in (["exact"], ["shift"])
+    }
+    assert set(rows) == {"exact", "shift"}
+    assert "avg@1" in result.stdout and "s/run" in result.stdout
+    for mode in ("exact", "shift"):
+        results = load_results(appliance_home / "evals" / "sample" / mode)
+        assert [r.task_id for r in results] == ["sample-01", "sample-02"]
+        assert all(r.status in ("answered", "no_answer") for r in results)
+    history = open_history(appliance_home / "history.db")
+    try:
+        shifted = history.list_runs(limit=10, tag="eval:sample-shift")
+        assert len(shifted) == 2
+        assert history.get_run(shifted[0].run_id).settings["agent"]["eviction"] == "shift"
+    finally:
+        history.close()
+
+    bad = run_cli([*args, "--compare", "exact,shfit"], env=env)
+    assert bad.returncode == 2 and "--compare" in bad.stderr and "exact, blocks, shift" in bad.stderr
