@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from appliance.agent import runtime
 from appliance.agent.context import OMITTED, build_view
 from appliance.agent.events import AgentEvent, Notice, ObservationAdded, RunFinished, TurnEnded
+from appliance.agent.loop import Agent, new_state
 from appliance.agent.runtime import build_toolbox, prepare_run
+from appliance.config import AgentSettings
 from appliance.llm.base import ChatMessage, Completion
 from appliance.llm.factory import build_backend
 from appliance.llm.kvshift import Splice, apply_splice, plan_splice, plan_splices
 from appliance.llm.llamacpp import LlamaCppBackend, clear_model_cache
+from appliance.protocol.prompt import render_system_prompt, render_task_message
+from appliance.protocol.tooldefs import ToolSpec
 from appliance.store import History, open_history
+from appliance.tools.base import CallContext, ToolBox, ToolOutput, ToolServer
 from tests.store_support import resume_in_process, settings_for, simulate_dead_owner
 
 END = 0  # the boundary token in the pure tests
@@ -257,3 +265,51 @@ def test_eval_compare_runs_the_same_tasks_under_each_mode(appliance_home: Path, 
 
     bad = run_cli([*args, "--compare", "exact,shfit"], env=env)
     assert bad.returncode == 2 and "--compare" in bad.stderr and "exact, blocks, shift" in bad.stderr
+
+
+# ------------------------------------------------------------------ a failed check in a run is recorded
+
+
+class Saboteur(ToolServer):
+    """A tool whose third call removes the last tokens from llama.cpp's cache behind the backend's back."""
+
+    name = "test-tools"
+
+    def __init__(self, backend: LlamaCppBackend) -> None:
+        self.backend = backend
+        self.calls = 0
+
+    def tools(self) -> Sequence[ToolSpec]:
+        return (ToolSpec("echo", "Return the text.", {"type": "object", "properties": {"text": {"type": "string"}}}),)
+
+    def call(self, tool: str, arguments: dict[str, Any], ctx: CallContext) -> ToolOutput:
+        import llama_cpp
+
+        self.calls += 1
+        if self.calls == 3:
+            memory = llama_cpp.llama_get_memory(self.backend.llm._ctx.ctx)
+            llama_cpp.llama_memory_seq_rm(memory, 0, self.backend.llm.n_tokens - 5, -1)
+        return ToolOutput(f"call {self.calls}: " + filler(self.calls, 60))
+
+
+def test_a_failed_shift_check_in_a_run_is_a_recorded_notice(tiny_gguf: Path, tmp_path: Path) -> None:
+    call = ("<use_mcp_tool>\n<server_name>test-tools</server_name>\n<tool_name>echo</tool_name>\n<arguments>\n"
+            '{"text": "x"}\n</arguments>\n</use_mcp_tool>')  # fmt: skip
+    grammar = tmp_path / "turn.gbnf"
+    grammar.write_text(f"root ::= {json.dumps(call)}\n")
+    clear_model_cache()
+    backend = LlamaCppBackend(tiny_gguf, context_length=16384, temperature=0.0, seed=5, grammar=str(grammar),
+                              kv_shift=True)  # fmt: skip
+    toolbox = ToolBox([Saboteur(backend)])
+    ctx = CallContext("run-shift", tmp_path, tmp_path / "ws", tmp_path / "out", timeout=30)
+    agent = Agent(backend, toolbox, AgentSettings(keep_last=2, eviction="shift", max_turns=5), ctx, max_tokens=100)
+    state = new_state("run-shift", "Echo.", render_task_message("Echo."),
+                      render_system_prompt(dt.date(2025, 1, 1), toolbox.server_specs()))  # fmt: skip
+    events = list(agent.run(state))
+    notices = [e for e in events if isinstance(e, Notice) and "KV cache after the shift" in e.message]
+    # Turn 4 is the first to evict a result (K=2): its splice meets the damaged cache.
+    assert [n.message.split(":")[0] for n in notices] == ["turn 4"]
+    turns = {e.turn: e for e in events if isinstance(e, TurnEnded) and e.kind == "turn"}
+    assert turns[4].evaluated_tokens == turns[4].prompt_tokens  # evaluated again from scratch
+    assert turns[5].evaluated_tokens < turns[5].prompt_tokens // 4  # and spliced again the turn after
+    assert isinstance(events[-1], RunFinished) and events[-1].status in ("answered", "no_answer")
