@@ -12,7 +12,7 @@ import pytest
 
 from appliance.agent import runtime
 from appliance.agent.context import OMITTED, build_view
-from appliance.agent.events import AgentEvent, Notice, ObservationAdded, RunFinished, TurnEnded
+from appliance.agent.events import AgentEvent, Notice, ObservationAdded, RunFinished, RunStarted, TurnEnded
 from appliance.agent.loop import Agent, new_state
 from appliance.agent.runtime import build_toolbox, prepare_run
 from appliance.config import AgentSettings
@@ -216,6 +216,8 @@ def test_a_shifted_run_resumes_in_the_same_process_evaluating_only_new_tokens(
             events.close()
             break
     toolbox.close()
+    assert isinstance(first[0], RunStarted) and first[0].backend["kv_shift"] is True  # recorded with the run
+    assert first[0].backend["kv_cache_type"] == "f16" and first[0].backend["prompt_lookup"] == 0
     simulate_dead_owner(history, "shift-run")
     resumed = resume_in_process(history, "shift-run")
     done = resumed[-1]

@@ -368,7 +368,9 @@ class LlamaCppBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update({"path": str(self.model_path), "template": self.template_source})
+        info.update({"path": str(self.model_path), "template": self.template_source,
+                     "kv_cache_type": self.kv_cache_type, "flash_attn": self.flash_attn,
+                     "kv_shift": self.kv_shift, "prompt_lookup": self.prompt_lookup})  # fmt: skip
         return info
 
 
