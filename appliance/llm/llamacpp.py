@@ -120,8 +120,10 @@ class LlamaCppBackend(Backend):
             0, len(self.render_tokens([ChatMessage("user", "x")], generation_prompt=False)) - self.count_tokens("x")
         )
         # Splices end at control tokens (<|im_end|> and the like): message boundaries in any template.
-        self._control_tokens = frozenset(
-            t for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_control(vocab.vocab, t)
+        self._control_tokens = (
+            frozenset(t for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_control(vocab.vocab, t))
+            if kv_shift
+            else frozenset()
         )
 
     def _load(
