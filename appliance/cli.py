@@ -164,12 +164,21 @@ def open_history(settings: Settings, db: Path | None) -> Any:
     return open_store(db or settings.dirs.default_db)
 
 
+def check_workspace_option(options: dict[str, Any], settings: Settings) -> None:
+    """A refused or missing --workspace stops every face at once, before a model loads or a UI opens."""
+    from appliance.tools.sandbox.workspace import check_workspace
+
+    if options.get("workspace") is not None:
+        check_workspace(options["workspace"], settings)
+
+
 def run_headless(options: dict[str, Any], task: str, *, as_json: bool, verbose: bool) -> int:
     from appliance.agent.runtime import build_toolbox, prepare_run, save_kv_checkpoint
     from appliance.llm.factory import build_backend
     from appliance.store import RESUMABLE
 
     settings = settings_from_options(options)
+    check_workspace_option(options, settings)
     history = open_history(settings, options.get("db"))
     try:
         backend = build_backend(settings)
@@ -264,6 +273,7 @@ def cli(ctx: click.Context, /, task: str | None, as_json: bool, verbose: bool, *
                 click.echo(json.dumps({"run_id": None, "status": "error", "answer": None, "error": exc.one_line()}))
             raise
         ctx.exit(code)
+    check_workspace_option(ctx.obj, settings_from_options(ctx.obj))
     try:
         tui = importlib.import_module("appliance.tui.app")
     except ImportError as exc:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import platformdirs
 
+from appliance.errors import ConfigError
+
 APP_NAME = "appliance"
 
 
@@ -39,6 +41,11 @@ class AppDirs:
         return self.data_dir / "runs"
 
     def run_dir(self, run_id: str) -> Path:
+        """RUNS/RUN_ID; a run id (read from a history database, which may come from elsewhere) names one level."""
+        if not run_id or run_id in (".", "..") or any(c in run_id for c in "/\\\x00"):
+            raise ConfigError(
+                f"run id {run_id!r} cannot name a run directory", "use a run id from `appliance history list`"
+            )
         return self.runs_dir / run_id
 
 
@@ -53,3 +60,15 @@ def app_dirs(environ: dict[str, str] | None = None) -> AppDirs:
         data_dir=Path(platformdirs.user_data_dir(APP_NAME)),
         cache_dir=Path(platformdirs.user_cache_dir(APP_NAME)),
     )
+
+
+def confined(base: Path, name: str) -> Path | None:
+    """base/name with links resolved, if it stays inside base; None for an absolute name, '..' or a link out.
+
+    For paths that come from data (a dataset's file_name), never trusted to stay where they are read.
+    """
+    if not name or "\x00" in name or Path(name).is_absolute():
+        return None
+    root = Path(os.path.realpath(base))
+    full = Path(os.path.realpath(root / name))
+    return full if full != root and full.is_relative_to(root) else None

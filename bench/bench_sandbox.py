@@ -48,7 +48,10 @@ def main() -> None:
     host = server.host()
     limits = Limits.from_settings(settings.sandbox)
     workspace, tmp = scratch / "ws", scratch / "tmp"
-    layout = server.layout(workspace, tmp, None)
+    layout = server.layout(workspace, tmp, None, owned=True)
+    # A workspace the user named: as root it is mounted id-mapped (a helper and a mount namespace per launch).
+    (scratch / "user-ws").mkdir()
+    user_layout = server.layout(scratch / "user-ws", scratch / "user-tmp", None, owned=False)
     run_dir = settings.dirs.run_dir("bench")
     ctx = CallContext("bench", run_dir, run_dir / "workspace", run_dir / "output", timeout=600)
     sandbox_id = str(server.call("create_sandbox", {}, ctx).meta["sandbox_id"])
@@ -65,6 +68,11 @@ def main() -> None:
 
     def sandbox_true() -> None:  # what run_command does: bwrap, setpriv in root mode, bash + limits
         captured = run_captured(host.build(layout, host.shell_command(limits, "true")), timeout=60, cap_bytes=4096)
+        assert captured.exit_code == 0
+
+    def sandbox_true_user_workspace() -> None:
+        command = host.shell_command(limits, "true")
+        captured = run_captured(host.build(user_layout, command), timeout=60, cap_bytes=4096)
         assert captured.exit_code == 0
 
     def tool_run_command() -> None:
@@ -89,6 +97,7 @@ def main() -> None:
         "plain subprocess `true`": plain_true,
         "bwrap `true` (no shell)": sandbox_bare_true,
         "sandboxed `true` (as run_command)": sandbox_true,
+        "same, the user's workspace": sandbox_true_user_workspace,
         "run_command tool call `true`": tool_run_command,
         "plain subprocess python -c": plain_python,
         "run_python_code, warm kernel": kernel_cell,
@@ -112,10 +121,13 @@ def main() -> None:
         print(f"  {name:38s} {medians[name]:8.2f} ({p90:.2f})")
     base, py = medians["plain subprocess `true`"], medians["plain subprocess python -c"]
     print("ratios against a plain subprocess:")
-    for name in ("bwrap `true` (no shell)", "sandboxed `true` (as run_command)", "run_command tool call `true`"):
+    names = ("bwrap `true` (no shell)", "sandboxed `true` (as run_command)", "same, the user's workspace")
+    for name in (*names, "run_command tool call `true`"):
         print(f"  {name:38s} x{medians[name] / base:6.1f}  added {medians[name] - base:6.2f} ms")
     for name in ("run_python_code, warm kernel", "run_python_code tool call", "run_python_code, cold kernel"):
         print(f"  {name:38s} x{medians[name] / py:6.2f}  added {medians[name] - py:6.2f} ms (vs python -c)")
+    own, users = medians["sandboxed `true` (as run_command)"], medians["same, the user's workspace"]
+    print(f"the user's workspace against the run's own: x{users / own:.2f}, added {users - own:.2f} ms")
     print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus")
 
 

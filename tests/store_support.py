@@ -55,6 +55,8 @@ def run_in_process(
     Abandoning the generator is what a killed process looks like to the
     database: nothing after the last committed event is written.
     """
+    if workspace is not None:
+        workspace.mkdir(parents=True, exist_ok=True)  # a named workspace must exist: the appliance never makes one
     backend = build_backend(settings)
     toolbox = build_toolbox(settings, lambda: backend)
     agent, state = prepare_run(settings, task, backend=backend, toolbox=toolbox, run_id=run_id, workspace=workspace)

@@ -18,7 +18,7 @@ from appliance.eval.report import scores
 from appliance.eval.runner import RunResult, load_results
 from appliance.eval.scoring import kind_of, question_scorer
 from appliance.store import open_history
-from tests.conftest import REPO_ROOT, cli_env, run_cli, tool_call
+from tests.conftest import REPO_ROOT, cli_env, run_cli, tool_call, write_replay
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -206,3 +206,52 @@ def test_llm_judge_over_an_openai_compatible_server(appliance_home: Path, tiny_g
     assert not results["sample-04"].exact_match  # the judge overrules exact match, which is still reported
     report = (appliance_home / "evals" / "sample" / "report.md").read_text(encoding="utf-8")
     assert "LLM judge" in report and "| exact match avg@1 | 75.0% |" in report
+
+
+def test_hostile_file_names_are_row_errors_and_the_rest_runs(appliance_home: Path, tmp_path: Path) -> None:
+    """A dataset's file_name stays in the dataset's folder: no absolute path, '..' or link leaves it."""
+    folder, replays = tmp_path / "data", tmp_path / "replays"
+    folder.mkdir()
+    replays.mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host secret\n", encoding="utf-8")
+    (folder / "in.csv").write_text("a\n1\n", encoding="utf-8")
+    (folder / "sub").mkdir()
+    (folder / "link.csv").symlink_to(secret)
+    (folder / "sub" / "deep-link.csv").symlink_to("../../secret.txt")
+    names = {
+        "ok": "in.csv",
+        "ok-dotdot-inside": "sub/../in.csv",
+        "absolute": str(secret),
+        "parent": "../secret.txt",
+        "link": "link.csv",
+        "deep-link": "sub/deep-link.csv",
+    }
+    rows = [json.dumps({"task_id": t, "Question": "Q?", "Final answer": "1", "file_name": n}) for t, n in names.items()]
+    rows.append(json.dumps({"task_id": "../escape", "Question": "Q?", "Final answer": "1"}))
+    for task_id in names:
+        write_replay(replays / f"{task_id}.jsonl", ["The answer is \\boxed{1}.", "\\boxed{1}"])
+    dataset = folder / "hostile.jsonl"
+    dataset.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+    tasks, errors = parse_dataset(dataset)
+    assert [t.task_id for t in tasks] == ["ok", "ok-dotdot-inside"]
+    assert {t.attachment for t in tasks} == {(folder / "in.csv").resolve()}
+    assert [e.line for e in errors] == [3, 4, 5, 6, 7]
+    assert all("leaves the dataset's folder" in e.message for e in errors[:4])
+    assert "cannot be a file name" in errors[4].message
+
+    done = run_cli(["eval", str(dataset), "--backend", "replay", "--replay", str(replays)],
+                   env={"APPLIANCE_TOOLS_ENABLED": ""}, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for line in (3, 4, 5, 6):
+        assert f"line {line} skipped: file_name" in done.stderr
+    results = load_results(appliance_home / "evals" / "hostile")
+    assert sorted(r.task_id for r in results) == ["ok", "ok-dotdot-inside"], results
+    assert all(r.correct for r in results), results
+    history = open_history(appliance_home / "history.db")
+    try:
+        attached = {a for run in history.list_runs(limit=100) for a in history.get_run(run.run_id).attachments}
+    finally:
+        history.close()
+    assert attached == {str((folder / "in.csv").resolve())}

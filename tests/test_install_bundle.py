@@ -176,10 +176,34 @@ def _swap_weights_and_manifest(root: Path) -> str:
     return "manifest digest"
 
 
+def _weights_named_outside(root: Path) -> str:
+    """Weights named by an absolute path: the key "models//abs" passes a '..' check, and models_dir / "/abs" is /abs."""
+    victim = root.parent / "victim.gguf"
+    weights = root / "models" / FILE
+    inside = root / "models" / str(victim).lstrip("/")
+    inside.parent.mkdir(parents=True)
+    weights.rename(inside)
+    manifest = json.loads((root / "manifest.json").read_text())
+    entry = manifest["files"].pop(f"models/{FILE}")
+    manifest["files"][f"models/{victim}"] = manifest["files"][f"models/{str(victim).lstrip('/')}"] = entry
+    manifest["model"]["file"] = str(victim)
+    _replace(root / "manifest.json", json.dumps(manifest).encode())
+    (root / "SHA256SUMS").unlink()
+    return "unsafe profile or model file name"
+
+
+def _profile_named_outside(root: Path) -> str:
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["profile"] = "../../victim"
+    _replace(root / "manifest.json", json.dumps(manifest).encode())
+    return "unsafe profile or model file name"
+
+
 @pytest.mark.parametrize(
     ("tamper", "with_digest"),
     [(_tamper_wheel, True), (_tamper_wheel, False), (_truncate_weights, False), (_add_a_file, False),
-     (_escape_the_bundle, False), (_escape_the_bundle, True), (_swap_weights_and_manifest, True)],
+     (_escape_the_bundle, False), (_escape_the_bundle, True), (_swap_weights_and_manifest, True),
+     (_weights_named_outside, False), (_profile_named_outside, False)],
 )  # fmt: skip
 def test_a_tampered_bundle_is_refused_before_anything_changes(
     bundle: tuple[Path, str], tmp_path: Path, tamper: object, with_digest: bool
@@ -199,6 +223,7 @@ def test_a_tampered_bundle_is_refused_before_anything_changes(
     assert "damaged or was tampered with" in proc.stderr and expected in proc.stderr
     assert "nothing was installed" in proc.stderr
     assert snapshot(home) == before
+    assert not (tmp_path / "victim.gguf").exists() and not (tmp_path / "victim.toml").exists()
 
 
 def test_install_sh_refuses_a_tampered_bundle_before_creating_anything(

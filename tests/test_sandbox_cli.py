@@ -32,7 +32,7 @@ def test_exec_uses_the_given_workspace_and_nothing_else(appliance_home: Path, tm
     assert done.returncode == 0, done.stderr
     assert (workspace / "copy.txt").read_text() == "given"
     refused = run_cli(["sandbox", "exec", "--workspace", str(appliance_home), "--", "true"])
-    assert refused.returncode == 2 and "would expose" in refused.stderr
+    assert refused.returncode == 2 and "the appliance's own data" in refused.stderr
 
 
 def test_missing_bwrap_exits_3_with_the_fix_and_runs_nothing(appliance_home: Path, tmp_path: Path) -> None:

@@ -364,12 +364,19 @@ def test_dot_dot_in_every_path_argument_is_refused(run: Run, tmp_path: Path, hos
     assert host_http.hits == []
 
 
-def test_workspaces_that_would_expose_the_host_are_refused(make_run: RunFactory, appliance_home: Path) -> None:
-    for workspace in (Path("/"), Path.home(), appliance_home, appliance_home / "runs"):
+def test_workspaces_that_would_expose_the_host_are_refused(
+    make_run: RunFactory, appliance_home: Path, tmp_path: Path
+) -> None:
+    # The server checks a named workspace again (runs resumed from a record, mcp serve): the
+    # appliance's data, its runs, and a link to them. System paths: tests/test_workspace_rules.py.
+    link = tmp_path / "innocent"
+    link.symlink_to(appliance_home)
+    (appliance_home / "runs").mkdir(exist_ok=True)
+    for workspace in (appliance_home, appliance_home / "runs", link):
         run = make_run()
         run.ctx.workspace = workspace
         out = run.call("create_sandbox")
-        assert out.is_error and ("would expose" in out.text or "root directory" in out.text), out.text
+        assert out.is_error and "the appliance's own data" in out.text, out.text
 
 
 def test_environment_carries_no_host_secrets(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -102,6 +102,41 @@ def test_a_repeated_read_comes_from_the_cache(tmp_path: Path, pages: PageServer)
     assert third.meta["source"] == "cache" and pages.hits["/plain.txt"] == before + 1
 
 
+def test_a_cached_page_is_not_served_once_its_host_is_refused(tmp_path: Path, pages: PageServer) -> None:
+    """Policy before cache: the page cache answers only for a URL the address policy allows now."""
+    backend = RecordingReplay(["first", "second", "third", "fourth"])
+    allowed = ScrapeServer(make_settings(tmp_path, pages), lambda: backend)
+    data, _ = scrape(allowed, pages.url("/article"), "notes")
+    assert data["success"]
+    before = dict(pages.hits)
+    # The same cache on disk, and an operator who no longer opens 127.0.0.1 to the model.
+    closed = ScrapeServer(make_settings(tmp_path, pages, **{"scrape.allow_hosts": []}), lambda: backend)
+    data, output = scrape(closed, pages.url("/article"), "notes again")
+    assert not data["success"] and "refusing to fetch from 127.0.0.1" in output.text
+    assert "cache" not in json.dumps(output.meta) and pages.hits == before
+    assert ARTICLE_FACTS["engineer"] not in output.text  # nothing of the cached page's text
+    # Opened again, the cached copy serves as before.
+    _, again = scrape(ScrapeServer(make_settings(tmp_path, pages), lambda: backend), pages.url("/article"), "q")
+    assert again.meta["source"] == "cache" and pages.hits == before
+
+
+def test_a_cached_redirect_to_a_refused_host_is_not_served(tmp_path: Path) -> None:
+    """The page a URL was redirected to must be allowed now too, not only the URL asked for."""
+    from tests.pagefixtures import html, serving
+
+    inner_page = {"/secret": html("<html><body><p>Internal secret page text.</p></body></html>")}
+    with serving(inner_page) as inner, serving(standard_routes(other_port=inner.port)) as outer:
+        backend = RecordingReplay(["first", "second"])
+        both = [f"127.0.0.1:{outer.port}", f"127.0.0.1:{inner.port}"]
+        opened = ScrapeServer(make_settings(tmp_path, outer, **{"scrape.allow_hosts": both}), lambda: backend)
+        data, _ = scrape(opened, outer.url("/to-loopback"), "notes")
+        assert data["success"] and inner.hits["/secret"] == 1
+        only_outer = make_settings(tmp_path, outer, **{"scrape.allow_hosts": [f"127.0.0.1:{outer.port}"]})
+        data, output = scrape(ScrapeServer(only_outer, lambda: backend), outer.url("/to-loopback"), "again")
+        assert not data["success"] and "refusing to fetch" in output.text
+        assert "Internal secret" not in output.text and inner.hits["/secret"] == 1
+
+
 def test_custom_headers_are_sent_and_bypass_the_cache(tmp_path: Path, pages: PageServer) -> None:
     backend = RecordingReplay(["a", "b"])
     server = ScrapeServer(make_settings(tmp_path, pages), lambda: backend)

@@ -72,6 +72,7 @@ def setup(appliance_home: Path, tmp_path: Path) -> dict[str, object]:
 
 def start(setup: dict[str, object], name: str, extra_env: dict[str, str] | None = None, script: Path | None = None):  # type: ignore[no-untyped-def]
     ws = Path(str(setup["tmp"])) / f"ws-{name}"
+    ws.mkdir(exist_ok=True)  # a --workspace must exist: the appliance never makes one
     env = dict(setup["env"])  # type: ignore[call-overload]
     env.update(extra_env or {})
     args = ["--task", TASK, "--replay", str(script or setup["script"]), "--workspace", str(ws), "--json"]

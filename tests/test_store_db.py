@@ -91,6 +91,7 @@ def test_a_run_interrupted_under_the_first_schema_resumes_after_the_upgrade(
     with open_history(path) as history:
         point = history.load_resume("20250102-120000-bbbbbb")
         assert (point.state.turn, point.replay_position, point.redo_calls) == (2, 2, 1)
+        (tmp_path / "ws").mkdir()
         resumed = prepare_resume(
             history, "20250102-120000-bbbbbb", {"model.replay": str(script)}, workspace=tmp_path / "ws"
         )

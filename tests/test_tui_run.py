@@ -93,6 +93,7 @@ async def test_a_run_with_several_tool_calls(tools: Path, tmp_path: Path) -> Non
 
 async def test_cancel_stops_the_running_tool_and_resume_finishes_the_run(tools: Path, tmp_path: Path) -> None:
     workspace = tmp_path / "ws"
+    workspace.mkdir()
     script = write_script(
         tmp_path / "run.jsonl",
         [
@@ -220,6 +221,7 @@ async def test_theme_comes_from_the_config(tools: Path, tmp_path: Path) -> None:
 
 async def test_leaving_the_app_mid_run_records_the_run_as_interrupted(tools: Path, tmp_path: Path) -> None:
     workspace = tmp_path / "ws"
+    workspace.mkdir()
     script = write_script(tmp_path / "run.jsonl", [command("wait release"), "x", answer("x")])
     app = ApplianceApp(options(tmp_path, script, workspace=workspace))
     async with app.run_test(size=(80, 24)) as pilot:

@@ -126,6 +126,7 @@ async def test_history_search_and_delete_with_confirmation(tools: Path, tmp_path
 
 async def test_resume_an_interrupted_run_from_the_history(tools: Path, tmp_path: Path) -> None:
     workspace = tmp_path / "ws"
+    workspace.mkdir()
     script = write_script(tmp_path / "run.jsonl", [command("wait release"), "Released.", answer("done")])
     app = ApplianceApp(options(tmp_path, script, workspace=workspace))
     async with app.run_test(size=(100, 30)) as pilot:

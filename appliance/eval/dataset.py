@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.errors import ConfigError
+from appliance.paths import confined
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ def parse_dataset(path: Path) -> tuple[list[EvalTask], list[RowError]]:
     """Tasks in file order and the rows that could not be used, with the reason for each.
 
     Columns: task_id, Question, Final answer (also "Final Answer"/"answer"),
-    optional file_name (relative to the dataset's directory) and Level.
+    optional file_name (a file in the dataset's folder: an absolute path, '..' or a link out of the
+    folder is a row error) and Level.
     """
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -70,10 +72,19 @@ def parse_dataset(path: Path) -> tuple[list[EvalTask], list[RowError]]:
         if task_id in seen:
             errors.append(RowError(number, f"duplicate task_id {task_id!r}"))
             continue
+        if any(c in task_id for c in "/\\\x00") or task_id.strip() in (".", ".."):
+            # It names files: a replay directory's TASK_ID.jsonl.
+            errors.append(RowError(number, f"task_id {task_id!r} cannot be a file name (no '/', '\\' or '..')"))
+            continue
         attachment = None
         file_name = _text(row.get("file_name"))
         if file_name:
-            attachment = (path.parent / file_name).resolve()
+            attachment = confined(path.parent, file_name)
+            if attachment is None:
+                errors.append(
+                    RowError(number, f"file_name {file_name!r} leaves the dataset's folder (absolute, '..' or a link)")
+                )
+                continue
             if not attachment.is_file():
                 errors.append(RowError(number, f"attachment {file_name!r} not found next to the dataset"))
                 continue

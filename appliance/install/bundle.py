@@ -250,6 +250,11 @@ def _safe_relative(name: str) -> bool:
     return bool(name) and not pure.is_absolute() and ".." not in pure.parts and "\\" not in name
 
 
+def _plain_name(name: object) -> bool:
+    """A file name with no directory in it (a manifest's profile and weights name)."""
+    return isinstance(name, str) and _safe_relative(name) and "/" not in name and name.strip() not in (".", "")
+
+
 def verify(bundle: Path, *, expect_digest: str = "", check_platform: bool = True) -> Manifest:
     """Check the whole bundle against its manifest; raise BundleError on the first problem."""
     bundle = bundle.resolve()
@@ -269,6 +274,10 @@ def verify(bundle: Path, *, expect_digest: str = "", check_platform: bool = True
             f"this is Python {python_tag()} on {platform_tag()}; nothing was installed",
             "create the bundle on a machine like this one (same OS, CPU architecture and Python)",
         )
+    # The profile and weights names become file names on this machine: plain names only.
+    model = data.get("model") or {}
+    if not _plain_name(data.get("profile")) or (model and not _plain_name(model.get("file"))):
+        raise _refuse(bundle, f"unsafe profile or model file name in the manifest ({data.get('profile')!r})")
     files: dict[str, Any] = data["files"]
     for name, entry in files.items():
         if not _safe_relative(name) or not isinstance(entry, dict):
@@ -292,7 +301,6 @@ def verify(bundle: Path, *, expect_digest: str = "", check_platform: bool = True
         sums = {line[66:].strip(): line[:64] for line in (bundle / SUMS).read_text().splitlines() if line.strip()}
         if sums != {k: v["sha256"] for k, v in files.items()}:
             raise _refuse(bundle, f"{SUMS} disagrees with {MANIFEST}")
-    model = data.get("model") or {}
     if model and files.get(f"models/{model.get('file')}", {}).get("sha256") != model.get("sha256"):
         raise _refuse(bundle, "the weights are not the ones the manifest's model entry names")
     return Manifest(bundle, data, digest)

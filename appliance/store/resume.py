@@ -87,15 +87,21 @@ def prepare_resume(
     point = history.load_resume(run_id)
     settings = resume_settings(point, cli_overrides or {}, profile)
     notes: list[str] = []
-    if workspace is None and point.workspace:
-        workspace = Path(point.workspace)
-    if workspace is not None and not workspace.is_dir():
-        notes.append(f"the workspace {workspace} is gone; the resumed run starts with an empty one")
+    own_workspace = settings.dirs.run_dir(point.run.run_id) / "workspace"
+    if workspace is None and point.workspace and Path(point.workspace) != own_workspace.expanduser().resolve():
+        recorded = Path(point.workspace)
+        if recorded.is_dir():
+            workspace = recorded
+        else:  # never made again: a user's directory is theirs to create
+            notes.append(f"the workspace {recorded} is gone; the resumed run uses an empty one of its own")
+    elif workspace is None and not own_workspace.is_dir():
+        notes.append("the run's workspace is gone; the resumed run starts with an empty one")
     missing = [p for p in point.attachments if not Path(p).exists()]
     if missing:
         notes.append(f"attachments no longer on disk: {', '.join(missing)}")
     if point.redo_calls:
         notes.append(f"{point.redo_calls} tool call(s) of turn {point.state.turn} did not finish and run again")
+    dirs = run_dirs(settings, point.run.run_id, workspace)  # a refused workspace stops here, before the model loads
     backend = build_backend(settings, replay_start=point.replay_position)
     restored = restore_kv_checkpoint(backend, settings, point.run.run_id)
     if restored:
@@ -106,7 +112,6 @@ def prepare_resume(
     except BaseException:
         backend.close()
         raise
-    dirs = run_dirs(settings, point.run.run_id, workspace)
     attachments = tuple(Path(p) for p in point.attachments if Path(p).exists())
     agent = make_agent(settings, backend, toolbox, point.run.run_id, dirs, attachments)
     return ResumedRun(agent, point.state, backend, toolbox, settings, point, notes)

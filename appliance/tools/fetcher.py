@@ -229,6 +229,19 @@ class Fetcher:
             raise FetchError(f"the URL has no host: {url}")
         return url
 
+    def permit(self, url: str) -> None:
+        """FetchError unless the address policy lets `url` be fetched now (its host resolved afresh).
+
+        Asked before a cached copy is served: a page kept while its host was allowed
+        is not served once the policy (or the host's address) says no.
+        """
+        parts = urlsplit(self.check_url(url))
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as exc:
+            raise FetchError(f"the URL has a bad port: {url}") from exc
+        self.policy.check(parts.hostname or "", port)
+
     @contextmanager
     def open(
         self, url: str, *, headers: dict[str, str] | None = None, cancel: Callable[[], bool] | None = None

@@ -11,6 +11,7 @@ from pathlib import Path
 from appliance.config import Settings
 from appliance.errors import ConfigError
 from appliance.tools.base import CallContext
+from appliance.tools.sandbox.workspace import check_workspace
 
 
 def new_run_id(now: dt.datetime | None = None, prefix: str = "") -> str:
@@ -27,10 +28,13 @@ class RunDirs:
 
 
 def run_dirs(settings: Settings, run_id: str, workspace: Path | None = None) -> RunDirs:
+    """The run's directories, made; a workspace the user named is checked (ConfigError), never made."""
     run_dir = settings.dirs.run_dir(run_id)
-    dirs = RunDirs(run_dir, (workspace or run_dir / "workspace").expanduser().resolve(), run_dir / "output")
+    named = check_workspace(workspace, settings) if workspace is not None else None
+    dirs = RunDirs(run_dir, named or (run_dir / "workspace").expanduser().resolve(), run_dir / "output")
     for path in (dirs.run_dir, dirs.workspace, dirs.output_dir):
-        path.mkdir(parents=True, exist_ok=True)
+        if path != named:
+            path.mkdir(parents=True, exist_ok=True)
     return dirs
 
 

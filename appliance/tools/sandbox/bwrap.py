@@ -25,7 +25,9 @@ the limit holds. As real root, a sandbox instead runs as its own unprivileged
 host uid (SANDBOX_UID_BASE + a hash of its workspace): bwrap sets up the
 namespaces as root without a user namespace, keeps only CAP_SETUID/CAP_SETGID
 for `setpriv`, which switches to that uid (dropping every capability) before
-the command runs. The workspace and /tmp are chowned to that uid.
+the command runs. Directories the appliance made for the sandbox (the run's
+own workspace, /tmp) are owned by that uid; a workspace the user named is
+never chowned: it is seen through an id-mapped mount (idmap.py).
 """
 
 from __future__ import annotations
@@ -131,11 +133,20 @@ class PythonInstall:
 
 @dataclass(frozen=True)
 class Layout:
-    """One sandbox's host directories and, in root mode, the host uid it runs as."""
+    """One sandbox's host directories and, in root mode, the host uid it runs as.
+
+    `idmapped`: the workspace is the user's (root mode), mounted id-mapped instead of owned by `uid`.
+    """
 
     workspace: Path
     tmp: Path
     uid: int | None = None
+    idmapped: bool = False
+
+    @property
+    def file_owner(self) -> int | None:
+        """Who the host makes the owner of files it writes into the workspace (None: the appliance's user)."""
+        return None if self.idmapped else self.uid
 
 
 @dataclass
@@ -144,6 +155,8 @@ class Launch:
 
     argv: list[str]
     fds: list[int] = field(default_factory=list)
+    # Root mode with the user's workspace: (workspace, uid) to mount id-mapped before bwrap runs.
+    idmap: tuple[Path, int] | None = None
 
     def close(self) -> None:
         for fd in self.fds:
@@ -242,6 +255,8 @@ class Host:
                 argv += ["--ro-bind", directory, directory]
         make_dirs("/etc/x")
         launch = Launch(argv)
+        if layout.idmapped and layout.uid is not None:
+            launch.idmap = (layout.workspace, layout.uid)
         for entry in ETC_DIRS:
             argv += ["--ro-bind-try", f"/etc/{entry}", f"/etc/{entry}"]
         for entry in ETC_FILES:

@@ -29,6 +29,7 @@ from appliance.tools.sandbox.process import kill_group, spawn
 from appliance.tools.sandbox.registry import REGISTRY_FILE, SANDBOXES_DIR
 from appliance.tools.sandbox.server import SandboxServer
 from appliance.tools.sandbox.transfer import DOWNLOADS_DIR
+from appliance.tools.sandbox.workspace import check_workspace
 
 
 @click.group("sandbox")
@@ -42,8 +43,8 @@ def sandbox() -> None:
 )
 @click.option(
     "--workspace",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Host directory mounted at /home/user (default: a fresh temporary one, removed afterwards).",
+    type=click.Path(path_type=Path),
+    help="An existing host directory mounted at /home/user (default: a fresh temporary one, removed afterwards).",
 )
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_command(timeout: float | None, workspace: Path | None, command: tuple[str, ...]) -> None:
@@ -52,11 +53,12 @@ def exec_command(timeout: float | None, workspace: Path | None, command: tuple[s
     limit = settings.sandbox.command_timeout if timeout is None else timeout
     if limit <= 0:
         raise ConfigError(f"--timeout must be positive, got {limit:g}", "pass --timeout SECONDS")
+    named = check_workspace(workspace, settings) if workspace is not None else None
     server = SandboxServer(settings)
     host = server.host()
     with tempfile.TemporaryDirectory(prefix="appliance-sandbox-") as scratch:
-        home = (workspace or Path(scratch, "home")).expanduser().resolve()
-        layout = server.layout(home, Path(scratch, "tmp"), None)
+        home = named or Path(scratch, "home")
+        layout = server.layout(home, Path(scratch, "tmp"), None, owned=named is None)
         launch = host.build(layout, host.argv_command(server.limits, command))
         process = spawn(launch)
         try:
@@ -80,7 +82,11 @@ def check_command() -> None:
     server = SandboxServer(settings)
     host = server.host()
     limits = server.limits
-    mode = "root: each sandbox runs as its own unprivileged uid" if is_real_root() else "user namespace, uid 1000"
+    mode = (
+        "root: each sandbox runs as its own unprivileged uid; a --workspace you name is id-mapped, never chowned"
+        if is_real_root()
+        else "user namespace, uid 1000 (files it writes are yours)"
+    )
     click.echo(f"bwrap:   {host.bwrap}")
     click.echo(f"python:  {host.python.executable} ({host.python.version}), read-only: {', '.join(host.python.binds)}")
     click.echo(f"mode:    {mode}")

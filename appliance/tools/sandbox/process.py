@@ -23,15 +23,25 @@ from typing import IO, Any
 
 from appliance.tools.sandbox.bwrap import Host, Launch, Layout, Limits
 from appliance.tools.sandbox.host import explain_failure, sandbox_uid
+from appliance.tools.sandbox.idmap import attach_argv, idmapped_tree
 
 # How long to keep reading after a kill, for output already in the pipes.
 _DRAIN_AFTER_KILL = 1.0
 
 
 def spawn(launch: Launch, **popen: Any) -> subprocess.Popen[bytes]:
-    """Start bwrap in its own session; the launch's data descriptors are closed once it runs."""
+    """Start bwrap in its own session; the launch's data descriptors are closed once it runs.
+
+    A user's workspace in root mode is mounted id-mapped first, in a mount namespace of bwrap's own.
+    """
+    argv = launch.argv
     try:
-        return subprocess.Popen(launch.argv, start_new_session=True, pass_fds=tuple(launch.fds), **popen)
+        if launch.idmap is not None:
+            workspace, uid = launch.idmap
+            tree = idmapped_tree(workspace, uid)
+            launch.fds.append(tree)
+            argv = attach_argv(tree, workspace, argv)
+        return subprocess.Popen(argv, start_new_session=True, pass_fds=tuple(launch.fds), **popen)
     finally:
         launch.close()
 

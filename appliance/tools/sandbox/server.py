@@ -30,6 +30,7 @@ from appliance.tools.sandbox.kernels import CellResult, Kernel, KernelUnavailabl
 from appliance.tools.sandbox.process import probe, run_captured
 from appliance.tools.sandbox.registry import Registry, SandboxRecord, new_sandbox_id
 from appliance.tools.sandbox.transfer import Transfers
+from appliance.tools.sandbox.workspace import check_workspace
 from appliance.tools.specs import PYTHON_SERVER, PYTHON_TOOLS
 
 # Ids the model invents instead of creating a sandbox (from the reference server).
@@ -96,25 +97,36 @@ class SandboxServer(ToolServer):
                 self._host = host
             return self._host
 
-    def layout(self, workspace: Path, tmp: Path, run_dir: Path | None) -> Layout:
-        """The host directories of a sandbox, created, checked and (root mode) owned by its uid.
+    def layout(self, workspace: Path, tmp: Path, run_dir: Path | None, *, owned: bool | None = None) -> Layout:
+        """The host directories of a sandbox, checked, and in root mode given to its uid or id-mapped.
 
-        The checks run once per directory pair and server; later calls only make sure
-        the directories still exist (`appliance sandbox clean` may have removed them).
+        `owned`: the appliance made the workspace (the run's own, a sandbox's home, a
+        scratch directory); by default, a workspace under the runs directory. Those are
+        created and, as root, owned by the sandbox's uid. A workspace the user named is
+        checked by the rule every entry point uses and never created, chowned or
+        chmodded: as root the sandbox sees it through an id-mapped mount. The checks
+        run once per directory pair and server; later calls only make sure the
+        directories still exist (`appliance sandbox clean` may have removed them).
         """
         key = (str(workspace), str(tmp))
         known = self._layouts.get(key)
         if known is not None and workspace.is_dir() and tmp.is_dir():
             return known
-        check_bind_source(str(workspace), protected_paths(self.settings, run_dir), "the workspace")
-        workspace.mkdir(parents=True, exist_ok=True)
+        if owned is None:
+            runs = os.path.realpath(self.settings.dirs.runs_dir)
+            owned = os.path.realpath(workspace).startswith(runs + os.sep)
+        if owned:
+            check_bind_source(str(workspace), protected_paths(self.settings, run_dir), "the workspace")
+            workspace.mkdir(parents=True, exist_ok=True)
+        else:
+            workspace = check_workspace(workspace, self.settings)
         tmp.mkdir(parents=True, exist_ok=True)
         uid = sandbox_uid(workspace)
         if uid is not None:
-            for top in (workspace, tmp):
+            for top in (workspace, tmp) if owned else (tmp,):
                 if top.stat().st_uid != uid:
                     _chown_tree(top, uid)
-        layout = Layout(workspace, tmp, uid)
+        layout = Layout(workspace, tmp, uid, idmapped=uid is not None and not owned)
         self._layouts[key] = layout
         return layout
 
@@ -334,7 +346,7 @@ def _piece_text(text: str, total_bytes: int, kept: int | None = None) -> formats
 
 
 def _chown_tree(top: Path, uid: int) -> None:
-    """Give a workspace to the sandbox's uid (root mode), without following links."""
+    """Give a directory the appliance made to the sandbox's uid (root mode), without following links."""
     os.chown(top, uid, uid, follow_symlinks=False)
     for directory, dirnames, filenames in os.walk(top, followlinks=False):
         for name in (*dirnames, *filenames):

@@ -55,17 +55,17 @@ class Transfers:
             if source.is_file():
                 target = (*directory, source.name)
                 with source.open("rb") as handle:
-                    files.write_file(layout.workspace, target, handle, uid=layout.uid)
+                    files.write_file(layout.workspace, target, handle, uid=layout.file_owner)
                 return ToolOutput(f"File uploaded to {files.sandbox_path(target)}")
             if not source.is_dir():
                 return ToolOutput(f"[ERROR]: Path is not a file: {local}", is_error=True)
             root = (*directory, source.name)
             count = 0
-            with files.open_dir(layout.workspace, root, create=True, uid=layout.uid):
+            with files.open_dir(layout.workspace, root, create=True, uid=layout.file_owner):
                 pass
             for relative, path in files.walk_upload(source):
                 with path.open("rb") as handle:
-                    files.write_file(layout.workspace, (*root, *relative), handle, uid=layout.uid)
+                    files.write_file(layout.workspace, (*root, *relative), handle, uid=layout.file_owner)
                 count += 1
             return ToolOutput(f"Directory uploaded to {files.sandbox_path(root)} ({count} files)")
         except PathRefused as exc:
@@ -99,7 +99,7 @@ class Transfers:
                     is_error=True,
                 )
             with scratch.open("rb") as handle:
-                files.write_file(layout.workspace, parts, handle, uid=layout.uid)
+                files.write_file(layout.workspace, parts, handle, uid=layout.file_owner)
         except FetchError as exc:
             return ToolOutput(f"[ERROR]: Failed to download file from {url}: {exc}", is_error=True)
         except PathRefused as exc:

@@ -70,19 +70,29 @@ class PageReader:
             return self._read_corpus(url)
         if scheme == "zim":
             return self._read_zim(url)
+        fetcher = self.fetcher.get()
         try:
-            Fetcher.check_url(url)
+            fetcher.permit(url)  # policy before cache: the cache never answers for a URL refused now
         except FetchError as exc:
             raise ReadError(str(exc)) from exc
         use_cache = not headers
         if use_cache:
             cached = self.cache.get(url)
-            if cached is not None:
+            if cached is not None and self._permitted(fetcher, cached.final_url):
                 return cached
         page = self._fetch(url, headers, cancel)
         if use_cache:
             self.cache.put(page)
         return page
+
+    @staticmethod
+    def _permitted(fetcher: Fetcher, url: str) -> bool:
+        """Where a cached page was redirected to must be allowed now too; if not, fetch afresh (and be refused)."""
+        try:
+            fetcher.permit(url)
+        except FetchError:
+            return False
+        return True
 
     def _fetch(self, url: str, headers: dict[str, str] | None, cancel: Callable[[], bool] | None) -> Page:
         try:
