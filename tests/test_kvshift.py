@@ -205,8 +205,7 @@ def test_a_shifted_run_resumes_in_the_same_process_evaluating_only_new_tokens(
     # The first process stops (as if killed) right after the results of turn 6.
     backend = build_backend(settings)
     toolbox = build_toolbox(settings, lambda: backend)
-    agent, state = prepare_run(settings, "Repeat things.", backend=backend, toolbox=toolbox, run_id="shift-run",
-                               workspace=tmp_path / "ws")  # fmt: skip
+    agent, state = prepare_run(settings, "Repeat things.", backend=backend, toolbox=toolbox, run_id="shift-run")
     recorder, first = history.recorder(), list[AgentEvent]()
     events = agent.run(state)
     for event in events:
