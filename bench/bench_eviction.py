@@ -16,7 +16,7 @@ reports how many prompt tokens it really evaluated (the rest came from the KV ca
 
 Also reports wall time per turn for each mode, measured in the same run.
 
-    python bench/bench_eviction.py [--turns 100] [--keep 5] [--skip-all]
+    python bench/bench_eviction.py [--turns 100] [--keep 5] [--skip-all] [--threads N]
 """
 
 from __future__ import annotations
@@ -79,11 +79,17 @@ def trajectory(backend: LlamaCppBackend, turns: int) -> tuple[str, list[tuple[st
 
 
 def run_mode(
-    model: Path, system: str, steps: list[tuple[str, str]], keep: int, mode: str, block: int = 0
+    model: Path, system: str, steps: list[tuple[str, str]], keep: int, mode: str, block: int = 0, threads: int = 0
 ) -> tuple[int, int, float, int]:
     clear_model_cache()
     backend = LlamaCppBackend(
-        model, context_length=262_144, n_batch=2048, temperature=0.0, seed=1, kv_shift=mode == "shift"
+        model,
+        context_length=262_144,
+        n_batch=2048,
+        n_threads=threads,
+        temperature=0.0,
+        seed=1,
+        kv_shift=mode == "shift",
     )
     messages = [ChatMessage("user", "Task: " + "find the answer " * 60)]
     evaluated = prompt_total = largest = 0
@@ -110,6 +116,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=100)
     parser.add_argument("--keep", type=int, default=5)
     parser.add_argument("--skip-all", action="store_true", help="leave out keep-everything (the slowest mode)")
+    parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (1 on a busy shared machine)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = write_tiny_gguf(Path(tmp) / "tiny.gguf", context_length=262_144)
@@ -124,7 +131,9 @@ def main() -> None:
         ]
         if not args.skip_all:
             modes.append(("keep everything", -1, "exact", 0))
-        results = {label: run_mode(model, system, steps, keep, mode, block) for label, keep, mode, block in modes}
+        results = {
+            label: run_mode(model, system, steps, keep, mode, block, args.threads) for label, keep, mode, block in modes
+        }
         base = results["exact last-K"][0]
         print(f"{args.turns} turns, K={args.keep}, ~300-token replies, ~2,000-token results, tiny GGUF on llama.cpp")
         print(f"{'mode':<18}{'evaluated':>12}{'vs exact':>10}{'largest prompt':>16}{'s/turn':>10}")
