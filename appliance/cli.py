@@ -1,7 +1,9 @@
 """`appliance`: the TUI by default, `--task` headless, and the subcommands.
 
 Exit codes: 0 answered, 1 finished without an answer, 2 usage or config error,
-3 a required component unavailable, 130 interrupted (see errors.ExitCode).
+3 a required component unavailable, 70 an internal error (a bug), 124 a
+sandboxed command timed out, 130 interrupted (see errors.ExitCode). Every
+error is one line on stderr; with --json also one JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import datetime as dt
 import importlib
 import json
 import sys
-from collections.abc import Callable, Iterable
+import tempfile
+import traceback
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -20,7 +24,9 @@ from appliance import __version__
 from appliance.agent.events import (
     AgentEvent,
     Notice,
+    ReplyContinued,
     RunFinished,
+    RunStarted,
     SummaryStarted,
     TextDelta,
     ToolCallFinished,
@@ -31,7 +37,10 @@ from appliance.agent.events import (
 from appliance.config import Settings
 from appliance.errors import ApplianceError, ExitCode
 from appliance.options import collect_common, common_options, option_overrides, settings_from_options
-from appliance.textutil import one_line, strip_control
+from appliance.textutil import did_you_mean, for_terminal, one_line, safe_json
+
+if TYPE_CHECKING:
+    from appliance.store.sources import Source
 
 # Subcommands live beside the code they drive and are imported on first use.
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
@@ -68,6 +77,15 @@ class LazyGroup(click.Group):
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if args and not name.startswith("-") and self.get_command(ctx, name) is None:
+            # click suggests nothing for a mistyped command; the lazy ones are in list_commands.
+            ctx.fail(f"No such command '{name}'{did_you_mean(name, self.list_commands(ctx))}.")
+        return super().resolve_command(ctx, args)
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
         if command is not None or cmd_name not in LAZY_COMMANDS:
@@ -97,16 +115,23 @@ class LazyGroup(click.Group):
 class HeadlessPrinter:
     """Progress on stderr, one line per step; the model's text only with --verbose."""
 
-    def __init__(self, stream: Any = None, *, verbose: bool = False) -> None:
+    def __init__(self, stream: Any = None, *, verbose: bool = False, debug: bool = False) -> None:
         self.stream = stream or sys.stderr
         self.verbose = verbose
+        self.debug = debug
 
     def _line(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        # Names, arguments, results and errors all come from the model or a tool: shown, never obeyed.
+        print(for_terminal(text), file=self.stream, flush=True)
+
+    def _shows(self, level: str) -> bool:
+        if level == "debug":
+            return self.debug
+        return level != "info" or self.verbose
 
     def __call__(self, event: AgentEvent) -> None:
         if isinstance(event, TextDelta) and self.verbose:
-            self.stream.write(strip_control(event.text))
+            self.stream.write(for_terminal(event.text))
             self.stream.flush()
         elif isinstance(event, TurnEnded) and self.verbose:
             self._line("")
@@ -115,13 +140,21 @@ class HeadlessPrinter:
             self._line(f"[turn {event.turn}] {event.server}/{event.tool} {args}")
         elif isinstance(event, ToolCallFinished):
             mark = " [truncated]" if event.truncated else ""
-            self._line(f"    -> {event.status} in {event.duration_s:.1f}s, {event.raw_chars} chars{mark}")
+            line = f"    -> {event.status} in {event.duration_s:.1f}s, {event.raw_chars} chars{mark}"
+            if event.status != "ok":  # why it failed, as the model reads it
+                line += f": {one_line(event.result, 160)}"
+            self._line(line)
         elif isinstance(event, TurnRolledBack):
             self._line(f"[turn {event.turn}] reply discarded ({event.reason}): {one_line(event.detail, 100)}")
+        elif isinstance(event, ReplyContinued):
+            self._line(
+                f"[turn {event.turn}] reply cut at {event.generated_tokens} tokens: continuing "
+                f"(up to {event.max_tokens} more)"
+            )
         elif isinstance(event, SummaryStarted):
             self._line(f"[summary] asking for the final answer ({event.reason.replace('_', ' ')})")
-        elif isinstance(event, Notice) and (event.level != "info" or self.verbose):
-            self._line(f"{event.level}: {strip_control(event.message).rstrip()}")
+        elif isinstance(event, Notice) and self._shows(event.level):
+            self._line(f"{event.level}: {event.message.rstrip()}")
         elif isinstance(event, RunFinished) and event.error:
             self._line(f"appliance: run {event.status}: {event.error}")
 
@@ -157,6 +190,13 @@ def drive(
     return finished
 
 
+def finish_report(history: Any, run_dir: Path, run_id: str) -> list[Source]:
+    """The run's report into its directory; its sources (see store.report)."""
+    from appliance.store.report import finish_report as finish
+
+    return finish(history, run_dir, run_id)
+
+
 def open_history(settings: Settings, db: Path | None) -> Any:
     """The run history (--db, or history.db in the data directory); a bad file fails here, before any work."""
     from appliance.store import open_history as open_store
@@ -172,7 +212,7 @@ def check_workspace_option(options: dict[str, Any], settings: Settings) -> None:
         check_workspace(options["workspace"], settings)
 
 
-def run_headless(options: dict[str, Any], task: str, *, as_json: bool, verbose: bool) -> int:
+def run_headless(options: dict[str, Any], task: str, *, as_json: bool, printer: HeadlessPrinter) -> int:
     from appliance.agent.runtime import build_toolbox, prepare_run, save_kv_checkpoint
     from appliance.llm.factory import build_backend
     from appliance.store import RESUMABLE
@@ -192,20 +232,67 @@ def run_headless(options: dict[str, Any], task: str, *, as_json: bool, verbose: 
                 workspace=options.get("workspace"),
                 attachments=list(options.get("attach") or ()),
             )
-            subscribers = [history.recorder(), HeadlessPrinter(verbose=verbose)]
+            subscribers = [history.recorder(), printer]
             finished = drive(agent.run(state), subscribers, agent.cancel)
             if finished.status in RESUMABLE and save_kv_checkpoint(backend, settings, state.run_id):
                 click.echo(f"appliance: kept the model's cache for `appliance resume {state.run_id}`", err=True)
         finally:
             toolbox.close()
             backend.close()
+        sources = finish_report(history, settings.dirs.run_dir(finished.run_id), finished.run_id)
     finally:
         history.close()
-    emit_result(finished, as_json=as_json)
+    emit_result(finished, as_json=as_json, sources=sources)
     return int(finished.exit_code)
 
 
-def resume_headless(options: dict[str, Any], run_id: str, *, as_json: bool, verbose: bool) -> int:
+def rerun_headless(options: dict[str, Any], run_id: str, *, as_json: bool, printer: HeadlessPrinter) -> int:
+    """The same task with the same settings and attachments as a recorded run, sampled anew.
+
+    Searches and fetches the original made are answered from its archive; with
+    `--web archive:...` nothing else is fetched either.
+    """
+    from appliance.agent.runtime import build_toolbox, prepare_run
+    from appliance.llm.factory import build_backend
+    from appliance.store.resume import recorded_settings
+
+    history = open_history(settings_from_options(options), options.get("db"))
+    try:
+        original = history.get_run(run_id)
+        settings = recorded_settings(original.settings, option_overrides(options), options.get("profile"))
+        attachments = [Path(p) for p in original.attachments if Path(p).exists()]
+        backend = build_backend(settings)
+        toolbox = build_toolbox(settings, lambda: backend)
+        try:
+            agent, state = prepare_run(
+                settings,
+                original.task,
+                backend=backend,
+                toolbox=toolbox,
+                workspace=options.get("workspace"),
+                attachments=attachments,
+                reuse_runs=[original.run_id],
+            )
+            printer.stream.write(
+                f"appliance: re-running run {original.run_id} as {state.run_id} (web: {settings.archive.web})\n"
+            )
+
+            def tag(event: AgentEvent) -> None:
+                if isinstance(event, RunStarted):
+                    history.tag_run(event.run_id, f"rerun-of:{original.run_id}")
+
+            finished = drive(agent.run(state), [history.recorder(), tag, printer], agent.cancel)
+        finally:
+            toolbox.close()
+            backend.close()
+        sources = finish_report(history, settings.dirs.run_dir(finished.run_id), finished.run_id)
+    finally:
+        history.close()
+    emit_result(finished, as_json=as_json, sources=sources)
+    return int(finished.exit_code)
+
+
+def resume_headless(options: dict[str, Any], run_id: str, *, as_json: bool, printer: HeadlessPrinter) -> int:
     """Continue a recorded run with its own settings; flags given to `resume` override them."""
     from appliance.store.resume import prepare_resume
 
@@ -218,10 +305,9 @@ def resume_headless(options: dict[str, Any], run_id: str, *, as_json: bool, verb
             profile=options.get("profile"),
             workspace=options.get("workspace"),
         )
-        printer = HeadlessPrinter(verbose=verbose)
         try:
             for note in resumed.notes:
-                printer.stream.write(f"appliance: {strip_control(note)}\n")
+                printer.stream.write(f"appliance: {for_terminal(note)}\n")
             state = resumed.state
             printer.stream.write(
                 f"appliance: resuming run {state.run_id} after turn {state.turn} "
@@ -230,20 +316,22 @@ def resume_headless(options: dict[str, Any], run_id: str, *, as_json: bool, verb
             finished = drive(resumed.agent.run(state), [history.recorder(), printer], resumed.agent.cancel)
         finally:
             resumed.close()
+        sources = finish_report(history, resumed.settings.dirs.run_dir(finished.run_id), finished.run_id)
     finally:
         history.close()
-    emit_result(finished, as_json=as_json)
+    emit_result(finished, as_json=as_json, sources=sources)
     return int(finished.exit_code)
 
 
-def emit_result(finished: RunFinished, *, as_json: bool) -> None:
+def emit_result(finished: RunFinished, *, as_json: bool, sources: Sequence[Source] = ()) -> None:
     if as_json:
         payload = finished.as_json()
+        payload["sources"] = [source.as_json() for source in sources]
         if finished.error:
             payload["error"] = finished.error
-        click.echo(json.dumps(payload, ensure_ascii=False))
+        click.echo(safe_json(payload))
     elif finished.answer is not None:
-        click.echo(strip_control(finished.answer))
+        click.echo(for_terminal(finished.answer))
     elif finished.status == "no_answer":
         click.echo("appliance: the run finished without a \\boxed{} answer", err=True)
 
@@ -251,28 +339,57 @@ def emit_result(finished: RunFinished, *, as_json: bool) -> None:
 # ------------------------------------------------------------------ commands
 
 
+def read_task(task: str | None, task_file: Path | None) -> str | None:
+    """The task from --task TEXT, --task - (standard input) or --task-file PATH; None: neither was given."""
+    if task is not None and task_file is not None:
+        raise ApplianceError("--task and --task-file were both given", "pass the task one way")
+    source = "standard input" if task == "-" else str(task_file)
+    try:
+        if task == "-":
+            text = sys.stdin.buffer.read().decode("utf-8")
+        elif task_file is not None:
+            text = task_file.read_bytes().decode("utf-8")
+        else:
+            return task
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ApplianceError(f"cannot read the task from {source}: {reason}", "give a readable file") from exc
+    except UnicodeDecodeError as exc:
+        raise ApplianceError(f"the task in {source} is not UTF-8 text", "save it as UTF-8") from exc
+    return text
+
+
 @click.group(cls=LazyGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--task", "-t", help="Run this task headless and print the answer.")
+@click.option("--task", "-t", help='Run this task headless and print the answer ("-": read it from standard input).')
+@click.option(
+    "--task-file", type=click.Path(path_type=Path, dir_okay=False), help="Run the task written in this file headless."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the answer.")
 @click.option("--verbose", "-v", is_flag=True, help="Stream the model's text to stderr.")
+@click.option("--debug", is_flag=True, help="Print the traceback of an internal error (a bug).")
 @common_options
 @click.version_option(__version__, prog_name="appliance")
 @click.pass_context
-def cli(ctx: click.Context, /, task: str | None, as_json: bool, verbose: bool, **options: Any) -> None:
+def cli(
+    ctx: click.Context,
+    /,
+    task: str | None,
+    task_file: Path | None,
+    as_json: bool,
+    verbose: bool,
+    debug: bool,
+    **options: Any,
+) -> None:
     """A local research agent: think, call a tool, read the result, answer with sources."""
     ctx.obj = {k: v for k, v in options.items() if v not in (None, ())}
     if ctx.invoked_subcommand:
         return
+    task = read_task(task, task_file)
     if task is not None:
         if not task.strip():
-            raise ApplianceError("the task is empty", 'pass the question with --task "..."')
-        try:
-            code = run_headless(ctx.obj, task, as_json=as_json, verbose=verbose)
-        except ApplianceError as exc:
-            if as_json:
-                click.echo(json.dumps({"run_id": None, "status": "error", "answer": None, "error": exc.one_line()}))
-            raise
-        ctx.exit(code)
+            raise ApplianceError("the task is empty", 'pass the question with --task "...", --task - or --task-file')
+        printer = HeadlessPrinter(verbose=verbose, debug=debug)
+        ctx.exit(run_headless(ctx.obj, task, as_json=as_json, printer=printer))
     check_workspace_option(ctx.obj, settings_from_options(ctx.obj))
     try:
         tui = importlib.import_module("appliance.tui.app")
@@ -293,7 +410,7 @@ def prompt_command(ctx: click.Context, /, date_text: str | None, **options: Any)
 
     settings = settings_from_options(collect_common(ctx, options))
     try:
-        date = dt.date.fromisoformat(date_text) if date_text else dt.date.today()
+        date = dt.date.fromisoformat(date_text) if date_text is not None else dt.date.today()
     except ValueError as exc:
         raise ApplianceError(f"--date {date_text!r} is not a date", "write it as YYYY-MM-DD") from exc
     toolbox = build_toolbox(settings, lambda: build_backend(settings))
@@ -315,31 +432,100 @@ def prompt_command(ctx: click.Context, /, date_text: str | None, **options: Any)
 def resume_command(ctx: click.Context, /, run_id: str, as_json: bool, verbose: bool, **options: Any) -> None:
     """Continue an interrupted run from its last completed step."""
     options = collect_common(ctx, options)
-    try:
-        code = resume_headless(options, run_id, as_json=as_json, verbose=verbose)
-    except ApplianceError as exc:
-        if as_json:
-            click.echo(json.dumps({"run_id": run_id, "status": "error", "answer": None, "error": exc.one_line()}))
-        raise
-    ctx.exit(code)
+    printer = HeadlessPrinter(verbose=verbose, debug=bool(ctx.find_root().params.get("debug")))
+    ctx.exit(resume_headless(options, run_id, as_json=as_json, printer=printer))
+
+
+def _before_separator(args: list[str]) -> list[str]:
+    """The appliance's own arguments: what follows `--` belongs to a command (`sandbox exec -- ...`)."""
+    return args[: args.index("--")] if "--" in args else args
+
+
+def _usage_line(exc: click.ClickException) -> str:
+    """A click usage error as one line with the fix (click's own text spans four)."""
+    text = " ".join(exc.format_message().split()).rstrip(".")
+    end = "" if text.endswith("?") else "."
+    context = getattr(exc, "ctx", None)
+    return f"{text}{end} Fix: see `{context.command_path if context is not None else 'appliance'} --help`"
+
+
+def record_crash(details: str) -> Path | None:
+    """An internal error's traceback in logs/ of the data directory (or the temporary directory)."""
+    from appliance.paths import app_dirs
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    for directory in (app_dirs().data_dir / "logs", Path(tempfile.gettempdir())):
+        path = directory / f"appliance-crash-{stamp}.log"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            path.write_text(details, encoding="utf-8")
+        except OSError:
+            continue
+        return path
+    return None
+
+
+def fail(code: int, message: str, *, as_json: bool) -> NoReturn:
+    """End with one line on stderr (and, with --json, one JSON object on stdout) and the documented exit code."""
+    if as_json:
+        click.echo(safe_json({"run_id": None, "status": "error", "answer": None, "error": message, "exit_code": code}))
+    click.echo(f"appliance: error: {for_terminal(message)}", err=True)
+    sys.exit(code)
+
+
+def crash(exc: BaseException, *, debug: bool, as_json: bool) -> NoReturn:
+    """A bug: one line for the user, the traceback in a log file (and on stderr with --debug)."""
+    details = "".join(traceback.format_exception(exc))
+    if debug:
+        click.echo(details, err=True, nl=False)
+    log = record_crash(details)
+    where = f"the traceback is in {log}" if log else "run it again with --debug for the traceback"
+    message = f"internal error (a bug): {type(exc).__name__}: {exc}. Fix: report it; {where}"
+    fail(ExitCode.INTERNAL, message, as_json=as_json)
+
+
+@cli.command("rerun")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the answer.")
+@click.option("--verbose", "-v", is_flag=True)
+@common_options
+@click.pass_context
+def rerun_command(ctx: click.Context, /, run_id: str, as_json: bool, verbose: bool, **options: Any) -> None:
+    """Run a recorded run's task again: same settings, new samples, its searches and fetches from its archive."""
+    options = collect_common(ctx, options)
+    printer = HeadlessPrinter(verbose=verbose, debug=bool(ctx.find_root().params.get("debug")))
+    ctx.exit(rerun_headless(options, run_id, as_json=as_json, printer=printer))
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    own = _before_separator(args)
+    as_json, debug = "--json" in own, "--debug" in own
     try:
         # Without standalone mode click returns the code of ctx.exit() instead of exiting.
-        code = cli.main(args=argv, prog_name="appliance", standalone_mode=False)
+        code = cli.main(args=args, prog_name="appliance", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
         click.echo("appliance: aborted", err=True)
         sys.exit(ExitCode.INTERRUPTED)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(ExitCode.USAGE)
+        fail(ExitCode.USAGE, _usage_line(exc), as_json=as_json)
     except ApplianceError as exc:
-        click.echo(f"appliance: error: {exc.one_line()}", err=True)
-        sys.exit(exc.exit_code)
+        fail(exc.exit_code, exc.one_line(), as_json=as_json)
     except KeyboardInterrupt:
         click.echo("appliance: interrupted", err=True)
         sys.exit(ExitCode.INTERRUPTED)
+    except OSError as exc:
+        if exc.filename is None:
+            crash(exc, debug=debug, as_json=as_json)
+        # A file or directory the user's setup points at (a read-only APPLIANCE_HOME, a full disk): not a bug.
+        fail(
+            ExitCode.USAGE,
+            f"cannot use {exc.filename}: {exc.strerror or exc}. Fix: make it writable (or free space), "
+            "or point APPLIANCE_HOME, --db or --workspace somewhere that is",
+            as_json=as_json,
+        )
+    except Exception as exc:
+        crash(exc, debug=debug, as_json=as_json)
     sys.exit(code if isinstance(code, int) else 0)

@@ -11,9 +11,10 @@ form `APPLIANCE_KEY` works too (so `[search] searxng_url` is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import difflib
 import json
+import math
 import os
 import re
 import shlex
@@ -26,13 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ConfigError
+from appliance.ggufmeta import read_metadata
 from appliance.paths import AppDirs, app_dirs
+from appliance.textutil import did_you_mean
+from appliance.versions import VERSION_SETTINGS, canonical_version, version_from_metadata, version_from_names
 
 BACKENDS = ("llamacpp", "openai", "replay")
 EVICTION_MODES = ("exact", "blocks", "shift")
 # llama.cpp KV cache types offered by [model] kv_cache_type, most precise first.
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 FLASH_ATTN_MODES = ("auto", "on", "off")
+CONTINUATIONS = ("auto", "continue_final_message", "completions")
 DEFAULT_PROFILE = "cpu-8b"
 SECRET_KEYS = frozenset({"api_key", "judge_api_key"})
 
@@ -52,8 +57,15 @@ class ModelSettings:
     api_key: str = ""
     request_timeout: float = 600.0
     retries: int = 4
+    # How the server continues an assistant message (llm/openai.py): auto (from /v1/models),
+    # continue_final_message (vLLM, SGLang, llama-server) or completions (llama-cpp-python's server).
+    continuation: str = "auto"
     # Replay backend: JSONL, one {"content": ...} per assistant turn.
     replay: str = ""
+    # The MiroThinker version (1.0, 1.5, 1.7): it sets [agent] max_turns and
+    # retry_with_summary where nothing else does (appliance/versions.py).
+    # "": read it from the weights' name or GGUF metadata.
+    version: str = ""
     # Engine and sampling (MiroThinker v1.0 defaults).
     context_length: int = 32768
     n_gpu_layers: int = 0
@@ -100,6 +112,15 @@ class AgentSettings:
     # The v1.0 evaluation configuration hides this tool; offering it changes
     # the system prompt the model sees.
     offer_download_tool: bool = False
+    # A task is up to 1 + attempts runs (the reference's context_compress_limit):
+    # a run that ends without a \boxed{} answer writes a failure summary and the
+    # task starts again with it (agent/attempts.py). 0: one run, today's behaviour.
+    attempts: int = 5
+    # Write that failure summary (the reference turns it off for MiroThinker 1.7).
+    retry_with_summary: bool = True
+    # Tokens the text of attached files may take in the task message, shared among them
+    # (0: a quarter of the context window); the reference's 200,000-character cap applies too.
+    attachment_tokens: int = 0
 
 
 @dataclass
@@ -177,6 +198,17 @@ class ExtractionSettings:
     max_tokens: int = 4096
     # Optional GBNF file constraining extraction replies (llamacpp only).
     output_grammar: str = ""
+
+
+@dataclass
+class ArchiveSettings:
+    # Every search response and fetched document is kept, as fetched, in a WARC file in the run's directory.
+    enabled: bool = True
+    # Per run, all sessions of it together; past it the run goes on and the gap is recorded.
+    max_mb: int = 1024
+    # Where search and fetch are answered: "live" (the network; a resumed or re-run run reuses
+    # what it already archived), or "archive:RUN_ID" / "archive:PATH" (that archive only, never the network).
+    web: str = "live"
 
 
 @dataclass
@@ -283,9 +315,8 @@ def parse_mcp_server(name: str, table: Any, origin: str) -> McpServerConfig:
         raise ConfigError(f"{where} must be a table", f'write [mcp_servers.{name}] with command = [...] or url = "..."')
     for key in table:
         if key not in _MCP_KEYS:
-            hint = difflib.get_close_matches(str(key), _MCP_KEYS, n=1)
             raise ConfigError(
-                f"{where} unknown key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""),
+                f"{where} unknown key '{key}'" + did_you_mean(str(key), _MCP_KEYS),
                 f"valid keys: {', '.join(_MCP_KEYS)}",
             )
     raw_command = table.get("command", [])
@@ -361,6 +392,7 @@ class Settings:
     search: SearchSettings = field(default_factory=SearchSettings)
     scrape: ScrapeSettings = field(default_factory=ScrapeSettings)
     extraction: ExtractionSettings = field(default_factory=ExtractionSettings)
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     ui: UiSettings = field(default_factory=UiSettings)
     profile: str = DEFAULT_PROFILE
@@ -446,15 +478,20 @@ def available_profiles(dirs: AppDirs | None = None) -> list[str]:
     return sorted(names)
 
 
+PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
 def find_profile(name: str, dirs: AppDirs) -> Path:
+    if not PROFILE_NAME.match(name) or ".." in name:
+        names = ", ".join(available_profiles(dirs))
+        raise ConfigError(f"{name!r} is not a profile name", f"choose one of: {names} (see `appliance profiles`)")
     for directory in profile_search_path(dirs):
         candidate = directory / f"{name}.toml"
         if candidate.is_file():
             return candidate
     known = available_profiles(dirs)
-    hint = difflib.get_close_matches(name, known, n=1)
     raise ConfigError(
-        f"unknown profile '{name}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""),
+        f"unknown profile '{name}'" + did_you_mean(name, known),
         f"choose one of: {', '.join(known)}" if known else "reinstall the appliance",
     )
 
@@ -467,6 +504,10 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}", "check the path and permissions") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{what} {path} is not valid TOML: {exc}", f"fix or remove {path}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (byte {exc.start})", f"save {path} as UTF-8, or remove it"
+        ) from exc
 
 
 def load_profile(name: str, dirs: AppDirs) -> dict[str, Any]:
@@ -505,7 +546,7 @@ def _coerce(section: str, key: str, value: Any, origin: str) -> Any:
                 raise ValueError(value)
             return int(value)
         if isinstance(default, float):
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not math.isfinite(float(value)):  # nan and inf are no setting
                 raise ValueError(value)
             return float(value)
         if isinstance(default, list):
@@ -523,7 +564,7 @@ def _coerce(section: str, key: str, value: Any, origin: str) -> Any:
                 raise ValueError(value)
             return str(value)
     except (ValueError, TypeError, json.JSONDecodeError) as exc:
-        kind = type(default).__name__
+        kind = "finite number" if isinstance(default, float) else type(default).__name__
         raise ConfigError(f"{where} must be a {kind}, got {value!r}", f"set {key} to a {kind}") from exc
     return value
 
@@ -536,9 +577,10 @@ def _apply_layer(
 ) -> None:
     for section, values in layer.items():
         if section not in SECTIONS:
-            hint = difflib.get_close_matches(section, list(SECTIONS), n=1)
+            # mcp_servers is a table of tables, taken out before this point: a near miss means it.
+            hint = did_you_mean(section, [*SECTIONS, "mcp_servers"], "[{}]")
             raise ConfigError(
-                f"unknown section [{section}] in {origin}" + (f" (did you mean [{hint[0]}]?)" if hint else ""),
+                f"unknown section [{section}] in {origin}" + hint.replace("[mcp_servers]", "[mcp_servers.NAME]"),
                 f"valid sections: {', '.join(SECTIONS)}, mcp_servers.NAME",
             )
         if not isinstance(values, Mapping):
@@ -546,10 +588,8 @@ def _apply_layer(
         known = _section_fields(section)
         for key, value in values.items():
             if key not in known:
-                hint = difflib.get_close_matches(key, list(known), n=1)
                 raise ConfigError(
-                    f"unknown key '{key}' in [{section}] of {origin}"
-                    + (f" (did you mean '{hint[0]}'?)" if hint else ""),
+                    f"unknown key '{key}' in [{section}] of {origin}" + did_you_mean(key, known),
                     f"valid keys: {', '.join(known)}",
                 )
             merged[section][key] = _coerce(section, key, value, origin)
@@ -568,7 +608,9 @@ def load_settings(
     dirs = app_dirs(env)
     config_path = config_file or dirs.config_file
     user_config: dict[str, Any] = read_toml(config_path, "config file") if config_path.is_file() else {}
-    chosen = profile or env.get("APPLIANCE_PROFILE") or user_config.pop("profile", None) or DEFAULT_PROFILE
+    # An empty --profile is a mistake; an empty APPLIANCE_PROFILE means unset, as for any variable.
+    candidates = (profile, env.get("APPLIANCE_PROFILE") or None, user_config.pop("profile", None))
+    chosen = next((name for name in candidates if name is not None), DEFAULT_PROFILE)
     user_config.pop("profile", None)
     if not isinstance(chosen, str):
         raise ConfigError(f"profile in {config_path} must be a string", 'write profile = "NAME"')
@@ -590,9 +632,16 @@ def load_settings(
     if unknown:
         # A typo (or an ambiguous short form such as APPLIANCE_MAX_TOKENS, a key of two
         # sections) would otherwise be ignored without a word.
-        hint = difflib.get_close_matches(unknown[0], list(names), n=1)
+        name = unknown[0]
+        key = name.removeprefix("APPLIANCE_").lower()
+        sections = [s for s in SECTIONS if key in _section_fields(s)]
+        if len(sections) > 1:
+            hint = " (a key of " + ", ".join(f"[{s}]" for s in sections) + ": say which, e.g. "
+            hint += f"APPLIANCE_{sections[0].upper()}_{key.upper()})"
+        else:
+            hint = did_you_mean(name, [*names, *NON_CONFIG_ENV], "{}")
         raise ConfigError(
-            f"unknown environment variable {unknown[0]}" + (f" (did you mean {hint[0]}?)" if hint else ""),
+            f"unknown environment variable {name}{hint}",
             "use APPLIANCE_SECTION_KEY for [section] key (see README, Configuration), or unset it",
         )
     env_layer: dict[str, dict[str, Any]] = {}
@@ -609,6 +658,8 @@ def load_settings(
         section, _, key = dotted.partition(".")
         _apply_layer(merged, origins, {section: {key: value}}, "command line")
 
+    _imply_attempts(merged, origins)
+    _apply_model_version(merged, origins, dirs)
     settings = Settings(
         **{s: SECTIONS[s](**merged[s]) for s in SECTIONS},
         profile=chosen,
@@ -620,36 +671,149 @@ def load_settings(
     return settings
 
 
-def _did_you_mean(value: str, choices: tuple[str, ...]) -> str:
-    hint = difflib.get_close_matches(value, choices, n=1)
-    return f" (did you mean '{hint[0]}'?)" if hint else ""
+def _imply_attempts(merged: dict[str, dict[str, Any]], origins: dict[str, str]) -> None:
+    """keep_last = -1 without an explicit attempts means attempts = 0.
+
+    Every reference configuration that keeps all tool results (mirothinker_v1.0,
+    v1.5) runs without context management (context_compress_limit 0), and every
+    one with attempts keeps 5: attempts exist because a window fills, which
+    keeping everything makes certain. Set explicitly together, validate() refuses them.
+    """
+    agent = merged["agent"]
+    if agent["keep_last"] == -1 and "agent.attempts" not in origins:
+        agent["attempts"] = 0
+        origins["agent.attempts"] = f"implied by keep_last = -1 ({origins.get('agent.keep_last', 'default')})"
+
+
+def _apply_model_version(merged: dict[str, dict[str, Any]], origins: dict[str, str], dirs: AppDirs) -> None:
+    """The version's own max_turns and retry_with_summary, where no layer set them."""
+    model = merged["model"]
+    given = str(model["version"])
+    if given:
+        version, how = canonical_version(given), "[model] version"
+        if version is None:
+            raise ConfigError(
+                f"unknown [model] version '{given}' (from {origins.get('model.version', 'default')})",
+                f"use one of: {', '.join(VERSION_SETTINGS)} (or leave it empty to detect it)",
+            )
+        model["version"] = version
+    else:
+        # The weights in use: an explicit path replaces the profile's repo/file; a server names its model.
+        if model["backend"] == "openai":
+            names = [model["name"]]
+        else:
+            names = [model["path"]] if model["path"] else [model["file"], model["repo"]]
+        version, how = version_from_names(str(n) for n in names), "the weights' name"
+        weights = Path(model["path"]).expanduser() if model["path"] else dirs.models_dir / model["file"]
+        local = model["backend"] == "llamacpp" and bool(model["path"] or model["file"])
+        if version is None and local and weights.is_file():
+            with contextlib.suppress(ConfigError):  # a header read, only when the name says nothing
+                version, how = version_from_metadata(read_metadata(weights)), "the GGUF metadata"
+        if version is None:
+            return
+        model["version"] = version
+        origins["model.version"] = f"detected from {how}"
+    for key, value in VERSION_SETTINGS[version].items():
+        if f"agent.{key}" not in origins:
+            merged["agent"][key] = value
+            origins[f"agent.{key}"] = f"MiroThinker {version} (from {how})"
+
+
+# Numbers out of these ranges are usage errors: "section.key" -> (lowest allowed, is the lowest itself allowed).
+_MINIMUMS: dict[str, tuple[float, bool]] = {
+    "model.temperature": (0, True),
+    "model.top_p": (0, False),
+    "model.repeat_penalty": (0, False),
+    "model.max_tokens": (1, True),
+    "model.request_timeout": (0, False),
+    "model.retries": (0, True),
+    "model.n_gpu_layers": (-1, True),
+    "model.n_threads": (0, True),
+    "model.n_batch": (1, True),
+    "model.kv_checkpoint_mb": (0, True),
+    "agent.max_rollbacks": (0, True),
+    "agent.summary_retries": (0, True),
+    "agent.tool_timeout": (0, False),
+    "agent.result_max_chars": (1, True),
+    "sandbox.cpu_seconds": (1, True),
+    "sandbox.memory_mb": (1, True),
+    "sandbox.max_processes": (1, True),
+    "sandbox.max_file_mb": (1, True),
+    "sandbox.open_files": (1, True),
+    "sandbox.command_timeout": (0, False),
+    "sandbox.command_output_chars": (1, True),
+    "sandbox.python_output_chars": (1, True),
+    "search.timeout": (0, False),
+    "search.fusion_k": (0, True),
+    "search.max_pages": (1, True),
+    "scrape.timeout": (0, False),
+    "scrape.max_bytes": (1, True),
+    "scrape.max_redirects": (0, True),
+    "scrape.max_chars": (1, True),
+    "scrape.cache_ttl_hours": (0, True),
+    "scrape.cache_max_mb": (0, True),
+    "extraction.max_tokens": (1, True),
+    "extraction.context_length": (0, True),
+}
+_MAXIMUMS: dict[str, float] = {"model.top_p": 1}
+
+
+def _check_ranges(settings: Settings) -> None:
+    for dotted, (lowest, inclusive) in _MINIMUMS.items():
+        section, _, key = dotted.partition(".")
+        value = getattr(getattr(settings, section), key)
+        highest = _MAXIMUMS.get(dotted, math.inf)
+        if (value >= lowest if inclusive else value > lowest) and value <= highest:
+            continue
+        wanted = f"{'>=' if inclusive else '>'} {lowest:g}" + (f" and <= {highest:g}" if highest < math.inf else "")
+        origin = settings.origins.get(dotted, "the defaults")
+        raise ConfigError(f"[{section}] {key} must be {wanted}, got {value:g} (from {origin})", f"set {key} {wanted}")
 
 
 def validate(settings: Settings) -> None:
+    _check_ranges(settings)
     if settings.model.backend not in BACKENDS:
         raise ConfigError(
-            f"unknown backend '{settings.model.backend}'" + _did_you_mean(settings.model.backend, BACKENDS),
+            f"unknown backend '{settings.model.backend}'" + did_you_mean(settings.model.backend, BACKENDS),
             f"use --backend {' | '.join(BACKENDS)}",
+        )
+    if settings.model.continuation not in CONTINUATIONS:
+        raise ConfigError(
+            f"unknown [model] continuation '{settings.model.continuation}'", f"use one of: {', '.join(CONTINUATIONS)}"
         )
     agent = settings.agent
     if agent.max_turns < 1:
         raise ConfigError(f"max_turns must be at least 1, got {agent.max_turns}", "use --max-turns N with N >= 1")
     if agent.keep_last < -1:
         raise ConfigError(f"keep_last must be -1 (keep all) or >= 0, got {agent.keep_last}", "use --keep-last K")
+    if agent.attachment_tokens < 0:
+        raise ConfigError(
+            f"attachment_tokens must be >= 0, got {agent.attachment_tokens}", "use 0 (a quarter of the context window)"
+        )
+    if agent.attempts < 0:
+        raise ConfigError(
+            f"attempts must be 0 (one run) or more, got {agent.attempts}", "use --attempts N with N >= 0 (default 5)"
+        )
+    if agent.attempts > 0 and agent.keep_last == -1:
+        # Only reachable when both were set: keep_last = -1 alone implies attempts = 0 (_imply_attempts).
+        raise ConfigError(
+            f"attempts ({agent.attempts}) need tool results to be dropped, but keep_last is -1 (keep every result)",
+            "the reference never combines them: use --attempts 0 with --keep-last -1, or --keep-last K with K >= 0",
+        )
     if agent.eviction not in EVICTION_MODES:
         raise ConfigError(
-            f"unknown eviction mode '{agent.eviction}'" + _did_you_mean(agent.eviction, EVICTION_MODES),
+            f"unknown eviction mode '{agent.eviction}'" + did_you_mean(agent.eviction, EVICTION_MODES),
             f"set [agent] eviction to {', '.join(EVICTION_MODES)}",
         )
     model = settings.model
     if model.kv_cache_type not in KV_CACHE_TYPES:
         raise ConfigError(
-            f"unknown kv_cache_type '{model.kv_cache_type}'" + _did_you_mean(model.kv_cache_type, KV_CACHE_TYPES),
+            f"unknown kv_cache_type '{model.kv_cache_type}'" + did_you_mean(model.kv_cache_type, KV_CACHE_TYPES),
             f"set [model] kv_cache_type to {', '.join(KV_CACHE_TYPES)}",
         )
     if model.flash_attn not in FLASH_ATTN_MODES:
         raise ConfigError(
-            f"unknown flash_attn '{model.flash_attn}'" + _did_you_mean(model.flash_attn, FLASH_ATTN_MODES),
+            f"unknown flash_attn '{model.flash_attn}'" + did_you_mean(model.flash_attn, FLASH_ATTN_MODES),
             f"set [model] flash_attn to {', '.join(FLASH_ATTN_MODES)}",
         )
     if model.prompt_lookup < 0:

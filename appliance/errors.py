@@ -12,6 +12,8 @@ class ExitCode(IntEnum):
     NO_ANSWER = 1
     USAGE = 2
     UNAVAILABLE = 3
+    # A bug in the appliance itself (EX_SOFTWARE from sysexits.h), never a mistake of the user's.
+    INTERNAL = 70
     TIMEOUT = 124
     INTERRUPTED = 130
 

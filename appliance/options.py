@@ -22,8 +22,18 @@ _COMMON = [
     click.option("--model", "model", help="GGUF file (llamacpp) or model name (openai)."),
     click.option("--max-turns", type=int, help="Turn budget (default 600)."),
     click.option("--keep-last", type=int, help="Tool results kept in context (default 5, -1 = all)."),
+    click.option(
+        "--attempts",
+        type=int,
+        help="Runs after the first for a task without an answer, each with a failure summary (default 5, 0 = one run).",
+    ),
     click.option("--workspace", type=click.Path(path_type=Path), help="Host directory used as the sandbox home."),
     click.option("--db", type=click.Path(path_type=Path), help="History database (default: data dir)."),
+    click.option(
+        "--web",
+        help="live (default: the network, archived), archive:RUN_ID, or a WARC file or directory "
+        "(answer searches and fetches from that archive only, never the network).",
+    ),
     click.option(
         "--attach",
         multiple=True,
@@ -57,6 +67,8 @@ def option_overrides(options: dict[str, Any]) -> dict[str, Any]:
         "model.base_url": options.get("base_url"),
         "agent.max_turns": options.get("max_turns"),
         "agent.keep_last": options.get("keep_last"),
+        "archive.web": web_mode(options["web"]) if options.get("web") else None,
+        "agent.attempts": options.get("attempts"),
     }
     model = options.get("model")
     if model:
@@ -66,6 +78,19 @@ def option_overrides(options: dict[str, Any]) -> dict[str, Any]:
     if options.get("replay") and not options.get("backend"):
         overrides["model.backend"] = "replay"
     return overrides
+
+
+def web_mode(value: str) -> str:
+    """`--web` as the [archive] web setting: live, archive:RUN_ID|PATH, or a bare WARC path made absolute."""
+    value = value.strip()
+    if value in ("", "live"):
+        return "live"
+    if value.startswith("archive:"):
+        target = value.removeprefix("archive:")
+        path = Path(target).expanduser()
+        # A path is made absolute so a resumed run finds it from any directory; a run id stays as is.
+        return f"archive:{path.resolve()}" if path.exists() else value
+    return f"archive:{Path(value).expanduser().resolve()}"
 
 
 def settings_from_options(options: dict[str, Any]) -> Settings:

@@ -18,7 +18,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from appliance.install.ggufmeta import read_kv_shape
+from appliance.ggufmeta import read_kv_shape
 from appliance.install.weights import sha256_file, verified_stamp, write_stamp
 
 
@@ -61,7 +61,7 @@ def main() -> None:
         ours = best_of(5, lambda: read_kv_shape(model))
         theirs = best_of(5, lambda: gguf.GGUFReader(model).fields["qwen3.block_count"])
         print(f"KV shape from a {model.stat().st_size / 1e6:.1f} MB GGUF header (150k vocab):")
-        print(f"  appliance.install.ggufmeta  {ours * 1000:8.1f} ms")
+        print(f"  appliance.ggufmeta  {ours * 1000:8.1f} ms")
         print(f"  gguf.GGUFReader             {theirs * 1000:8.1f} ms   ratio {theirs / ours:.1f}x")
 
         weights = Path(tmp) / "weights.gguf"

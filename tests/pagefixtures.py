@@ -187,9 +187,12 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 class PageServer:
-    """A threaded HTTP server on 127.0.0.1 serving `routes`; `hits` counts requests per path."""
+    """A threaded HTTP server on 127.0.0.1 serving `routes`; `hits` counts requests per path.
 
-    def __init__(self, routes: dict[str, Route]) -> None:
+    `port` reuses a known port (a tripwire where an earlier server stood); 0 picks a free one.
+    """
+
+    def __init__(self, routes: dict[str, Route], port: int = 0) -> None:
         self.routes = routes
         self.hits: collections.Counter[str] = collections.Counter()
         self.requests: list[str] = []  # every request target, query string included, in order
@@ -239,7 +242,7 @@ class PageServer:
                 if response.chunked:
                     self.wfile.write(b"0\r\n\r\n")
 
-        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", port), Handler)
         self.port = int(self.httpd.server_address[1])
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()

@@ -12,7 +12,9 @@ from pathlib import Path
 from tests.conftest import REPO_ROOT, cli_env, run_cli, tool_call, write_replay
 
 NO_TOOLS = {"APPLIANCE_TOOLS_ENABLED": ""}
-JSON_KEYS = ["run_id", "status", "answer", "turns", "tool_calls", "prompt_tokens", "completion_tokens", "elapsed_s"]
+JSON_KEYS = [
+    "run_id", "status", "answer", "turns", "tool_calls", "prompt_tokens", "completion_tokens", "elapsed_s", "sources"
+]  # fmt: skip
 
 
 def test_version() -> None:
@@ -32,6 +34,7 @@ def test_task_with_replay_prints_the_json_object(appliance_home: Path, tmp_path:
     assert list(payload) == JSON_KEYS
     assert payload["status"] == "answered" and payload["answer"] == "2"
     assert payload["turns"] == 2 and payload["tool_calls"] == 1
+    assert payload["sources"] == []  # the call named no URL: the run read nothing
     assert payload["prompt_tokens"] > 0 and payload["completion_tokens"] > 0
     assert "[turn 1] nowhere/lookup" in result.stderr  # progress goes to stderr
     assert (appliance_home / "runs" / payload["run_id"] / "workspace").is_dir()
@@ -128,3 +131,31 @@ def test_prompt_command_prints_the_reference_prompt_byte_for_byte(appliance_home
     assert offered.stdout == (golden / "system_prompt_with_download.txt").read_text(encoding="utf-8")
     python_only = run_cli(["prompt", "--date", "2025-11-26"], env={"APPLIANCE_TOOLS_ENABLED": "tool-python"})
     assert python_only.stdout == (golden / "system_prompt_python_only.txt").read_text(encoding="utf-8")
+
+
+def test_bad_attempts_exit_2_with_the_fix(appliance_home: Path, tmp_path: Path) -> None:
+    replay = write_replay(tmp_path / "r.jsonl", ["\\boxed{2}", "\\boxed{2}"])
+    base = ["--task", "?", "--replay", str(replay)]
+    negative = run_cli([*base, "--attempts", "-1"], env=NO_TOOLS)
+    assert negative.returncode == 2
+    assert "attempts must be 0 (one run) or more, got -1" in negative.stderr
+    assert "use --attempts N with N >= 0" in negative.stderr
+    word = run_cli([*base, "--attempts", "two"], env=NO_TOOLS)
+    assert word.returncode == 2 and "'two' is not a valid integer" in word.stderr
+    keep_all = run_cli([*base, "--attempts", "2", "--keep-last", "-1"], env=NO_TOOLS)
+    assert keep_all.returncode == 2 and "use --attempts 0 with --keep-last -1" in keep_all.stderr
+    # --keep-last -1 alone runs (attempts are implied off) and nothing was recorded by the refused ones.
+    alone = run_cli([*base, "--keep-last", "-1", "--json"], env=NO_TOOLS)
+    assert alone.returncode == 0, alone.stderr
+    listing = run_cli(["history", "list"], env=NO_TOOLS)
+    assert listing.stdout.count("answered") == 1
+
+
+def test_a_continued_reply_is_one_progress_line(appliance_home: Path, tmp_path: Path) -> None:
+    long_reply = "<think>" + " ".join(f"step{i}" for i in range(60)) + "</think> Two moons."
+    replay = write_replay(tmp_path / "r.jsonl", [long_reply, "\\boxed{2}"])
+    result = run_cli(
+        ["--task", "?", "--replay", str(replay), "--json"], env={**NO_TOOLS, "APPLIANCE_MODEL_MAX_TOKENS": "50"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert "[turn 1] reply cut at 50 tokens: continuing (up to 67 more)" in result.stderr

@@ -125,3 +125,80 @@ def test_unknown_or_ambiguous_environment_variables_are_errors(appliance_home: P
     # The installer's and the test script's own variables are not config keys.
     settings = load_settings(environ={**base, "APPLIANCE_TEST_VENV": "/v", "APPLIANCE_PREFIX": "/p"})
     assert settings.model.max_tokens > 0
+
+
+# ---------------------------------------------------------------- attempts
+
+
+def test_attempts_default_and_the_keep_all_pairing(appliance_home: Path) -> None:
+    env = {"APPLIANCE_HOME": str(appliance_home)}
+    settings = load_settings(environ=env)
+    assert (settings.agent.attempts, settings.agent.retry_with_summary) == (5, True)
+    # Keeping every result means no attempts, as in every reference configuration with keep -1.
+    kept_all = load_settings(environ=env, overrides={"agent.keep_last": -1})
+    assert kept_all.agent.attempts == 0
+    assert kept_all.origins["agent.attempts"] == "implied by keep_last = -1 (command line)"
+    assert load_settings(environ=env, overrides={"agent.keep_last": -1, "agent.attempts": 0}).agent.attempts == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"agent.attempts": -1}, "attempts must be 0 (one run) or more, got -1"),
+        ({"agent.attempts": "two"}, "[agent] attempts (from command line) must be a int, got 'two'"),
+        ({"agent.attempts": 1.5}, "must be a int"),
+        ({"agent.attempts": 3, "agent.keep_last": -1}, "attempts (3) need tool results to be dropped"),
+    ],
+)
+def test_bad_attempts_are_clear_errors(appliance_home: Path, overrides: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"APPLIANCE_HOME": str(appliance_home)}, overrides=overrides)
+    assert fragment in info.value.one_line()
+
+
+# ---------------------------------------------------------------- per-version settings
+
+
+@pytest.mark.parametrize(
+    ("name", "version", "max_turns", "retry"),
+    [
+        ("miromind-ai_MiroThinker-v1.0-8B-Q4_K_M.gguf", "1.0", 600, True),
+        ("miromind-ai_MiroThinker-v1.5-30B-Q4_K_M.gguf", "1.5", 400, True),
+        ("MiroThinker-1.7-mini-Q8_0.gguf", "1.7", 200, False),
+    ],
+)
+def test_the_weights_name_sets_the_versions_run(
+    appliance_home: Path, name: str, version: str, max_turns: int, retry: bool
+) -> None:
+    settings = load_settings(environ={"APPLIANCE_HOME": str(appliance_home)}, overrides={"model.path": f"/m/{name}"})
+    assert (settings.model.version, settings.agent.max_turns, settings.agent.retry_with_summary) == (
+        version, max_turns, retry,
+    )  # fmt: skip
+    assert settings.origins["agent.max_turns"] == f"MiroThinker {version} (from the weights' name)"
+
+
+def test_the_gguf_metadata_sets_it_when_the_name_does_not(appliance_home: Path, tmp_path: Path) -> None:
+    from tests.tinygguf import write_tiny_gguf
+
+    weights = write_tiny_gguf(tmp_path / "weights.gguf", name="MiroThinker-1.7-mini")
+    settings = load_settings(environ={"APPLIANCE_HOME": str(appliance_home)}, overrides={"model.path": str(weights)})
+    assert (settings.model.version, settings.agent.max_turns, settings.agent.retry_with_summary) == ("1.7", 200, False)
+    assert settings.origins["model.version"] == "detected from the GGUF metadata"
+
+
+def test_version_settings_are_overridable(appliance_home: Path) -> None:
+    write(appliance_home / "config.toml", "[agent]\nretry_with_summary = true\n")
+    env = {"APPLIANCE_HOME": str(appliance_home)}
+    settings = load_settings(environ=env, overrides={"model.version": "v1.7", "agent.max_turns": 50})
+    assert (settings.model.version, settings.agent.max_turns, settings.agent.retry_with_summary) == ("1.7", 50, True)
+    # An unnamed model on a server: no version, the built-in defaults.
+    remote = load_settings(environ=env, profile="remote")
+    assert (remote.model.version, remote.agent.max_turns) == ("", 600)
+    served = load_settings(environ=env, profile="remote", overrides={"model.name": "MiroThinker-v1.5-30B"})
+    assert served.agent.max_turns == 400
+
+
+def test_an_unknown_version_is_a_clear_error(appliance_home: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"APPLIANCE_HOME": str(appliance_home)}, overrides={"model.version": "2.0"})
+    assert "unknown [model] version '2.0'" in info.value.one_line() and "1.0, 1.5, 1.7" in info.value.one_line()

@@ -95,11 +95,13 @@ def test_doctor_on_a_fresh_machine_fails_with_fixes(appliance_home: Path) -> Non
     out = proc.stdout
     assert "[FAIL] model:" in out and "appliance install" in out
     assert "[FAIL] SearXNG:" in out
-    assert "[FAIL] sandbox Python: [sandbox] python is not set" in out
+    # An empty [sandbox] python is the appliance's own interpreter: at most a warning, never a failure.
+    assert "[sandbox] python is empty" in out and "[FAIL] sandbox Python" not in out
+    assert "[ok  ] data directory" in out
     assert "[ok  ] sandbox (bwrap)" in out
     assert "[ok  ] llama-cpp-python" in out
-    assert "Plan: profile cpu-8b" in out
-    assert "context by KV cache type: f16 " in out and "q8_0" in out and "(of 262,144 requested)" in out
+    assert "Plan: profile " in out
+    assert "context by KV cache type: f16 " in out and "q8_0" in out and "q4_0" in out
 
 
 def _start_searxng(venv: Path, src: Path, port: int, tmp: Path) -> dict[str, str]:
@@ -147,7 +149,8 @@ def test_install_then_doctor_then_install_again_changes_nothing(
         report = json.loads(doctor.stdout)
         status = {c["component"]: c["status"] for c in report["checks"]}
         assert status == {"model": "ok", "llama-cpp-python": "ok", "memory": "ok", "sandbox (bwrap)": "ok",
-                          "SearXNG": "ok", "disk": "ok", "sandbox Python": "ok"}, report  # fmt: skip
+                          "SearXNG": "ok", "disk": "ok", "sandbox Python": "ok",
+                          "data directory": "ok"}, report  # fmt: skip
         assert doctor.returncode == 0
     finally:
         subprocess.run(["bash", str(SEARXNG_SRC.parents[1] / "searxng/stop.sh")], env=sx_env, capture_output=True)
@@ -160,3 +163,80 @@ def test_install_then_doctor_then_install_again_changes_nothing(
     assert "nothing to do: already installed" in second.stdout
     assert snapshot(appliance_home) == before
     assert len(state.requests) == requests  # a verified model needs no hub at all
+
+
+def big_machine(tmp_path: Path) -> Path:
+    machine = Hardware("Linux", "x86_64", "cpu", 16, 8, ("avx2",), 64 * GIB, 60 * GIB, 500 * GIB, "/")
+    path = tmp_path / "big.json"
+    path.write_text(machine.to_json())
+    return path
+
+
+def test_a_profile_whose_weights_are_not_on_the_hub_fails_with_the_way_out(
+    appliance_home: Path, hub: tuple[str, HubState], tmp_path: Path
+) -> None:
+    base = ["install", "--hardware", str(big_machine(tmp_path)), "--no-searxng", "--no-sandbox", "--profile"]
+    missing_repo = run_cli([*base, "cpu-30b-v1.5"], env=env_for(hub[0]))
+    assert missing_repo.returncode == 3
+    assert "has no repository bartowski/miromind-ai_MiroThinker-v1.5-30B-GGUF" in missing_repo.stderr
+    assert "--repo OWNER/NAME --file NAME.gguf" in missing_repo.stderr
+    # A repository that exists but lacks the file: the files it has are listed.
+    missing_file = run_cli([*base, "cpu-30b-1.7-mini", "--repo", REPO, "--file", "nope.gguf"], env=env_for(hub[0]))
+    assert missing_file.returncode == 3
+    assert f"{REPO} has no file nope.gguf; its GGUF files: {FILE}" in missing_file.stderr
+    half = run_cli([*base, "cpu-30b-1.7-mini", "--repo", REPO], env=env_for(hub[0]))
+    assert half.returncode == 2 and "--repo and --file go together" in half.stderr
+    assert not (appliance_home / "config.toml").exists() and not hub[1].gets()
+
+
+def test_an_explicit_repository_and_file_are_installed_and_kept(
+    appliance_home: Path, hub: tuple[str, HubState], tmp_path: Path
+) -> None:
+    args = ["install", "--hardware", str(big_machine(tmp_path)), "--no-searxng", "--no-sandbox",
+            "--profile", "cpu-30b-1.7-mini", "--repo", REPO, "--file", FILE]  # fmt: skip
+    proc = run_cli(args, env=env_for(hub[0]))
+    assert proc.returncode == 0, proc.stderr
+    assert f"model {REPO}/{FILE}" in proc.stdout
+    config = tomllib.loads((appliance_home / "config.toml").read_text())
+    assert config["profile"] == "cpu-30b-1.7-mini"
+    assert (config["model"]["repo"], config["model"]["file"]) == (REPO, FILE)
+    assert (appliance_home / "models" / FILE).is_file()
+    # The profile's version still decides the run: 1.7 runs 200 turns without failure summaries.
+    from appliance.config import load_settings
+
+    settings = load_settings(environ={"APPLIANCE_HOME": str(appliance_home)})
+    assert settings.model_path() == appliance_home / "models" / FILE
+    assert (settings.agent.max_turns, settings.agent.retry_with_summary) == (200, False)
+    again = run_cli(args, env=env_for(hub[0]))
+    assert again.returncode == 0 and "nothing to do: already installed" in again.stdout
+
+
+def _picked(args: list[str], env: dict[str, str] | None = None) -> str:
+    """The profile a command says it uses: doctor's plan, install's plan, the line profiles marks with *."""
+    proc = run_cli(args, env={"HF_ENDPOINT": "http://127.0.0.1:9", "APPLIANCE_SEARXNG_URL": "", **(env or {})})
+    assert proc.returncode in (0, 3), proc.stderr
+    for line in proc.stdout.splitlines():
+        for marker in ("Plan: profile ", "Profile: ", "* "):
+            if line.startswith(marker):
+                return line.removeprefix(marker).split()[0].rstrip(":")
+    raise AssertionError(proc.stdout)
+
+
+@pytest.mark.parametrize("how", ["nothing configured", "config file", "environment", "flag"])
+def test_doctor_install_and_profiles_agree_on_the_profile(appliance_home: Path, how: str) -> None:
+    env, flag = {}, []
+    if how == "config file":
+        (appliance_home / "config.toml").write_text('profile = "gpu-8b"\n', encoding="utf-8")
+    elif how == "environment":
+        env = {"APPLIANCE_PROFILE": "cpu-30b-a3b"}
+    elif how == "flag":
+        flag = ["--profile", "remote"]
+    picks = {
+        "doctor": _picked([*flag, "doctor"], env),
+        "install": _picked([*flag, "install", "--dry-run", "--no-searxng", "--no-sandbox"], env),
+        "profiles": _picked([*flag, "profiles"], env),
+    }
+    assert len(set(picks.values())) == 1, picks
+    expected = {"config file": "gpu-8b", "environment": "cpu-30b-a3b", "flag": "remote"}.get(how)
+    if expected:
+        assert picks["doctor"] == expected

@@ -13,7 +13,7 @@ import pytest
 
 from appliance.config import load_settings
 from appliance.errors import ConfigError
-from appliance.install.ggufmeta import KvShape, read_kv_shape, read_metadata
+from appliance.ggufmeta import KvShape, read_kv_shape, read_metadata
 from appliance.install.hardware import Gpu, Hardware
 from appliance.install.memplan import kv_bytes_per_token, plan_memory
 from appliance.install.profiles import assess, choose, load_specs
@@ -164,13 +164,20 @@ def test_every_shipped_profile_loads_and_is_complete(appliance_home: Path) -> No
     specs = load_specs(app_dirs())
     names = {s.name for s in specs}
     assert {"cpu-8b", "cpu-30b-a3b", "gpu-8b", "gpu-30b-a3b", "gpu-72b", "remote"} <= names
+    assert {"cpu-30b-v1.5", "gpu-30b-v1.5", "cpu-30b-1.7-mini", "gpu-30b-1.7-mini"} <= names
     for spec in specs:
         settings = load_settings(profile=spec.name, environ={"APPLIANCE_HOME": str(appliance_home)})
         assert settings.agent.keep_last >= 1 and settings.agent.max_turns >= 1
         assert settings.extraction.backend in ("same", "openai", "llamacpp")
         if spec.local:
-            assert spec.repo.startswith("bartowski/miromind-ai_MiroThinker-v1.0-")
-            assert spec.file.endswith(".gguf") and spec.file.startswith("miromind-ai_MiroThinker-v1.0-")
+            version = settings.model.version
+            assert version in ("1.0", "1.5", "1.7"), spec.name  # read from the file name
+            assert spec.repo.startswith("bartowski/miromind-ai_MiroThinker-")
+            assert spec.file.endswith(".gguf") and spec.file.startswith("miromind-ai_MiroThinker-")
+            assert settings.agent.max_turns == {"1.0": 600, "1.5": 400, "1.7": 200}[version]
+            assert settings.agent.retry_with_summary == (version != "1.7")
+            # Weights nobody could check are installed only when named.
+            assert spec.auto == (version == "1.0")
             assert spec.kv is not None and spec.weights_size_estimate > 1e9
             # Either pinned exactly or explicitly left to the hub's published values.
             assert (len(spec.sha256) == 64) or (spec.sha256 == "" and spec.size_bytes == 0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import ComponentUnavailable
-from appliance.install.ggufmeta import read_kv_shape
+from appliance.ggufmeta import read_kv_shape
 from appliance.install.weights import download, read_stamp, remote_file_info, sha256_file, verified_stamp
 from tests.fakehub import COMMIT, HubFile, HubState, serve_hub
 

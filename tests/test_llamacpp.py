@@ -225,3 +225,96 @@ def test_interrupted_run_keeps_its_kv_cache_for_resume(tiny_gguf: Path, tmp_path
     assert "restored the model's cache" in resumed.stderr
     assert json.loads(resumed.stdout)["answer"] == "42"
     assert not checkpoint.exists()  # used once
+
+
+# ---------------------------------------------------------------- continuation and sampling
+
+
+def letters_backend(tiny_gguf: Path, tmp_path: Path, **kwargs: object) -> LlamaCppBackend:
+    """Greedy, no penalty, replies of 400 lowercase letters and spaces (random weights may end at once otherwise)."""
+    grammar = tmp_path / "letters.gbnf"
+    grammar.write_text("root ::= [a-z ]{400}", encoding="utf-8")
+    clear_model_cache()
+    options: dict[str, object] = {"context_length": 2048, "temperature": 0.0, "seed": 7, "repeat_penalty": 1.0}
+    options.update(kwargs)
+    return LlamaCppBackend(tiny_gguf, grammar=str(grammar), **options)  # type: ignore[arg-type]
+
+
+def test_a_cut_reply_continues_exactly_where_it_stopped(tiny_gguf: Path, tmp_path: Path) -> None:
+    backend = letters_backend(tiny_gguf, tmp_path)
+    chat = [ChatMessage("system", "You are a test."), ChatMessage("user", "Write something.")]
+    whole, in_one_piece = collect(backend, chat, max_tokens=40)
+    backend.llm.reset()
+    first, cut = collect(backend, chat, max_tokens=20)
+    assert cut.finish_reason == "length" and in_one_piece.finish_reason == "length"
+    cache_after_cut = [int(t) for t in backend.llm.input_ids[: backend.llm.n_tokens]]
+    continuation_prompt = backend.continuation_tokens([*chat, ChatMessage("assistant", first)])
+    # The continuation prompt is the cut reply's prompt and its sampled tokens, as they are in the cache.
+    assert continuation_prompt[: len(cache_after_cut)] == cache_after_cut
+    rest, continued = collect(backend, [*chat, ChatMessage("assistant", first)], max_tokens=20)
+    # Only the last sampled token (never evaluated when the reply was cut) is evaluated again.
+    assert continued.evaluated_tokens <= 2
+    assert [int(t) for t in backend.llm.input_ids[: len(cache_after_cut)]] == cache_after_cut
+    # Greedy: the cut reply and its continuation are the reply generated in one piece.
+    assert first + rest == whole
+
+
+def test_continuation_renders_without_the_generation_prompt_or_the_end_of_turn(tiny_gguf: Path, tmp_path: Path) -> None:
+    backend = letters_backend(tiny_gguf, tmp_path)
+    prefix = "<think>\nplan\n</think>\n\n"
+    tokens = backend.continuation_tokens([ChatMessage("user", "hi"), ChatMessage("assistant", prefix)])
+    text = backend.llm.detokenize(tokens, special=True).decode()
+    assert text == f"<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n{prefix}"
+
+
+def test_the_sampler_llama_cpp_gets_is_the_references(
+    tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read the samplers llama.cpp is given: no top-k, no min-p, the penalty over the whole context."""
+    from llama_cpp import _internals
+
+    added: dict[str, tuple[object, ...]] = {}
+    for name in ("add_top_k", "add_min_p", "add_typical", "add_top_p", "add_temp", "add_penalties"):
+        real = getattr(_internals.LlamaSampler, name)
+
+        def spy(self: object, *args: object, _real: object = real, _name: str = name, **kw: object) -> object:
+            added[_name] = args + tuple(kw.values())
+            return _real(self, *args, **kw)  # type: ignore[operator]
+
+        monkeypatch.setattr(_internals.LlamaSampler, name, spy)
+    clear_model_cache()
+    backend = LlamaCppBackend(tiny_gguf, context_length=2048, temperature=1.0, top_p=0.95, repeat_penalty=1.05, seed=3)
+    collect(backend, [ChatMessage("user", "go")], max_tokens=3)
+    assert added["add_top_k"][0] == 0  # llama.cpp: k <= 0 keeps every token
+    assert added["add_min_p"][0] == 0.0
+    assert added["add_typical"][0] == 1.0
+    assert added["add_top_p"][0] == 0.95
+    assert added["add_temp"][0] == 1.0
+    _vocab, last_n, repeat, freq, present = added["add_penalties"]
+    assert (last_n, repeat, freq, present) == (2048, 1.05, 0.0, 0.0)
+
+
+def test_the_loop_continues_a_turn_cut_by_max_tokens(tiny_gguf: Path, tmp_path: Path) -> None:
+    from appliance.agent.events import ReplyContinued, RunFinished, TurnEnded
+    from appliance.agent.loop import Agent, new_state
+    from appliance.config import AgentSettings
+    from appliance.tools.base import CallContext, ToolBox
+
+    (tmp_path / "turn.gbnf").write_text("root ::= [a-z ]{100}", encoding="utf-8")
+    (tmp_path / "summary.gbnf").write_text(gbnf_literal("\\boxed{42}"), encoding="utf-8")
+    clear_model_cache()
+    grammars = {"grammar": str(tmp_path / "turn.gbnf"), "summary_grammar": str(tmp_path / "summary.gbnf")}
+    backend = LlamaCppBackend(tiny_gguf, context_length=2048, temperature=0.0, seed=7, **grammars)
+    ctx = CallContext("run-llama", tmp_path, tmp_path / "ws", tmp_path / "out", timeout=30)
+    agent = Agent(backend, ToolBox([]), AgentSettings(), ctx, max_tokens=30)
+    events = list(agent.run(new_state("run-llama", "t", "Write.", "You are a test.")))
+    turn = next(e for e in events if isinstance(e, TurnEnded) and e.kind == "turn")
+    continued = [e for e in events if isinstance(e, ReplyContinued)]
+    # Cut at 30 tokens, continued until the reply ended by itself, in one turn. (A grammar starts
+    # again with each request: the continuation writes its own 100 characters after the cut ones.)
+    assert continued and continued[0].generated_tokens in (30, 31)  # llama.cpp may count one more
+    assert turn.finish_reason == "stop" and 100 < len(turn.content) <= 200 and turn.completion_tokens > 31
+    # The tokens generated before the cut were not evaluated again: the prompt once, then a token or two.
+    assert turn.evaluated_tokens <= turn.prompt_tokens + 2 * len(continued)
+    done = events[-1]
+    assert isinstance(done, RunFinished) and done.answer == "42"

@@ -135,8 +135,12 @@ def test_stream_cut_off_mid_turn_raises_server_went_away() -> None:
             listener.listen()
             ready.set()
             conn, _ = listener.accept()
-            with conn:
+            if conn.recv(65536).startswith(b"GET"):  # the backend asks /v1/models what server this is
+                conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                conn.close()
+                conn, _ = listener.accept()
                 conn.recv(65536)
+            with conn:
                 chunk = json.dumps({"choices": [{"delta": {"content": "partial"}, "finish_reason": None}]})
                 conn.sendall(
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -155,3 +159,63 @@ def test_stream_cut_off_mid_turn_raises_server_went_away() -> None:
     assert [e.text for e in seen if isinstance(e, TextChunk)] == ["partial"]
     assert "resume" in info.value.one_line()
     thread.join(5)
+
+
+# ---------------------------------------------------------------- continuation
+
+
+def test_llama_cpp_python_server_continues_an_assistant_message(server: LlamaServer) -> None:
+    from appliance.llm.openai import render_chatml_continuation
+
+    letters = "root ::= [a-z ]{40}"  # ASCII only: streamed and whole texts decode alike
+    backend = backend_for(server.base_url, repeat_penalty=1.0, grammar=letters)
+    # Its chat endpoint always opens a new turn: the backend uses /v1/completions with the ChatML prefix.
+    assert backend.continuation_mode() == "completions"
+    chat = [ChatMessage("system", "S"), ChatMessage("user", "Sum up."), ChatMessage("assistant", "<think>\nplan\n")]
+    prompt = render_chatml_continuation(chat)
+    assert prompt.endswith("<|im_start|>assistant\n<think>\nplan\n")
+    chunks, completion = [], None
+    for event in backend.stream_chat(chat, max_tokens=12):
+        if isinstance(event, TextChunk):
+            chunks.append(event.text)
+        else:
+            completion = event
+    assert isinstance(completion, Completion) and "".join(chunks) == completion.text
+    # Greedy: what the server generates after exactly that prompt, asked directly.
+    direct = httpx.post(
+        f"{server.base_url}/completions",
+        json={"prompt": prompt, "max_tokens": 12, "temperature": 0.0, "repeat_penalty": 1.0, "grammar": letters},
+        timeout=60,
+    ).json()["choices"][0]["text"]
+    assert direct and completion.text == direct
+    # A new assistant turn after the prefix (what the chat endpoint would do) is another prompt.
+    reopened = httpx.post(
+        f"{server.base_url}/completions",
+        json={"prompt": prompt + "<|im_end|>\n<|im_start|>assistant\n", "max_tokens": 12, "temperature": 0.0,
+              "repeat_penalty": 1.0, "grammar": letters},
+        timeout=60,
+    ).json()["choices"][0]["text"]  # fmt: skip
+    assert reopened != direct
+
+
+def test_continue_final_message_is_what_vllm_and_sglang_get() -> None:
+    backend = OpenAIBackend("http://127.0.0.1:9/v1", model="m")
+    backend._owned_by = "vllm"  # what its /v1/models says
+    assert backend.continuation_mode() == "continue_final_message"
+    fresh = backend._payload([ChatMessage("user", "q")], 10, "turn")
+    assert "continue_final_message" not in fresh and "add_generation_prompt" not in fresh
+    cont = backend._payload([ChatMessage("user", "q"), ChatMessage("assistant", "<think>")], 10, "turn")
+    assert cont["continue_final_message"] is True and cont["add_generation_prompt"] is False
+    assert cont["messages"][-1] == {"role": "assistant", "content": "<think>"}
+    # vLLM's own sampling defaults are the reference's: only the penalty is said, under both names.
+    assert "top_k" not in cont and cont["repetition_penalty"] == cont["repeat_penalty"] == 1.05
+
+
+def test_llama_cpp_servers_are_told_every_sampling_value() -> None:
+    backend = OpenAIBackend("http://127.0.0.1:9/v1", model="m", repeat_penalty=1.0)
+    backend._owned_by = "llamacpp"  # llama-server: prefills an assistant message on its chat endpoint
+    assert backend.continuation_mode() == "continue_final_message"
+    payload = backend._payload([ChatMessage("user", "q")], 10, "turn")
+    assert (payload["top_k"], payload["min_p"], payload["typical_p"]) == (0, 0.0, 1.0)
+    # Its defaults would apply a penalty (1.1 in llama-cpp-python) over a 64-token window.
+    assert (payload["repeat_penalty"], payload["repeat_last_n"]) == (1.0, -1)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+from warcio.archiveiterator import ArchiveIterator
+
 from appliance.agent.runtime import build_toolbox
+from appliance.tools.archive import archive_dir, open_run_web, warc_files
 from appliance.tools.sandbox.server import INVALID_SANDBOX_IDS, MAX_SANDBOXES_PER_RUN
 from appliance.tools.specs import PYTHON_TOOLS
 from tests.sandbox_support import HostServer, Run, RunFactory, command_parts, host_http, make_run, run
@@ -194,3 +198,31 @@ def test_the_tool_box_validates_arguments_and_hides_the_download_tool(make_run: 
         assert ran.status == "ok" and "Result(42)" in ran.text
     finally:
         toolbox.close()
+
+
+def test_downloads_into_the_sandbox_are_archived_and_replayed(make_run: RunFactory, host_http: HostServer) -> None:
+    run = make_run(scrape__allow_hosts=[f"127.0.0.1:{host_http.port}"])
+    host_http.files["/data.bin"] = bytes(range(256)) * 40
+    s = run.settings
+    web = open_run_web(s.archive, s.scrape, s.dirs.run_dir, run.ctx.run_id, run.ctx.run_dir)
+    run.ctx = dataclasses.replace(run.ctx, web=web)
+    sid = run.sandbox()
+    out = run.call("download_file_from_internet_to_sandbox", sandbox_id=sid, url=host_http.url("/data.bin"))
+    assert out.text == "File downloaded to /home/user/data.bin"
+    (ref,) = out.meta["archive"]
+    (file,) = warc_files(archive_dir(run.ctx.run_dir))
+    with file.open("rb") as handle:
+        handle.seek(ref["offset"])
+        record = next(iter(ArchiveIterator(handle, check_digests="raise")))
+        assert record.rec_headers.get_header("Appliance-Source") == "download"
+        assert record.content_stream().read() == bytes(range(256)) * 40
+    # Offline, the same download is answered from the archive into the sandbox; another is "not archived".
+    settings = dataclasses.replace(s, archive=dataclasses.replace(s.archive, web=f"archive:{run.ctx.run_id}"))
+    replay = open_run_web(settings.archive, settings.scrape, s.dirs.run_dir, "other-run", run.ctx.run_dir.parent / "o")
+    run.ctx = dataclasses.replace(run.ctx, web=replay)
+    again = run.call("download_file_from_internet_to_sandbox", sandbox_id=sid, url=host_http.url("/data.bin"),
+                     sandbox_file_path="/home/user/copy.bin")  # fmt: skip
+    assert again.text == "File downloaded to /home/user/copy.bin"
+    assert command_parts(run.sh(sid, "cmp data.bin copy.bin && echo same").text)["stdout"] == "same\n"
+    missing = run.call("download_file_from_internet_to_sandbox", sandbox_id=sid, url=host_http.url("/other.bin"))
+    assert missing.is_error and "not archived" in missing.text

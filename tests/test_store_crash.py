@@ -238,7 +238,7 @@ def test_ctrl_c_during_a_tool_call_then_resume(setup: dict[str, object]) -> None
 
 def test_a_finished_run_does_not_resume(setup: dict[str, object]) -> None:
     done = resume(setup, str(setup["ref"]))
-    assert done.returncode == 3
+    assert done.returncode == 2  # a usage error: nothing is unavailable
     assert "already finished" in done.stderr
     assert json.loads(done.stdout)["status"] == "error"
     missing = resume(setup, "nope")

@@ -12,12 +12,14 @@ import pytest
 from appliance.agent import runtime
 from appliance.store import StoreError, open_history
 from appliance.store.migrations import known_names
+from appliance.store.report import research_report
 from appliance.store.resume import prepare_resume
+from appliance.store.sources import run_sources
 from tests.conftest import run_cli
 from tests.store_support import call, finished, write_script
 
 FIXTURE = Path(__file__).parent / "fixtures" / "history-v1.db"
-LATEST_TABLES = {"runs", "messages", "tool_calls", "events", "tags", "runs_fts", "tool_calls_fts"}
+LATEST_TABLES = {"runs", "messages", "tool_calls", "events", "tags", "runs_fts", "tool_calls_fts", "archive_records"}
 
 
 def digest(path: Path) -> str:
@@ -66,6 +68,11 @@ def test_the_first_schema_upgrades_with_its_runs(tmp_path: Path) -> None:
         run = history.get_run("20250101-120000-aaaaaa")
         assert [s.reply.kind for s in run.kept_steps] == ["turn", "turn", "turn", "summary"]
         assert run.kept_steps[1].calls[0].tool == "scrape_and_extract_info"
+        # A run from before the web archive: its report says so, its sources have no archived copy.
+        assert run.kept_steps[1].calls[0].archived == ()
+        report = research_report(run)
+        assert "**Web:** live (not archived: recorded before the web archive existed)" in report
+        assert all(not source.archived for source in run_sources(run))
         # Rows written before the search index existed are indexed by the migration.
         assert [(h.run_id, h.field) for h in history.search("Vienna")] == [("20250102-120000-bbbbbb", "task")]
         assert ("20250101-120000-aaaaaa", "answer") in {(h.run_id, h.field) for h in history.search("blanc")}

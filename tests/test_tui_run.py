@@ -14,7 +14,7 @@ from appliance.tui.app import ApplianceApp
 from appliance.tui.main_screen import MainScreen
 from appliance.tui.toolcall import ToolCallView
 from appliance.tui.transcript import Transcript
-from appliance.tui.widgets import AnswerPanel, ThinkingView, TurnView
+from appliance.tui.widgets import AnswerPanel, NoteView, ThinkingView, TurnView
 from tests.tui_support import answer, command, scrape, screen_text, search, use_scripted_tools, wait_for, write_script
 
 pytestmark = pytest.mark.asyncio
@@ -78,7 +78,7 @@ async def test_a_run_with_several_tool_calls(tools: Path, tmp_path: Path) -> Non
         assert "<use_mcp_tool>" not in "".join(t.said for t in turns)
         panel = transcript.query_one(AnswerPanel)
         assert panel.status == "answered" and panel.answer == "2"
-        assert panel.sources == ["https://example.org/moons-of-mars/1"]
+        assert [s.url for s in panel.sources] == ["https://example.org/moons-of-mars/1"]
         assert main.meter.state == "answered"
         assert main.meter.turn == 5 and main.meter.max_turns == 600
         # Copy puts the answer and its sources on the clipboard.
@@ -135,6 +135,21 @@ async def test_cancel_stops_the_running_tool_and_resume_finishes_the_run(tools: 
         # The interrupted call ran again and finished; the stopped one stays marked in the transcript.
         finished = [v for v in main.query(ToolCallView) if v.finished is not None]
         assert [v.finished.result for v in finished if v.finished] == ["released"]
+        # Everything reads in the order it happened: the stopped call, the resume and its notes, then the
+        # call run again (below the resume, not back in the first turn's box), the next turns, the answer.
+        lines = []
+        for child in main.transcript.children:
+            if isinstance(child, NoteView):
+                lines.append(str(child.render()))
+            elif isinstance(child, TurnView):
+                calls = list(child.query(ToolCallView))
+                lines += ["finished call" if v.finished else "stopped call" for v in calls] or ["turn"]
+            elif isinstance(child, AnswerPanel):
+                lines.append("answer")
+        resumed = lines.index("Resumed after turn 1.")
+        assert lines[:resumed] == ["stopped call"], lines
+        assert "did not finish and run again" in lines[resumed + 1], lines
+        assert lines[resumed + 2] == "finished call" and lines[-1] == "answer", lines
     with open_history(tmp_path / "history.db") as history:
         (run,) = history.list_runs()
         assert run.status == "answered" and run.answer == "released" and run.turns == 2
@@ -232,3 +247,52 @@ async def test_leaving_the_app_mid_run_records_the_run_as_interrupted(tools: Pat
     with open_history(tmp_path / "history.db") as history:
         (run,) = history.list_runs()
         assert run.status == "interrupted"
+
+
+async def test_sources_open_their_archived_copy(
+    appliance_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appliance.tui.dialogs import SourcesDialog
+    from tests.pagefixtures import serving, standard_routes
+
+    with serving(standard_routes()) as pages:
+        # The real scrape tool, archiving what it fetches; the replay backend is its extractor too.
+        monkeypatch.setenv("APPLIANCE_TOOLS_ENABLED", "jina_scrape_llm_summary")
+        monkeypatch.setenv("APPLIANCE_SCRAPE_ALLOW_HOSTS", f"127.0.0.1:{pages.port}")
+        script = write_script(
+            tmp_path / "run.jsonl",
+            [
+                scrape(pages.url("/report.pdf"), "lead level", "Read the report."),
+                "The 90th percentile lead level was 3.4 ppb.",
+                "The report gives it.",
+                answer("3.4 ppb"),
+            ],
+        )
+        app = ApplianceApp(options(tmp_path, script))
+        async with app.run_test(size=(100, 40)) as pilot:
+            await start(pilot, "What was the lead level?")
+            main = main_of(app)
+            await wait_for(lambda: main.phase == "done", what="the run to finish")
+            panel = main.transcript.query_one(AnswerPanel)
+            (source,) = panel.sources
+            assert source.url == pages.url("/report.pdf") and source.archived and source.archived_at
+            assert "fetched 20" in screen_text(app)
+            await pilot.press("ctrl+b")
+            await wait_for(lambda: isinstance(app.screen, SourcesDialog), what="the sources dialog")
+            await pilot.press("enter")
+            await pilot.pause()
+            dialog = app.screen
+            assert isinstance(dialog, SourcesDialog)
+            shown = dialog.shown_text
+            # The archived PDF, rendered as text from the WARC record (the server is still there,
+            # but the copy is read from the archive: the page was fetched once).
+            assert shown.startswith(pages.url("/report.pdf")) and "archived 20" in shown
+            assert "The 90th percentile lead level was 3.4 ppb" in shown
+            assert pages.hits["/report.pdf"] == 1
+            await pilot.press("escape")
+    assert (appliance_home / "runs" / source_run_id(appliance_home) / "report.md").is_file()
+
+
+def source_run_id(home: Path) -> str:
+    (run_dir,) = [d for d in (home / "runs").iterdir() if d.is_dir()]
+    return run_dir.name

@@ -77,8 +77,9 @@ async def test_open_a_past_run_from_the_history(tools: Path, tmp_path: Path) -> 
         assert replayed == live_calls
         panel = main.query_one(AnswerPanel)
         assert panel.answer == "1877"
-        # No page read, nothing cited: the search's top result is given as the source.
-        assert panel.sources == ["https://example.org/phobos-discovery-year/1"]
+        # Only a search, no page read: sources are what a run read, so there are none (a search's
+        # top result is not a source the answer rests on).
+        assert panel.sources == []
         assert main.meter.state == "answered" and not main.meter.live
         assert "When was Phobos discovered?" in str(main.query_one(TaskView).render())
         assert "replay:first.jsonl" in screen_text(app)

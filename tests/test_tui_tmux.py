@@ -17,7 +17,7 @@ import pytest
 
 from appliance.store import open_history
 from tests.conftest import REPO_ROOT, cli_env, run_cli
-from tests.tui_support import answer, search, write_script
+from tests.tui_support import answer, scrape, search, write_script
 
 if shutil.which("tmux") is None:  # installer/test.sh installs it; a machine without it fails loudly
     pytest.fail("tmux is not installed: apt-get install tmux (installer/test.sh lists it)", pytrace=False)
@@ -103,10 +103,17 @@ def full_env(extra: dict[str, str]) -> dict[str, str]:
 def test_a_run_from_a_real_terminal(corpus_env: dict[str, str], tmp_path: Path, terminals: list[Terminal]) -> None:
     script = write_script(
         tmp_path / "run.jsonl",
-        [search("moons of Mars", "Search the local documents."), "Phobos and Deimos.", answer("2")],
+        [
+            search("moons of Mars", "Search the local documents."),
+            scrape("corpus://1/mars.md", "the moons of Mars", "Read the document."),
+            "Mars has two moons, Phobos and Deimos.",  # the extractor's answer (the same replay)
+            "Phobos and Deimos.",
+            answer("2"),
+        ],
     )
     db = tmp_path / "history.db"
-    term = Terminal(appliance(script, db), full_env(corpus_env), width=120, height=50)
+    env = {**corpus_env, "APPLIANCE_TOOLS_ENABLED": "search_and_scrape_webpage,jina_scrape_llm_summary"}
+    term = Terminal(appliance(script, db), full_env(env), width=120, height=50)
     terminals.append(term)
     term.wait_for("Type a research task", "ctrl+s")
     term.keys("How many moons does Mars have?", literal=True)
@@ -114,8 +121,8 @@ def test_a_run_from_a_real_terminal(corpus_env: dict[str, str], tmp_path: Path, 
     # The run is over once the footer offers a new run; the sources arrive with that last message.
     shown = term.wait_for("Answer", "answered", "^n New", "Sources")
     assert "google_search" in shown and "moons of Mars" in shown, shown
-    # No page was read and the answer cites nothing: the search's top hit stands as the source.
-    assert "1. corpus://" in shown, shown
+    # The document the run read is its source (a search's hits are not).
+    assert "1. corpus://1/mars.md" in shown, shown
     term.keys("F2")
     shown = term.wait_for("Past runs", "How many moons does Mars have?")
     assert "answered" in shown
@@ -125,7 +132,7 @@ def test_a_run_from_a_real_terminal(corpus_env: dict[str, str], tmp_path: Path, 
     term.wait_for("EXITED 0")
     with open_history(db) as history:
         (run,) = history.list_runs()
-        assert run.status == "answered" and run.answer == "2" and run.tool_calls == 1
+        assert run.status == "answered" and run.answer == "2" and run.tool_calls == 2
 
 
 def start_slow_run(
@@ -167,3 +174,24 @@ def test_quitting_during_a_run_records_it_as_interrupted(
     with open_history(db) as history:
         (run,) = history.list_runs()
         assert run.status == "interrupted"
+
+
+def test_control_characters_show_as_escapes_on_a_real_terminal(
+    corpus_env: dict[str, str], tmp_path: Path, terminals: list[Terminal]
+) -> None:
+    # A carriage return would put "Right" over "Wrong"; a bidi override would reverse what follows it;
+    # an escape sequence would clear the screen. On screen each is its visible escape, and every word stays.
+    hostile = "Wrong\rRight \u202eevil\u202c \x1b[2Jcleared \x1b]0;title\x07"
+    script = write_script(tmp_path / "evil.jsonl", ["Thinking \x1b[2J\rhidden.", answer(hostile)])
+    db = tmp_path / "history.db"
+    term = Terminal(appliance(script, db), full_env(corpus_env), width=120, height=40)
+    terminals.append(term)
+    term.wait_for("Type a research task")
+    term.keys("Say it", literal=True)
+    term.keys("C-s")
+    shown = term.wait_for("answered", "^n New")
+    assert "Wrong\\rRight" in shown, shown  # both words
+    assert "\\u202eevil\\u202c" in shown and "\\x1b[2Jcleared" in shown and "\\x1b]0;title\\x07" in shown, shown
+    assert "Say it" in shown  # the task is still on screen: nothing cleared it
+    term.keys("C-q")
+    term.wait_for("EXITED 0")

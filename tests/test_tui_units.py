@@ -178,7 +178,8 @@ def test_formatting() -> None:
     assert [fmt.clock(s) for s in (7, 754, 3723)] == ["0:07", "12:34", "1:02:03"]
     counts = [fmt.count(n) for n in (950, 12_300, 32_768, 262_144, 1_200_000)]
     assert counts == ["950", "12.3k", "32.8k", "262k", "1.2M"]
-    assert fmt.tool_subject("google_search", {"q": "a\x1b[31m b\nc", "num": 3}) == "a b c"
+    # A control character shows as a visible escape: nothing hidden, nothing obeyed.
+    assert fmt.tool_subject("google_search", {"q": "a\x1b[31m b\nc", "num": 3}) == "a\\x1b[31m b c"
     assert fmt.tool_subject("run_python_code", {"code_block": "x = 1\nprint(x)"}) == "x = 1 print(x)"
     assert fmt.search_preview('{"organic": []}') == "(no results)"
     assert fmt.search_preview("not json") is None

@@ -82,6 +82,7 @@ def write_tiny_gguf(
     context_length: int = 4096,
     n_merges: int = 120,
     seed: int = 0,
+    name: str = "appliance-tiny-test",
 ) -> Path:
     byte_tokens = list(_bytes_to_unicode().values())
     merges = _learn_merges(_TRAINING_TEXT, n_merges)
@@ -93,7 +94,7 @@ def write_tiny_gguf(
     n_vocab = len(tokens)
 
     writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("appliance-tiny-test")
+    writer.add_name(name)
     writer.add_context_length(context_length)
     writer.add_embedding_length(n_embd)
     writer.add_block_count(n_layer)

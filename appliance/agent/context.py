@@ -47,10 +47,22 @@ def kept_result_positions(
 
 
 def build_view(
-    messages: Sequence[ChatMessage], keep_last: int, mode: str = "exact", block: int = 0
+    messages: Sequence[ChatMessage],
+    keep_last: int,
+    mode: str = "exact",
+    block: int = 0,
+    *,
+    ends_in_summary: bool = False,
 ) -> list[ChatMessage]:
-    """The history as the model will see it: old tool results replaced by the placeholder."""
+    """The history as the model will see it: old tool results replaced by the placeholder.
+
+    `ends_in_summary`: the last message is the summary prompt, which the model
+    always reads, whatever K is (with --keep-last 0 it would be the only user
+    message after the task to be hidden, and the summary would answer nothing).
+    """
     kept = kept_result_positions(messages, keep_last, mode, block)
+    if ends_in_summary and messages:
+        kept.add(len(messages) - 1)
     first_user = next((i for i, m in enumerate(messages) if m.role == "user"), -1)
     view = []
     for i, message in enumerate(messages):

@@ -2,7 +2,7 @@
 
 The loop is a generator of these events. The store, the TUI and the headless
 printer subscribe to them; none of them reaches into the loop. The order within
-one turn is: TurnStarted, TextDelta*, TurnEnded, then either TurnRolledBack
+one turn is: TurnStarted, TextDelta* (ReplyContinued, TextDelta*)*, TurnEnded, then either TurnRolledBack
 (the reply is discarded and sampled again) or, for each call,
 ToolCallStarted/ToolCallFinished, then ObservationAdded and ToolResultOmitted*.
 """
@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-TurnKind = Literal["turn", "summary"]
+# failure_summary: the reply that sums up a failed attempt for the next one (agent/attempts.py).
+TurnKind = Literal["turn", "summary", "failure_summary"]
 RunStatus = Literal["answered", "no_answer", "error", "interrupted"]
 
 
@@ -65,13 +66,32 @@ class TurnRolledBack:
 
     Reasons: format, refusal, bad_arguments, duplicate, repetition, empty,
     tool_error, empty_search (sampled again); context_full (the last turn is
-    dropped to make room for the summary); no_boxed (summary sampled again).
+    dropped to make room for the summary); no_boxed (summary sampled again);
+    repetition_resend (the reference's call-level resend of a reply whose last
+    50 characters recur more than 5 times: sent again at once, on any kind of
+    turn, without counting against the loop's rollbacks).
     """
 
     turn: int
     kind: TurnKind
     reason: str
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class ReplyContinued:
+    """The reply so far was cut by max_tokens and is continued where it stopped.
+
+    The tokens already generated stay in the prompt (and the KV cache), so they
+    are not paid for again. `generated_tokens` is the reply's length so far,
+    `max_tokens` what the continuation may add.
+    """
+
+    turn: int
+    kind: TurnKind
+    round: int
+    generated_tokens: int
+    max_tokens: int
 
 
 @dataclass(frozen=True)
@@ -95,6 +115,8 @@ class ToolCallFinished:
     duration_s: float
     truncated: bool
     raw_chars: int
+    # The web archive records the call read (tools.archive.RecordRef.as_dict()), gaps included.
+    archived: tuple[dict[str, Any], ...] = field(default=(), hash=False)
 
 
 @dataclass(frozen=True)
@@ -122,7 +144,8 @@ class SummaryStarted:
 
 @dataclass(frozen=True)
 class Notice:
-    level: Literal["info", "warning", "error"]
+    # "debug" (an internal error's traceback) is recorded but shown only with --debug.
+    level: Literal["debug", "info", "warning", "error"]
     message: str
 
 
@@ -139,6 +162,9 @@ class RunFinished:
     elapsed_s: float
     error: str | None = None
     exit_code: int = 0
+    # A run of a task's attempt that ended without an answer: what it tells the next attempt
+    # (agent/attempts.py); None when none was asked for or none came.
+    failure_summary: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -159,6 +185,7 @@ AgentEvent = (
     | TextDelta
     | TurnEnded
     | TurnRolledBack
+    | ReplyContinued
     | ToolCallStarted
     | ToolCallFinished
     | ObservationAdded

@@ -17,6 +17,8 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.agent.attempts import AnswerPlan, answer_plan, ran_out_of_room, run_failure_summary
+from appliance.agent.calls import Reply, RunCancelled, call_model, reply_ended
 from appliance.agent.context import build_view, kept_result_positions
 from appliance.agent.events import (
     AgentEvent,
@@ -25,18 +27,15 @@ from appliance.agent.events import (
     RunFinished,
     RunStarted,
     SummaryStarted,
-    TextDelta,
     ToolCallFinished,
     ToolCallStarted,
     ToolResultOmitted,
-    TurnEnded,
     TurnKind,
     TurnRolledBack,
-    TurnStarted,
 )
 from appliance.config import AgentSettings
 from appliance.errors import ApplianceError, ExitCode
-from appliance.llm.base import Backend, ChatMessage, Completion, TextChunk
+from appliance.llm.base import Backend, ChatMessage
 from appliance.protocol.answer import extract_boxed
 from appliance.protocol.parsing import (
     ToolCall,
@@ -55,10 +54,6 @@ from appliance.tools.base import CallContext, ToolBox, ToolOutcome
 _ROLLBACK_RESULT_PREFIXES = ("Unknown tool:", "Error executing tool")
 # Reference: beyond max_turns, at most this many extra attempts (rollbacks).
 _EXTRA_ATTEMPTS = 200
-
-
-class RunCancelled(Exception):
-    """The user asked the run to stop."""
 
 
 @dataclass
@@ -83,13 +78,10 @@ class RunState:
     resumed: bool = False
     # Replies discarded in a row just before this point: a resumed run keeps the same rollback budget.
     rollback_streak: int = 0
-
-
-@dataclass
-class _Reply:
-    text: str
-    completion: Completion
-    elapsed: float
+    # This run is attempt `attempt` of `attempts_total` of its task (agent/attempts.py);
+    # 1 of 1 is a task without attempts: today's single run.
+    attempt: int = 1
+    attempts_total: int = 1
 
 
 class Agent:
@@ -136,10 +128,14 @@ class Agent:
         for problem in self.toolbox.problems():
             yield Notice("warning", problem)
         status, answer, final_text, error, code = "error", None, "", None, ExitCode.USAGE
+        failure_summary: str | None = None
         try:
             if state.phase == "loop":
                 yield from self._loop(state)
             answer, final_text = yield from self._summarize(state)
+            if not answer and self.answer_plan(state).failure_summary_when_unboxed:
+                # Before RunFinished, so the store keeps the reply with the run it sums up.
+                failure_summary = yield from self._failure_summary(state)
             status = "answered" if answer else "no_answer"
             code = ExitCode.ANSWERED if answer else ExitCode.NO_ANSWER
         except (RunCancelled, KeyboardInterrupt):
@@ -148,8 +144,9 @@ class Agent:
         except ApplianceError as exc:
             status, error, code = "error", exc.one_line(), exc.exit_code
         except Exception as exc:  # the loop must end with a RunFinished, whatever broke
-            status, error, code = "error", f"internal error: {type(exc).__name__}: {exc}", ExitCode.USAGE
-            yield Notice("error", traceback.format_exc())
+            error = f"internal error (a bug): {type(exc).__name__}: {exc}. Fix: report it; --debug prints the traceback"
+            status, code = "error", ExitCode.INTERNAL
+            yield Notice("debug", traceback.format_exc())
         yield RunFinished(
             run_id=state.run_id,
             status=status,  # type: ignore[arg-type]
@@ -162,6 +159,22 @@ class Agent:
             elapsed_s=state.elapsed_before + time.monotonic() - started,
             error=error,
             exit_code=int(code),
+            failure_summary=failure_summary,
+        )
+
+    def answer_plan(self, state: RunState) -> AnswerPlan:
+        """How this run ends: answer turn, intermediate fallback, failure summary (the reference's table)."""
+        return answer_plan(
+            attempts=state.attempts_total - 1,
+            retry_with_summary=self.settings.retry_with_summary,
+            final_attempt=state.attempt >= state.attempts_total,
+            out_of_room=ran_out_of_room(state.summary_reason),
+        )
+
+    def _failure_summary(self, state: RunState) -> Generator[AgentEvent, None, str | None]:
+        """The failure summary of a run that ended without an answer, over the context it ended with."""
+        return run_failure_summary(
+            self.backend, self._view(state), turn=state.turn + 1, max_tokens=self.max_tokens, cancel=self.cancelled
         )
 
     # ------------------------------------------------------------ helpers
@@ -181,7 +194,13 @@ class Agent:
 
     def _view(self, state: RunState) -> list[ChatMessage]:
         agent = self.settings
-        history = build_view(state.messages, agent.keep_last, agent.eviction, agent.eviction_block)
+        history = build_view(
+            state.messages,
+            agent.keep_last,
+            agent.eviction,
+            agent.eviction_block,
+            ends_in_summary=state.phase == "summary" and state.messages[-1].role == "user",
+        )
         return [ChatMessage("system", state.system_prompt), *history]
 
     def _prompt_tokens(self, view: list[ChatMessage]) -> int:
@@ -201,9 +220,7 @@ class Agent:
     def _turn_of_observation(state: RunState, position: int) -> int:
         return sum(1 for m in state.messages[:position] if m.role == "assistant")
 
-    def _generate(
-        self, state: RunState, turn: int, kind: TurnKind, attempt: int
-    ) -> Generator[AgentEvent, None, _Reply]:
+    def _generate(self, state: RunState, turn: int, kind: TurnKind, attempt: int) -> Generator[AgentEvent, None, Reply]:
         view = self._view(state)
         prompt_tokens = self._prompt_tokens(view)
         budget = self.backend.context_length - prompt_tokens
@@ -213,31 +230,20 @@ class Agent:
                 f"({self.backend.context_length} tokens)",
                 "raise [model] context_length or lower --keep-last",
             )
-        yield TurnStarted(turn, kind, prompt_tokens, attempt)
-        started = time.monotonic()
-        completion: Completion | None = None
-        for event in self.backend.stream_chat(
+        reply = yield from call_model(
+            self.backend,
             view,
+            turn=turn,
+            kind=kind,
+            prompt_tokens=prompt_tokens,
             max_tokens=min(self.max_tokens, budget),
             purpose="summary" if kind == "summary" else "turn",
             cancel=self.cancelled,
-        ):
-            if isinstance(event, TextChunk):
-                if event.text:
-                    yield TextDelta(turn, event.text)
-            else:
-                completion = event
-        self._check_cancel()
-        if completion is None:
-            raise ApplianceError(f"the {self.backend.name} backend returned no completion", "check the model server")
-        state.prompt_tokens += completion.prompt_tokens
-        state.completion_tokens += completion.completion_tokens
-        if completion.kv_shift_fallback:
-            yield Notice(
-                "warning",
-                f"turn {turn}: the KV cache after the shift did not match the prompt; it was evaluated again",
-            )
-        return _Reply(completion.text, completion, time.monotonic() - started)
+            attempt=attempt,
+        )
+        state.prompt_tokens += reply.spent_prompt_tokens
+        state.completion_tokens += reply.spent_completion_tokens
+        return reply
 
     # ------------------------------------------------------------ the loop
 
@@ -279,17 +285,7 @@ class Agent:
             text = fix_server_names(reply.text, server_map)
             calls = parse_tool_calls(text)
             reason, detail = self._rollback_reason(state, text, calls)
-            yield TurnEnded(
-                turn,
-                "turn",
-                text,
-                reply.completion.finish_reason,
-                reply.completion.prompt_tokens,
-                reply.completion.completion_tokens,
-                reply.completion.evaluated_tokens,
-                reply.elapsed,
-                len(calls),
-            )
+            yield reply_ended(turn, "turn", reply, text, len(calls))
             can_roll_back = rollbacks < max_rollbacks - 1
             if reason and can_roll_back:
                 rollbacks += 1
@@ -406,6 +402,7 @@ class Agent:
                 outcome.duration_s,
                 truncated,
                 len(outcome.text),
+                tuple(outcome.meta.get("archive", ())),
             )
             if outcome.meta.get("notice"):
                 yield Notice("warning", str(outcome.meta["notice"]))
@@ -463,6 +460,12 @@ class Agent:
 
     def _summarize(self, state: RunState) -> Generator[AgentEvent, None, tuple[str | None, str]]:
         self._check_cancel()
+        plan = self.answer_plan(state)
+        if not plan.generate_answer:
+            # Not the last attempt and out of turns or context: any answer would be a blind guess.
+            yield Notice("info", f"attempt {state.attempt}/{state.attempts_total} ran out of turns or context; "
+                         "no answer is guessed")  # fmt: skip
+            return None, ""
         reason = state.summary_reason or ("resumed" if state.resumed else "no_tool_call")
         dropped: int | None = None
         if state.messages[-1].role == "user" and len(state.messages) > 1:
@@ -495,24 +498,14 @@ class Agent:
         for attempt in range(1, retries + 1):
             reply = yield from self._generate(state, state.turn + 1, "summary", attempt)
             final_text = reply.text
-            yield TurnEnded(
-                state.turn + 1,
-                "summary",
-                reply.text,
-                reply.completion.finish_reason,
-                reply.completion.prompt_tokens,
-                reply.completion.completion_tokens,
-                reply.completion.evaluated_tokens,
-                reply.elapsed,
-                0,
-            )
+            yield reply_ended(state.turn + 1, "summary", reply, reply.text, 0)
             answer = extract_boxed(reply.text)
             if answer:
                 break
             if attempt < retries:
                 yield TurnRolledBack(state.turn + 1, "summary", "no_boxed", "the summary has no \\boxed{} answer")
         state.messages.append(ChatMessage("assistant", final_text))
-        if not answer and state.intermediate_answers:
+        if not answer and state.intermediate_answers and plan.fallback_to_intermediate:
             answer = state.intermediate_answers[-1]
             yield Notice(
                 "warning", "the summary had no \\boxed{} answer; using the last answer the model boxed earlier"

@@ -11,13 +11,16 @@ import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 
+from appliance.agent.attempts import TaskAttempts
 from appliance.agent.loop import Agent, RunState, new_state
 from appliance.config import Settings
 from appliance.llm.base import Backend
 from appliance.protocol.prompt import render_system_prompt, render_task_message
+from appliance.tools.archive import RunWeb
+from appliance.tools.attachments import inline_attachments
 from appliance.tools.base import ToolBox
 from appliance.tools.registry import TOOL_SERVERS, BackendProvider, ServerFactory, build_toolbox, load_server_factory
-from appliance.tools.rundirs import RunDirs, call_context, check_attachments, new_run_id, run_dirs
+from appliance.tools.rundirs import RunDirs, call_context, check_attachments, new_run_id, run_dirs, run_web
 
 __all__ = [
     "TOOL_SERVERS",
@@ -44,21 +47,45 @@ def prepare_run(
     workspace: Path | None = None,
     attachments: Sequence[Path] = (),
     today: dt.date | None = None,
+    reuse_runs: Sequence[str] = (),
+    attempts: TaskAttempts | None = None,
 ) -> tuple[Agent, RunState]:
-    """A ready-to-run agent and the initial state of a new run."""
+    """A ready-to-run agent and the initial state of a new run.
+
+    `reuse_runs` (a re-run's original) answer searches and fetches they already made from their archives.
+    With `attempts`, the run is its current attempt: the task is the enhanced task (the
+    original plus every failure summary so far), as the reference passes it to the task
+    message and the summary prompt alike, and the run ends by the attempts' decision table.
+    """
     run_id = run_id or new_run_id()
+    if attempts is not None:
+        task = attempts.task_text()
     attached = check_attachments(attachments)
+    web = run_web(settings, run_id, reuse_runs)  # a bad archive fails here, before any directory exists
     dirs = run_dirs(settings, run_id, workspace)
     system_prompt = render_system_prompt(today or dt.date.today(), toolbox.server_specs())
-    task_message = render_task_message(task, [str(p) for p in attached])
+    # Attached files are inlined as the reference does, within a share of the context window.
+    budget = settings.agent.attachment_tokens or backend.context_length // 4
+    task_message = render_task_message(
+        task, inline_attachments(attached, token_budget=budget, count_tokens=backend.count_tokens)
+    )
     state = new_state(run_id, task, task_message, system_prompt, tuple(str(p) for p in attached))
-    return make_agent(settings, backend, toolbox, run_id, dirs, attached), state
+    if attempts is not None:
+        state.attempt, state.attempts_total = attempts.number, attempts.total
+    return make_agent(settings, backend, toolbox, run_id, dirs, attached, web), state
 
 
 def make_agent(
-    settings: Settings, backend: Backend, toolbox: ToolBox, run_id: str, dirs: RunDirs, attachments: tuple[Path, ...]
+    settings: Settings,
+    backend: Backend,
+    toolbox: ToolBox,
+    run_id: str,
+    dirs: RunDirs,
+    attachments: tuple[Path, ...],
+    web: RunWeb | None = None,
 ) -> Agent:
-    ctx = call_context(settings, run_id, dirs, attachments)
+    """The agent of a run; `web` defaults to the run's own (its archive reused, as for a resume)."""
+    ctx = call_context(settings, run_id, dirs, attachments, web or run_web(settings, run_id))
     return Agent(
         backend,
         toolbox,

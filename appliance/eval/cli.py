@@ -88,6 +88,10 @@ def _progress(total: int, already: int) -> Any:
     metavar="MODE,MODE",
     help="Run the same tasks under each eviction mode (e.g. exact,shift) and report them side by side.",
 )
+@click.option(
+    "--web-archive", type=click.Path(path_type=Path, file_okay=False),
+    help="Record each task's web into DIR/TASK_ID.warc.gz on the first pass; replay it (offline) on later passes.",
+)  # fmt: skip
 @common_options
 @click.pass_context
 def eval_command(
@@ -103,6 +107,7 @@ def eval_command(
     name: str | None,
     limit: int | None,
     compare: str | None,
+    web_archive: Path | None,
     **options: Any,
 ) -> None:
     """Run a GAIA-format JSONL benchmark: every task K times, scored, stored in the history, reported.
@@ -147,7 +152,7 @@ def eval_command(
         mode_dir.mkdir(parents=True, exist_ok=True)
         settings = _settings(options, {**extra, "agent.eviction": mode} if mode else extra)
         complete = _run_eval(settings, options, mode_name, mode_dir, tasks, errors, runs, concurrency,
-                             replay, judge_url, judge_model)  # fmt: skip
+                             replay, judge_url, judge_model, web_archive)  # fmt: skip
         if not complete:
             click.echo(f"appliance eval: stopped; run the same command again to continue ({mode_dir})", err=True)
             ctx.exit(ExitCode.INTERRUPTED)
@@ -189,7 +194,7 @@ def render_comparison(compared: list[tuple[str, Path]], tasks: list[EvalTask], r
 def _run_eval(
     settings: Settings, options: dict[str, Any], eval_name: str, out_dir: Path, tasks: list[EvalTask],
     errors: list[RowError], runs: int, concurrency: int, replay: Path | None, judge_url: str | None,
-    judge_model: str | None,
+    judge_model: str | None, web_archive: Path | None,
 ) -> bool:  # fmt: skip
     """Run (or continue) one eval and write its report; whether every run finished."""
     db_path = Path(options["db"]) if options.get("db") else settings.dirs.default_db
@@ -204,6 +209,7 @@ def _run_eval(
     runner = EvalRunner(
         settings, name=eval_name, out_dir=out_dir, db_path=db_path, runs=runs, concurrency=concurrency,
         judge=judge, replay=replay, on_result=_progress(total, already),
+        web_archive=web_archive.expanduser().resolve() if web_archive else None,
     )  # fmt: skip
     try:
         complete = runner.run(tasks)

@@ -42,6 +42,27 @@ def scores(results: Sequence[RunResult]) -> Scores:
     return Scores(len(by_task), len(results), 100 * avg, 100 * passed, 100 * exact)
 
 
+_WEB_MODES = {
+    "live": "live (not recorded)",
+    "recorded": "live, recorded into the web archive",
+    "replayed": "replayed from the web archive (no network)",
+}
+
+
+def web_summary(results: Sequence[RunResult]) -> str:
+    """How the runs reached the web: one mode, or the count of each."""
+    counts: dict[str, int] = defaultdict(int)
+    for result in results:
+        counts[result.web] += 1
+    if not counts:
+        return "no runs yet"
+    if len(counts) == 1:
+        return _WEB_MODES.get(next(iter(counts)), next(iter(counts)))
+    return "; ".join(
+        f"{n} run{'s' if n != 1 else ''} {_WEB_MODES.get(mode, mode)}" for mode, n in sorted(counts.items())
+    )
+
+
 def _mean(values: Sequence[float]) -> float:
     return statistics.mean(values) if values else 0.0
 
@@ -61,6 +82,7 @@ def render_markdown(
     lines.append(f"Model: `{model}`. Runs per task K={runs}. Scoring: "
                  + (f"LLM judge `{judge}` (GAIA exact match shown beside it)." if judge else "GAIA exact match.")
                  )  # fmt: skip
+    lines += ["", f"Web: {web_summary(results)}."]
     done = len({r.task_id for r in results})
     lines += ["", f"Tasks: {len(tasks)} parsed, {done} with results; {len(errors)} rows skipped.", ""]
     lines += ["| metric | value |", "| --- | --- |"]

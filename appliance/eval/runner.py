@@ -29,7 +29,9 @@ from appliance.eval.scoring import question_scorer
 from appliance.llm.base import Backend
 from appliance.llm.factory import build_backend
 from appliance.store import History, open_history
+from appliance.store.report import finish_report
 from appliance.store.resume import prepare_resume
+from appliance.tools.archive import save_task_archive
 
 RESULTS = "results.jsonl"
 
@@ -52,6 +54,7 @@ class RunResult:
     completion_tokens: int
     elapsed_s: float
     error: str | None = None
+    web: str = "live"  # live | recorded (into --web-archive) | replayed (from it)
 
 
 def load_results(out_dir: Path) -> list[RunResult]:
@@ -84,6 +87,7 @@ class EvalRunner:
         concurrency: int = 1,
         judge: Judge | None = None,
         replay: Path | None = None,
+        web_archive: Path | None = None,
         on_result: Callable[[RunResult], None] | None = None,
     ) -> None:
         self.settings = settings
@@ -94,6 +98,7 @@ class EvalRunner:
         self.concurrency = max(1, concurrency)
         self.judge = judge
         self.replay = replay
+        self.web_archive = web_archive
         self.on_result = on_result
         self._write_lock = threading.Lock()
         self._agents: set[Agent] = set()
@@ -112,14 +117,35 @@ class EvalRunner:
         return history
 
     def _settings_for(self, task: EvalTask) -> Settings:
-        """The run's settings: with a directory of replay scripts, this task's own script.
+        """The run's settings: with a directory of replay scripts, this task's own script; with a web
+        archive that holds this task's web, that archive only (offline).
 
-        Recorded with the run, so a resumed run replays the same script.
+        Recorded with the run, so a resumed run replays the same script and the same web.
         """
-        if self.settings.model.backend != "replay" or self.replay is None or not self.replay.is_dir():
-            return self.settings
-        model = dataclasses.replace(self.settings.model, replay=str(self.replay / f"{task.task_id}.jsonl"))
-        return dataclasses.replace(self.settings, model=model)
+        settings = self.settings
+        if settings.model.backend == "replay" and self.replay is not None and self.replay.is_dir():
+            model = dataclasses.replace(settings.model, replay=str(self.replay / f"{task.task_id}.jsonl"))
+            settings = dataclasses.replace(settings, model=model)
+        recorded = self._task_archive(task)
+        if recorded is not None and recorded.is_file():
+            archive = dataclasses.replace(settings.archive, web=f"archive:{recorded}")
+            settings = dataclasses.replace(settings, archive=archive)
+        return settings
+
+    def _task_archive(self, task: EvalTask) -> Path | None:
+        return self.web_archive / f"{task.task_id}.warc.gz" if self.web_archive is not None else None
+
+    def _keep_web(self, task: EvalTask, settings: Settings, run_id: str) -> str:
+        """After a live run: its archive becomes the task's recorded web (first pass). The run's web mode."""
+        target = self._task_archive(task)
+        if target is None:
+            return "live"
+        if settings.archive.web.startswith("archive:"):
+            return "replayed"
+        with self._write_lock:
+            if not target.is_file():
+                save_task_archive(settings.dirs.run_dir(run_id), run_id, target)
+        return "recorded"
 
     def _backend_for(self, settings: Settings) -> tuple[Backend, bool]:
         """(backend, owned): a replay script per run, otherwise one backend shared by all runs."""
@@ -180,6 +206,7 @@ class EvalRunner:
         previous = self._interrupted_run(tag)
         if previous is not None:
             resumed = prepare_resume(history, previous)
+            settings = resumed.settings
             try:
                 with self._tracked(resumed.agent):
                     finished = _drive(resumed.agent.run(resumed.state), [history.recorder(), forward])
@@ -202,6 +229,8 @@ class EvalRunner:
                     backend.close()
         if finished.status == "interrupted":
             return None
+        finish_report(history, settings.dirs.run_dir(finished.run_id), finished.run_id)
+        web = self._keep_web(task, settings, finished.run_id)
         exact = question_scorer(finished.answer, task.answer)
         verdict = self.judge.grade(task.question, task.answer, finished.answer) if self.judge else None
         result = RunResult(
@@ -221,6 +250,7 @@ class EvalRunner:
             completion_tokens=finished.completion_tokens,
             elapsed_s=round(finished.elapsed_s if finished.elapsed_s else time.monotonic() - started, 3),
             error=finished.error,
+            web=web,
         )
         self._record(result)
         return result

@@ -34,9 +34,9 @@ from typing import Any
 from appliance import __version__
 from appliance.config import builtin_profiles_dir, find_profile, load_settings
 from appliance.errors import ApplianceError, ComponentUnavailable, ConfigError
+from appliance.ggufmeta import read_kv_shape
 from appliance.install import envs, weights
 from appliance.install.configfile import update_config
-from appliance.install.ggufmeta import read_kv_shape
 from appliance.install.hardware import Hardware, detect
 from appliance.install.profiles import ProfileSpec, load_spec, plan_for
 from appliance.paths import AppDirs

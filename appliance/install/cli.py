@@ -9,12 +9,12 @@ from typing import Any
 import click
 
 from appliance.config import load_settings
-from appliance.errors import ExitCode
+from appliance.errors import ConfigError, ExitCode
 from appliance.install import bundle as bundles
 from appliance.install import doctor as doctor_checks
 from appliance.install.hardware import GIB, Hardware, detect
 from appliance.install.installer import InstallOptions, make_plan, run_install
-from appliance.install.profiles import choose, load_specs
+from appliance.install.profiles import pick_profile
 from appliance.paths import app_dirs
 
 _HARDWARE_HELP = "Plan for the machine described in this JSON file (from `appliance doctor --hardware-json`)."
@@ -22,7 +22,12 @@ _HARDWARE_HELP = "Plan for the machine described in this JSON file (from `applia
 
 def _hardware(path: Path | None, disk_path: Path) -> Hardware:
     if path is not None:
-        return Hardware.from_json(path.read_text())
+        try:
+            return Hardware.from_json(path.read_text(encoding="utf-8"))
+        except (ValueError, TypeError, AttributeError) as exc:  # not JSON, not UTF-8, or not the right fields
+            raise ConfigError(
+                f"{path} is not a machine description ({exc})", "write one with `appliance doctor --hardware-json`"
+            ) from exc
     return detect(disk_path=disk_path)
 
 
@@ -36,15 +41,17 @@ def _say(text: str) -> None:
 @click.command("profiles")
 @click.option("--hardware", "hardware_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help=_HARDWARE_HELP)  # fmt: skip
-def profiles(hardware_file: Path | None) -> None:
-    """List the hardware profiles and how each fits this machine; * marks what `auto` picks."""
+@click.pass_context
+def profiles(ctx: click.Context, hardware_file: Path | None) -> None:
+    """List the hardware profiles and how each fits this machine; * marks the one in use (as doctor and install)."""
     dirs = app_dirs()
     hardware = _hardware(hardware_file, dirs.data_dir)
-    chosen, fits = choose(load_specs(dirs), hardware)
+    pick = pick_profile(dirs, hardware, os.environ, (ctx.obj or {}).get("profile"))
     click.echo(hardware.summary())
+    click.echo(f"profile: {pick.spec.name} ({pick.chosen_by})")
     click.echo("")
-    for fit in fits:
-        mark = "*" if fit.spec.name == chosen.name else " "
+    for fit in pick.fits:
+        mark = "*" if fit.spec.name == pick.spec.name else " "
         state = "fits" if fit.usable else "no"
         model = f"{fit.spec.file or fit.spec.description}"
         size = f"{fit.spec.weights_bytes / GIB:5.1f} GiB" if fit.spec.local else "   server"
@@ -63,8 +70,11 @@ def profiles(hardware_file: Path | None) -> None:
 def doctor(ctx: click.Context, profile: str | None, as_json: bool, hardware_json: bool) -> None:
     """Hardware, the chosen profile and its memory plan, and the health of every component."""
     options: dict[str, Any] = ctx.obj or {}
-    settings = load_settings(profile=profile or options.get("profile"))
-    hardware = detect(disk_path=settings.dirs.data_dir)
+    dirs = app_dirs()
+    hardware = detect(disk_path=dirs.data_dir)
+    # The profile install would set up and a run would use once installed: the same rule as `profiles`.
+    pick = pick_profile(dirs, hardware, os.environ, profile or options.get("profile"))
+    settings = load_settings(profile=pick.spec.name)
     if hardware_json:
         click.echo(hardware.to_json())
         return
@@ -84,6 +94,8 @@ def doctor(ctx: click.Context, profile: str | None, as_json: bool, hardware_json
 @click.option("--wheels", "wheel_dirs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Install Python packages only from these wheel directories (no index).")  # fmt: skip
 @click.option("--no-model", is_flag=True, help="Skip the weights.")
+@click.option("--repo", default="", help="The weights' hub repository, instead of the profile's (OWNER/NAME).")
+@click.option("--file", "file_name", default="", help="The GGUF file in that repository, instead of the profile's.")
 @click.option("--no-searxng", is_flag=True, help="Skip SearXNG.")
 @click.option("--no-sandbox", is_flag=True, help="Skip the sandbox's Python environment.")
 @click.option("--force", is_flag=True, help="Install a profile even if its memory plan does not fit.")
@@ -98,6 +110,8 @@ def install(
     searxng_src: str,
     wheel_dirs: tuple[Path, ...],
     no_model: bool,
+    repo: str,
+    file_name: str,
     no_searxng: bool,
     no_sandbox: bool,
     force: bool,
@@ -112,6 +126,8 @@ def install(
         searxng_src=searxng_src,
         wheel_dirs=wheel_dirs,
         with_model=not no_model,
+        repo=repo,
+        file=file_name,
         with_searxng=not no_searxng,
         with_sandbox=not no_sandbox,
         force=force,
@@ -174,8 +190,7 @@ def bundle_create(
     dirs = app_dirs()
     name = profile or (ctx.obj or {}).get("profile") or ""
     if not name:
-        configured = load_settings().profile if dirs.config_file.is_file() else ""
-        name = configured or choose(load_specs(dirs), detect(disk_path=dirs.data_dir))[0].name
+        name = pick_profile(dirs, detect(disk_path=dirs.data_dir), os.environ).spec.name
     digest = bundles.create(
         bundles.CreateOptions(
             out=out,

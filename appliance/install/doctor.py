@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,8 +21,8 @@ import httpx
 
 from appliance.config import Settings
 from appliance.errors import ApplianceError
+from appliance.ggufmeta import read_kv_shape
 from appliance.install import envs, weights
-from appliance.install.ggufmeta import read_kv_shape
 from appliance.install.hardware import GIB, Hardware
 from appliance.install.memplan import describe_cache_choices
 from appliance.install.profiles import ProfileSpec, cache_type_plans, load_spec, plan_for
@@ -152,15 +153,34 @@ def check_disk(settings: Settings, hardware: Hardware) -> Check:
 
 
 def check_sandbox_python(settings: Settings) -> Check:
-    python = settings.sandbox.python
-    if not python:
-        return Check("sandbox Python", "fail", "[sandbox] python is not set", "run `appliance install`")
+    # Empty is a valid setting: the sandbox then runs the appliance's own interpreter.
+    python = settings.sandbox.python or sys.executable
+    which = python if settings.sandbox.python else f"{python} (the appliance's own; [sandbox] python is empty)"
     if not Path(python).exists():
         return Check("sandbox Python", "fail", f"{python} is missing", "run `appliance install`")
     problem = envs.check_imports(Path(python), envs.SANDBOX_PACKAGES)
     if problem:
-        return Check("sandbox Python", "fail", f"{python}: {problem}", "run `appliance install`")
-    return Check("sandbox Python", "ok", f"{python} imports {', '.join(envs.SANDBOX_PACKAGES)}")
+        # Code still runs; only the data packages the model expects are missing.
+        status = "fail" if settings.sandbox.python else "warn"
+        return Check("sandbox Python", status, f"{which}: {problem}", "run `appliance install`")
+    return Check("sandbox Python", "ok", f"{which} imports {', '.join(envs.SANDBOX_PACKAGES)}")
+
+
+def check_data_dir(settings: Settings) -> Check:
+    """History, runs and models are written under the data directory: it must take a file."""
+    data_dir = settings.dirs.data_dir
+    existing = next((p for p in (data_dir, *data_dir.parents) if p.exists()), data_dir)
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        return Check(
+            "data directory",
+            "fail",
+            f"{data_dir} is not writable ({exc.strerror or exc})",
+            "make it writable, or set APPLIANCE_HOME to a writable directory",
+        )
+    return Check("data directory", "ok", f"{data_dir} is writable")
 
 
 def check_mcp_servers(settings: Settings) -> list[Check]:
@@ -217,7 +237,8 @@ def diagnose(settings: Settings, hardware: Hardware) -> tuple[str, list[Check]]:
         checks.append(check_llama_cpp(spec))
     if memory is not None:
         checks.append(memory)
-    checks += [check_bwrap(), check_searxng(settings), check_disk(settings, hardware), check_sandbox_python(settings)]
+    checks += [check_data_dir(settings), check_bwrap(), check_searxng(settings), check_disk(settings, hardware)]
+    checks.append(check_sandbox_python(settings))
     checks += check_mcp_servers(settings)
     return text, checks
 

@@ -7,20 +7,21 @@ config file is rewritten only when one of its values changes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.config import load_settings, read_toml
+from appliance.config import load_settings
 from appliance.errors import ApplianceError, ComponentUnavailable, ConfigError
+from appliance.ggufmeta import read_kv_shape
 from appliance.install import envs, weights
 from appliance.install.configfile import update_config
-from appliance.install.ggufmeta import read_kv_shape
 from appliance.install.hardware import GIB, Hardware, detect
 from appliance.install.memplan import MemoryPlan, best_cache_plan, describe_cache_choices
-from appliance.install.profiles import Fit, ProfileSpec, assess, cache_type_plans, choose, load_spec, load_specs
+from appliance.install.profiles import Fit, ProfileSpec, cache_type_plans, pick_profile
 from appliance.paths import AppDirs, app_dirs
 
 # Room the two Python environments take once installed (measured on Linux x86_64, Python 3.11).
@@ -38,6 +39,9 @@ class InstallOptions:
     searxng_src: str = ""
     wheel_dirs: tuple[Path, ...] = ()
     with_model: bool = True
+    # The weights' repository and file instead of the profile's (written to the config).
+    repo: str = ""
+    file: str = ""
     with_searxng: bool = True
     with_sandbox: bool = True
     force: bool = False
@@ -115,29 +119,33 @@ class InstallPlan:
         return "\n".join(lines)
 
 
-def _configured_profile(dirs: AppDirs) -> str:
-    if not dirs.config_file.is_file():
-        return ""
-    value = read_toml(dirs.config_file, "config file").get("profile", "")
-    return value if isinstance(value, str) else ""
+def named_weights(options: InstallOptions) -> dict[str, str]:
+    """`--repo`/`--file` as [model] values; both or neither, so a profile's file is never looked up elsewhere."""
+    if not options.repo and not options.file:
+        return {}
+    if not (options.repo and options.file):
+        raise ConfigError(
+            "--repo and --file go together",
+            "pass both: --repo OWNER/NAME --file NAME.gguf (the file in that repository)",
+        )
+    if not options.file.endswith(".gguf") or ".." in options.file.split("/"):
+        raise ConfigError(f"--file {options.file!r} is not a GGUF file name", "name the .gguf file in the repository")
+    return {"repo": options.repo, "file": options.file}
 
 
 def make_plan(options: InstallOptions) -> InstallPlan:
     env = dict(os.environ if options.environ is None else options.environ)
     dirs = app_dirs(env)
     hardware = options.hardware or detect(disk_path=dirs.data_dir)
-    wanted = options.profile or _configured_profile(dirs) or "auto"
-    specs = load_specs(dirs)
-    if wanted == "auto":
-        spec, fits = choose(specs, hardware)
-        chosen_by = "auto: the best profile that fits this machine"
-    else:
-        spec = load_spec(wanted, dirs)
-        fits = [assess(s, hardware) for s in specs]
-        chosen_by = "named" if options.profile else "from the config file"
+    pick = pick_profile(dirs, hardware, env, options.profile or None)
+    spec, fits = pick.spec, pick.fits
     fit = next(f for f in fits if f.spec.name == spec.name)
-    plan = InstallPlan(dirs, hardware, spec, chosen_by, fits, fit.plan)
-    settings = load_settings(profile=spec.name, environ=env)
+    named = named_weights(options)
+    if named:
+        # Other weights than the profile's: its pinned sha256 and size belong to its own file.
+        spec = dataclasses.replace(spec, repo=named["repo"], file=named["file"], sha256="", size_bytes=0)
+    plan = InstallPlan(dirs, hardware, spec, pick.chosen_by, fits, fit.plan)
+    settings = load_settings(profile=spec.name, environ=env, overrides={f"model.{k}": v for k, v in named.items()})
     if options.with_searxng:
         plan.searxng_source = options.searxng_src or settings.search.searxng_src or envs.SEARXNG_RELEASE_URL
     plan.disk_needed = DISK_MARGIN
@@ -203,6 +211,7 @@ def run_install(plan: InstallPlan, options: InstallOptions, log: Log) -> Install
         )
     dirs.data_dir.mkdir(parents=True, exist_ok=True)
     updates: dict[str, Any] = {"profile": spec.name}
+    model_updates: dict[str, Any] = dict(named_weights(options))
     pip = envs.PipSource(options.wheel_dirs)
 
     if spec.local and options.with_model and plan.model_path is not None:
@@ -231,10 +240,10 @@ def run_install(plan: InstallPlan, options: InstallOptions, log: Log) -> Install
                     "pick a smaller profile (`appliance profiles`) or pass --force",
                 )
             # The window and cache type the plan chose; the profile's own values are left unwritten.
-            updates["model"] = {
-                "context_length": memory.context if memory.context != spec.context_length else None,
-                "kv_cache_type": memory.cache_type if memory.cache_type != spec.kv_cache_type else None,
-            }
+            model_updates["context_length"] = memory.context if memory.context != spec.context_length else None
+            model_updates["kv_cache_type"] = memory.cache_type if memory.cache_type != spec.kv_cache_type else None
+    if model_updates:
+        updates["model"] = model_updates
 
     if options.with_searxng:
         log("SearXNG")

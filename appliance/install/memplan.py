@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from appliance.install.ggufmeta import KvShape
+from appliance.ggufmeta import KvShape
 from appliance.install.hardware import GIB, Hardware
 
 CONTEXT_STEP = 1024

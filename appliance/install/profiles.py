@@ -12,12 +12,13 @@ remote profile (an OpenAI-compatible server) only when none does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.config import KV_CACHE_TYPES, available_profiles, find_profile, read_toml
 from appliance.errors import ConfigError
-from appliance.install.ggufmeta import KvShape
+from appliance.ggufmeta import KvShape
 from appliance.install.hardware import Hardware
 from appliance.install.memplan import MemoryPlan, kv_bytes_per_token, memory_budget, plan_memory
 from appliance.paths import AppDirs
@@ -41,6 +42,8 @@ class ProfileSpec:
     kv: KvShape | None
     kv_cache_type: str
     data: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    # False: only installed when named (its weights could not be checked where it was written).
+    auto: bool = True
 
     @property
     def local(self) -> bool:
@@ -93,6 +96,7 @@ def parse_profile(name: str, data: dict[str, Any]) -> ProfileSpec:
         # [model] kv_cache_type is what the runtime uses; [profile] kv_cache_type is the older spelling.
         kv_cache_type=str(model.get("kv_cache_type", meta.get("kv_cache_type", "f16"))),
         data=data,
+        auto=bool(meta.get("auto", True)),
     )
 
 
@@ -184,10 +188,41 @@ def assess(spec: ProfileSpec, hardware: Hardware) -> Fit:
 def choose(specs: list[ProfileSpec], hardware: Hardware) -> tuple[ProfileSpec, list[Fit]]:
     """The profile `auto` picks, and the fit of every profile (best first)."""
     fits = sorted((assess(s, hardware) for s in specs), key=lambda f: (-int(f.usable), -f.spec.rank, f.spec.name))
-    local = [f for f in fits if f.usable and f.spec.local]
+    local = [f for f in fits if f.usable and f.spec.local and f.spec.auto]
     if local:
         return local[0].spec, fits
     remote = [f for f in fits if f.spec.device == "remote"]
     if remote:
         return remote[0].spec, fits
     raise ConfigError("no profile fits this machine and there is no remote profile", "add a profile with device=remote")
+
+
+@dataclass(frozen=True)
+class ProfilePick:
+    spec: ProfileSpec
+    chosen_by: str  # why this one, in words
+    fits: list[Fit]
+
+
+def pick_profile(
+    dirs: AppDirs, hardware: Hardware, environ: Mapping[str, str], named: str | None = None
+) -> ProfilePick:
+    """The profile `doctor`, `install` and `profiles` would use: one rule for all three.
+
+    A name given on the command line, then APPLIANCE_PROFILE, then `profile` in
+    the config file; otherwise `auto`: the best profile that fits this machine.
+    """
+    specs = load_specs(dirs)
+    configured = ""
+    if dirs.config_file.is_file():
+        value = read_toml(dirs.config_file, "config file").get("profile", "")
+        configured = value if isinstance(value, str) else ""
+    for wanted, chosen_by in (
+        (named, "named"),
+        (environ.get("APPLIANCE_PROFILE") or None, "from APPLIANCE_PROFILE"),
+        (configured or None, "from the config file"),
+    ):
+        if wanted is not None and wanted != "auto":
+            return ProfilePick(load_spec(wanted, dirs), chosen_by, [assess(s, hardware) for s in specs])
+    spec, fits = choose(specs, hardware)
+    return ProfilePick(spec, "auto: the best profile that fits this machine", fits)

@@ -51,6 +51,13 @@ class RemoteFile:
     source: str  # which hub answer gave the sha256
 
 
+# A profile's repository or file can be wrong (named before anyone could check it): say how to name the real ones.
+_NAME_THE_WEIGHTS = (
+    "name the weights: appliance install --profile PROFILE --repo OWNER/NAME --file NAME.gguf "
+    "(or fix [model] repo and file in the profile)"
+)
+
+
 def _unreachable(endpoint: str, repo: str, exc: Exception) -> ComponentUnavailable:
     return ComponentUnavailable(
         "model",
@@ -68,15 +75,15 @@ def remote_file_info(repo: str, file: str, *, endpoint: str, revision: str = "ma
     try:
         info = api.model_info(repo, revision=revision, files_metadata=True)
     except RepositoryNotFoundError as exc:
-        raise ComponentUnavailable(
-            "model", f"{endpoint} has no repository {repo}", "check [model] repo in the profile"
-        ) from exc
+        raise ComponentUnavailable("model", f"{endpoint} has no repository {repo}", _NAME_THE_WEIGHTS) from exc
     except Exception as exc:
         raise _unreachable(endpoint, repo, exc) from exc
     commit = info.sha or revision
     sibling = next((s for s in info.siblings or [] if s.rfilename == file), None)
     if sibling is None:
-        raise ComponentUnavailable("model", f"{repo} has no file {file}", "check [model] file in the profile")
+        ggufs = sorted(s.rfilename for s in info.siblings or [] if s.rfilename.endswith(".gguf"))
+        listing = f"; its GGUF files: {', '.join(ggufs[:8])}" + (" ..." if len(ggufs) > 8 else "") if ggufs else ""
+        raise ComponentUnavailable("model", f"{repo} has no file {file}{listing}", _NAME_THE_WEIGHTS)
     if sibling.lfs is not None and SHA256_RE.match(sibling.lfs.sha256 or ""):
         return RemoteFile(repo, file, commit, sibling.lfs.sha256, int(sibling.lfs.size), "file metadata API")
     # Some mirrors answer model info without blob metadata: the resolve headers carry it too.

@@ -47,6 +47,7 @@ def build_backend(settings: Settings, *, replay_start: int = 0) -> Backend:
             retries=model.retries,
             grammar=read_grammar(model.grammar, "grammar") or "",
             summary_grammar=read_grammar(model.summary_grammar, "summary_grammar") or "",
+            continuation=model.continuation,
         )
     from appliance.llm.llamacpp import LlamaCppBackend
 

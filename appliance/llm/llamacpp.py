@@ -140,6 +140,9 @@ class LlamaCppBackend(Backend):
                 llm = self._llama_cpp.Llama(
                     model_path=str(path),
                     n_ctx=n_ctx,
+                    # The repetition penalty's window: the whole context, not llama-cpp-python's
+                    # 64 tokens (vLLM/SGLang, where the reference was evaluated, see the whole sequence).
+                    last_n_tokens_size=n_ctx,
                     n_gpu_layers=n_gpu_layers,
                     n_threads=n_threads or None,
                     # Prompt batches too: llama-cpp-python would use every core there, whatever n_threads says.
@@ -183,6 +186,48 @@ class LlamaCppBackend(Backend):
         tokens: list[int] = self.llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=False, special=True)
         return tokens
 
+    def continuation_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """The prompt that continues the last (assistant) message: the conversation rendered without
+        the generation prompt and cut right after that message, before its end-of-turn token.
+
+        The message is found in the rendering as transformers' continue_final_message finds it
+        (its last occurrence; its stripped form when the template trims it, the trimmed
+        whitespace put back). When the KV cache holds this reply's own tokens (it was generated
+        here and cut), they are kept as they were sampled, so only the rest is evaluated.
+        """
+        self._formatter.add_generation_prompt = False
+        rendered = self._formatter(messages=[{"role": m.role, "content": m.content} for m in messages])  # type: ignore[misc]
+        text: str = rendered.prompt
+        content = messages[-1].content
+        at = text.rfind(content) if content else -1
+        if at < 0 and content.strip():
+            stripped = content.strip()
+            at = text.rfind(stripped)
+            if at >= 0:
+                # The template trimmed the message: keep what it kept before the content, then all of it.
+                at -= len(content) - len(content.lstrip())
+        if at < 0:
+            raise ConfigError(
+                "the model's chat template drops the assistant message to continue",
+                "use a GGUF whose chat template keeps assistant text (ChatML does)",
+            )
+        head: list[int] = self.llm.tokenize(text[:at].encode("utf-8"), add_bos=False, special=True)
+        data = content.encode("utf-8")
+        cached = [int(t) for t in self.llm._input_ids[: self.llm.n_tokens]]
+        if cached[: len(head)] != head:
+            whole: list[int] = self.llm.tokenize((text[:at] + content).encode("utf-8"), add_bos=False, special=True)
+            return whole
+        kept: list[int] = []
+        used = 0
+        for token in cached[len(head) :]:
+            piece = self.llm.detokenize([token], special=True)
+            if not data.startswith(piece, used):
+                break
+            kept.append(token)
+            used += len(piece)
+        rest: list[int] = self.llm.tokenize(data[used:], add_bos=False, special=True) if used < len(data) else []
+        return head + kept + rest
+
     def count_tokens(self, text: str) -> int:
         if not text:
             return 0
@@ -212,7 +257,8 @@ class LlamaCppBackend(Backend):
         from llama_cpp.llama_grammar import LlamaGrammar
 
         with self._lock:
-            prompt = self.render_tokens(messages)
+            continuing = len(messages) > 1 and messages[-1].role == "assistant"
+            prompt = self.continuation_tokens(messages) if continuing else self.render_tokens(messages)
             spliced, fell_back = self._splice_cache(prompt) if self.kv_shift else (0, False)
             reused = self.cached_prefix(prompt) - spliced
             grammar_text = self._grammars.get(purpose)
@@ -222,6 +268,10 @@ class LlamaCppBackend(Backend):
                 max_tokens=max(1, max_tokens),
                 temperature=self.temperature,
                 top_p=self.top_p,
+                # As the reference was evaluated (vLLM/SGLang): no top-k, no min-p, no typical sampling.
+                top_k=0,
+                min_p=0.0,
+                typical_p=1.0,
                 repeat_penalty=self.repeat_penalty,
                 stop=[self.eos_token] if self.eos_token else [],
                 grammar=grammar,

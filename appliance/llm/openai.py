@@ -5,6 +5,14 @@ client and the engine scales. Requests stream (SSE); connection failures and
 5xx answers are retried with exponential backoff before any text has arrived;
 a server that goes away mid-turn ends the turn with a clear error. Prompts are
 sent in the same order every turn, so a prefix-caching server can reuse them.
+
+A conversation that ends with the assistant's message is continued, not
+answered ([model] continuation): vLLM and SGLang get `continue_final_message`
+without a generation prompt (what the reference sends), llama-server prefills
+the assistant's message on its own (the same fields are harmless to it), and
+llama-cpp-python's server, whose chat endpoint always opens a new turn, gets
+the ChatML rendering of the conversation on /v1/completions, cut after the
+assistant's text. `auto` tells them apart by the `owned_by` of /v1/models.
 """
 
 from __future__ import annotations
@@ -29,6 +37,17 @@ from appliance.llm.base import (
 )
 
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# /v1/models "owned_by" of llama.cpp servers: llama-server, llama-cpp-python's server.
+_LLAMA_CPP_SERVERS = frozenset({"llamacpp", "me"})
+# Of those, the one whose chat endpoint cannot continue a message.
+_COMPLETIONS_ONLY = frozenset({"me"})
+
+
+def render_chatml_continuation(messages: Sequence[ChatMessage]) -> str:
+    """The ChatML prompt (MiroThinker's template) that continues the last, assistant, message."""
+    *earlier, last = messages
+    text = "".join(f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in earlier)
+    return text + f"<|im_start|>{last.role}\n{last.content}"
 
 
 class ServerWentAway(ComponentUnavailable):
@@ -54,8 +73,11 @@ class OpenAIBackend(Backend):
         backoff: float = 1.0,
         grammar: str = "",
         summary_grammar: str = "",
+        continuation: str = "auto",
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.continuation = continuation
+        self._owned_by: str | None = None
         self.context_length = context_length
         self.temperature = temperature
         self.top_p = top_p
@@ -106,6 +128,8 @@ class OpenAIBackend(Backend):
             if response.status_code != 200:
                 return "default"
             data = response.json().get("data") or []
+            if data:
+                self._owned_by = str(data[0].get("owned_by") or "")
             return str(data[0]["id"]) if data else "default"
 
         result: str = self._with_retries(attempt)
@@ -149,6 +173,23 @@ class OpenAIBackend(Backend):
         self.tokenizer = "approximate"
         return approximate_tokens(text)
 
+    def server_owner(self) -> str:
+        """The `owned_by` of the served model ("vllm", "sglang", "llamacpp", "me"...; "" when unknown)."""
+        if self._owned_by is None:
+            try:
+                response = self.client.get(f"{self.base_url}/models", timeout=10.0)
+                data = (response.json().get("data") or []) if response.status_code == 200 else []
+            except (httpx.TransportError, ValueError):
+                data = []
+            self._owned_by = str(data[0].get("owned_by") or "") if data else ""
+        return self._owned_by
+
+    def continuation_mode(self) -> str:
+        """How this server continues an assistant message: continue_final_message or completions."""
+        if self.continuation != "auto":
+            return self.continuation
+        return "completions" if self.server_owner() in _COMPLETIONS_ONLY else "continue_final_message"
+
     # ------------------------------------------------------------ streaming
 
     def _payload(self, messages: Sequence[ChatMessage], max_tokens: int, purpose: Purpose) -> dict[str, Any]:
@@ -161,7 +202,21 @@ class OpenAIBackend(Backend):
             "temperature": self.temperature,
             "top_p": self.top_p,
         }
-        if self.repeat_penalty != 1.0:
+        if messages and messages[-1].role == "assistant":
+            if self.continuation_mode() == "completions":
+                del payload["messages"]
+                payload["prompt"] = render_chatml_continuation(messages)
+                payload["stop"] = ["<|im_end|>"]
+            else:
+                # The reference's request (openai_client.py), honoured by vLLM and SGLang.
+                payload["continue_final_message"] = True
+                payload["add_generation_prompt"] = False
+        if self.server_owner() in _LLAMA_CPP_SERVERS:
+            # llama.cpp's own defaults (top_k 40, min_p 0.05, repeat_penalty 1.1 in llama-cpp-python)
+            # are not what the reference was evaluated with: say every value.
+            payload.update({"top_k": 0, "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": self.repeat_penalty})
+            payload["repeat_last_n"] = -1  # llama-server: the penalty over the whole context
+        elif self.repeat_penalty != 1.0:
             # vLLM/SGLang call it repetition_penalty, llama.cpp repeat_penalty.
             payload["repetition_penalty"] = self.repeat_penalty
             payload["repeat_penalty"] = self.repeat_penalty
@@ -181,7 +236,7 @@ class OpenAIBackend(Backend):
         cancel: threading.Event | None = None,
     ) -> Iterator[StreamEvent]:
         payload = self._payload(messages, max_tokens, purpose)
-        url = f"{self.base_url}/chat/completions"
+        url = f"{self.base_url}/{'completions' if 'prompt' in payload else 'chat/completions'}"
 
         def open_stream() -> httpx.Response:
             request = self.client.build_request("POST", url, json=payload)
@@ -224,7 +279,7 @@ class OpenAIBackend(Backend):
                     usage = chunk["usage"]
                 for choice in chunk.get("choices") or []:
                     delta = choice.get("delta") or {}
-                    text = delta.get("content") or ""
+                    text = delta.get("content") or choice.get("text") or ""
                     if text:
                         parts.append(text)
                         yield TextChunk(text)

@@ -5,6 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 
+from appliance.protocol.attachments import (
+    InlineFile,
+    UnreadableFile,
+    attachment_note,
+    render_inline_file,
+    render_unreadable_file,
+)
 from appliance.protocol.tooldefs import ServerSpec
 
 TASK_SUFFIX = (
@@ -80,19 +87,17 @@ def render_system_prompt(date: dt.date, servers: Sequence[ServerSpec]) -> str:
     return (render_mcp_prompt(date, servers) + _MAIN_AGENT_OBJECTIVE).strip()
 
 
-def attachment_note(path: str) -> str:
-    return (
-        f"\n\nNote: A file '{path}' is associated with this task. You may use available tools "
-        "to read its content if necessary. If you need to further process this file in the "
-        "sandbox, please upload it to the sandbox first.\n\n"
-    )
-
-
-def render_task_message(task: str, attachments: Iterable[str] = ()) -> str:
-    r"""The first user message: the task, the \boxed{} instruction, then attachment notes."""
+def render_task_message(task: str, attachments: Iterable[str | InlineFile | UnreadableFile] = ()) -> str:
+    r"""The first user message: the task, the \boxed{} instruction, then each attached file:
+    its text inlined (InlineFile), an error (UnreadableFile), or a note to read it with the tools (a path)."""
     text = task + TASK_SUFFIX
-    for path in attachments:
-        text += attachment_note(path)
+    for attached in attachments:
+        if isinstance(attached, InlineFile):
+            text += render_inline_file(attached)
+        elif isinstance(attached, UnreadableFile):
+            text += render_unreadable_file(attached)
+        else:
+            text += attachment_note(attached)
     return text.strip()
 
 

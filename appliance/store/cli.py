@@ -1,7 +1,9 @@
 """`appliance history list|show|search|export|prune|tag|delete`.
 
-Everything printed to a terminal goes through strip_control (model and tool
-text is untrusted); JSON output escapes C1 controls.
+Everything printed for a person goes through textutil.for_terminal (model and
+tool text is untrusted); JSON output is textutil.safe_json (controls and bidi
+characters as JSON escapes). An export keeps the exact text when it goes to a
+file (--output, or stdout redirected), and never replaces a file without --force.
 """
 
 from __future__ import annotations
@@ -17,15 +19,20 @@ from typing import Any, TextIO
 
 import click
 
+from appliance.errors import ExitCode
 from appliance.paths import app_dirs
-from appliance.store.db import StoreError
-from appliance.store.export import chatml, markdown_report, safe_json
+from appliance.store.db import StoreError, StoreUsageError
+from appliance.store.export import chatml, markdown_report
 from appliance.store.history import History, open_history
 from appliance.store.records import STATUSES, RunSummary
-from appliance.textutil import one_line, strip_control
+from appliance.store.report import report_html, research_report
+from appliance.store.sources import run_sources
+from appliance.textutil import for_terminal, one_line, safe_json
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+# SQLite's LIMIT is a 64-bit integer; a bigger -n would be a database error instead of a usage error.
+MAX_LIMIT = 1_000_000_000
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "": 86400}
 
 
@@ -99,7 +106,9 @@ def history(ctx: click.Context, history_db: Path | None) -> None:
 
 
 @history.command("list")
-@click.option("--limit", "-n", type=int, default=20, show_default=True, help="Runs to show (0 = all).")
+@click.option(
+    "--limit", "-n", type=click.IntRange(0, MAX_LIMIT), default=20, show_default=True, help="Runs to show (0 = all)."
+)
 @click.option("--status", type=click.Choice(STATUSES), help="Only runs with this status.")
 @click.option("--tag", help="Only runs with this tag.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
@@ -133,34 +142,45 @@ def list_command(ctx: click.Context, limit: int, status: str | None, tag: str | 
         answer_text = one_line(answer, max(8, room // 3))
         task_text = one_line(run.task, max(10, room - len(answer_text) - 4))
         tags = f" [{', '.join(run.tags)}]" if run.tags else ""
-        click.echo(f"{head}{task_text} -> {answer_text}{strip_control(tags)}")
+        click.echo(f"{head}{task_text} -> {answer_text}{for_terminal(tags)}")
 
 
 @history.command("show")
 @click.argument("run_id")
 @click.option("--full", is_flag=True, help="Show tool results and thinking in full (default: cut at 2,000 characters).")
-@click.option("--json", "as_json", is_flag=True, help="The run as JSON (ChatML trajectory plus metadata).")
+@click.option("--report", is_flag=True, help="The research report: answer, reasoning summary, numbered sources.")
+@click.option("--json", "as_json", is_flag=True, help="The run as JSON (ChatML trajectory plus metadata and sources).")
 @click.pass_context
-def show_command(ctx: click.Context, run_id: str, full: bool, as_json: bool) -> None:
-    """A run as readable Markdown: task, each step, sources, answer."""
+def show_command(ctx: click.Context, run_id: str, full: bool, report: bool, as_json: bool) -> None:
+    """A run as readable Markdown: task, each step, sources, answer (--report: the research report)."""
     with _history(ctx) as store:
         run = store.get_run(run_id)
     if as_json:
-        click.echo(safe_json(chatml(run)))
+        payload = chatml(run)
+        payload["sources"] = [source.as_json() for source in run_sources(run)]
+        click.echo(safe_json(payload))
         return
-    click.echo(markdown_report(run, limit=None if full else 2000), nl=False)
+    if report:
+        click.echo(for_terminal(research_report(run)), nl=False)
+        return
+    click.echo(for_terminal(markdown_report(run, limit=None if full else 2000)), nl=False)
 
 
 @history.command("search")
 @click.argument("query", nargs=-1, required=True)
-@click.option("--limit", "-n", type=int, default=20, show_default=True)
+@click.option(
+    "--limit", "-n", type=click.IntRange(1, MAX_LIMIT), default=20, show_default=True, help="Matches to show."
+)
 @click.option("--raw", is_flag=True, help='Pass the query to SQLite FTS5 as is (OR, NOT, NEAR, "phrases").')
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
 def search_command(ctx: click.Context, query: tuple[str, ...], limit: int, raw: bool, as_json: bool) -> None:
-    """Full-text search over tasks, answers and tool results."""
+    """Full-text search over tasks, answers and tool results (exit 1 when nothing matches, as `search`)."""
     with _history(ctx) as store:
         hits = store.search(" ".join(query), limit=limit, raw=raw)
+    if not hits:
+        click.echo(f"appliance: no matches for {one_line(' '.join(query), 80)!r}", err=True)
+        sys.exit(ExitCode.NO_ANSWER)
     if as_json:
         for hit in hits:
             click.echo(
@@ -178,9 +198,6 @@ def search_command(ctx: click.Context, query: tuple[str, ...], limit: int, raw: 
                 )
             )
         return
-    if not hits:
-        click.echo("No matches.", err=True)
-        return
     for hit in hits:
         where = hit.field.replace("_", " ")
         if hit.turn is not None:
@@ -192,8 +209,9 @@ def search_command(ctx: click.Context, query: tuple[str, ...], limit: int, raw: 
 @history.command("export")
 @click.argument("run_ids", nargs=-1)
 @click.option(
-    "--format", "fmt", type=click.Choice(["chatml", "markdown"]), default="chatml", show_default=True,
-    help="chatml: one JSON line per run with the messages as the model saw them; markdown: a report.",
+    "--format", "fmt", type=click.Choice(["chatml", "markdown", "md", "html"]), default="chatml", show_default=True,
+    help="chatml: one JSON line per run with the messages as the model saw them; markdown: every step; "
+    "md / html: the research report (answer, reasoning summary, numbered sources).",
 )  # fmt: skip
 @click.option(
     "--view", type=click.Choice(["full", "context"]), default="full", show_default=True,
@@ -203,6 +221,7 @@ def search_command(ctx: click.Context, query: tuple[str, ...], limit: int, raw: 
 @click.option("--status", type=click.Choice(STATUSES), help="With --all: only runs with this status.")
 @click.option("--tag", help="With --all: only runs with this tag.")
 @click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False), help="Write to FILE (default stdout).")
+@click.option("--force", is_flag=True, help="Replace the --output file if it exists.")
 @click.pass_context
 def export_command(
     ctx: click.Context,
@@ -213,32 +232,43 @@ def export_command(
     status: str | None,
     tag: str | None,
     output: Path | None,
+    force: bool,
 ) -> None:
-    """Export runs as a ChatML JSONL trajectory (for fine-tuning) or as a Markdown report."""
+    """Export runs as a ChatML JSONL trajectory (for fine-tuning), every step in Markdown, or the research report."""
     if not run_ids and not all_runs:
         raise click.UsageError("name one or more RUN_IDs, or pass --all")
+    if fmt == "html" and (all_runs or len(run_ids) > 1):
+        raise click.UsageError("--format html writes one run per page: name one RUN_ID (and -o FILE for each)")
     with _history(ctx) as store:
         ids = list(run_ids)
         if all_runs:
             ids += [r.run_id for r in store.list_runs(limit=0, status=status, tag=tag) if r.status != "running"]
         runs = [store.get_run(run_id) for run_id in ids]
-    with _open_output(output) as out:
+    # A report shown on a terminal is made safe to show; written to a file or a pipe it stays exact.
+    shown = for_terminal if output is None and sys.stdout.isatty() else str
+    with _open_output(output, replace=force) as out:
         for index, run in enumerate(runs):
             if fmt == "chatml":
                 out.write(safe_json(chatml(run, "context" if view == "context" else "full")) + "\n")
+            elif fmt == "md":
+                out.write(shown(("\n---\n\n" if index else "") + research_report(run)))
+            elif fmt == "html":
+                out.write(shown(report_html(run)))
             else:
-                out.write(("\n---\n\n" if index else "") + markdown_report(run, limit=None))
+                out.write(shown(("\n---\n\n" if index else "") + markdown_report(run, limit=None)))
     if output is not None:
         click.echo(f"wrote {len(runs)} run(s) to {output}", err=True)
 
 
 @contextmanager
-def _open_output(path: Path | None) -> Iterator[TextIO]:
+def _open_output(path: Path | None, *, replace: bool) -> Iterator[TextIO]:
     if path is None:
         yield sys.stdout
         return
     try:
-        handle = path.open("w", encoding="utf-8")
+        handle = path.open("w" if replace else "x", encoding="utf-8")
+    except FileExistsError as exc:
+        raise StoreUsageError(f"{path} exists", "choose another --output path, or pass --force to replace it") from exc
     except OSError as exc:
         raise StoreError(f"cannot write {path}: {exc.strerror}", "choose a writable --output path") from exc
     with handle:

@@ -106,7 +106,7 @@ def connect(path: Path, *, create: bool = True) -> Database:
     """Open (or create) the database at `path` and bring its schema up to date."""
     path = path.expanduser()
     if path.is_dir():
-        raise StoreError(f"the history database path {path} is a directory", "pass a file path with --db")
+        raise StoreUsageError(f"the history database path {path} is a directory", "pass a file path with --db")
     if not path.exists():
         if not create:
             raise StoreError(f"there is no history database at {path}", "run a task first, or pass --db with a file")

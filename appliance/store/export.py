@@ -10,17 +10,9 @@ from appliance.agent.context import build_view, recorded_keep_rule
 from appliance.llm.base import ChatMessage
 from appliance.protocol.parsing import split_thinking, text_before_tool_call
 from appliance.store.records import RunRecord, Step
-from appliance.textutil import strip_control
+from appliance.store.sources import run_sources
 
 View = Literal["full", "context"]
-_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029]")
-_URL = re.compile(r"https?://[^\s<>\"'`)\]}]+")
-
-
-def safe_json(value: Any) -> str:
-    """One line of JSON that a terminal cannot interpret: C1 controls are written as \\u escapes."""
-    text = json.dumps(value, ensure_ascii=False)
-    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 # ---------------------------------------------------------------- ChatML
@@ -59,7 +51,9 @@ def chatml(run: RunRecord, view: View = "full") -> dict[str, Any]:
     """
     messages = conversation(run)
     if view == "context":
-        messages = build_view(messages, *recorded_keep_rule(run.settings))
+        messages = build_view(
+            messages, *recorded_keep_rule(run.settings), ends_in_summary=run.summary_prompt is not None
+        )
     final = final_reply(run)
     if final is not None:
         messages.append(ChatMessage("assistant", final.reply.content))
@@ -97,29 +91,6 @@ def _cut(text: str, limit: int | None) -> str:
     return text[:limit] + f"\n… [{len(text) - limit:,} more characters; --full shows all]"
 
 
-def sources(run: RunRecord) -> list[str]:
-    """URLs the agent read (arguments of successful calls), then URLs cited in the final answer."""
-    found: list[str] = []
-
-    def add(url: str) -> None:
-        url = url.rstrip(".,;:")
-        if url not in found:
-            found.append(url)
-
-    for step in run.kept_steps:
-        for call in step.calls:
-            if call.status != "ok" or call.tool == "google_search":
-                continue
-            for value in call.arguments.values():
-                match = _URL.match(value) if isinstance(value, str) else None
-                if match:
-                    add(match.group())
-    final = final_reply(run)
-    for url in _URL.findall(final.reply.content if final else (run.final_text or "")):
-        add(url)
-    return found
-
-
 def _step_markdown(step: Step, limit: int | None) -> list[str]:
     reply = step.reply
     out: list[str] = []
@@ -153,7 +124,10 @@ def _step_markdown(step: Step, limit: int | None) -> list[str]:
 
 
 def markdown_report(run: RunRecord, *, limit: int | None = 2000, include_discarded: bool = True) -> str:
-    """Task, each step, sources and answer. Control characters are removed; code fences contain the rest."""
+    """Task, each step, sources and answer, with the exact text (code fences contain it).
+
+    The text is untrusted: a face that prints it to a terminal passes it through textutil.for_terminal.
+    """
     lines = [f"# Run {run.run_id}", ""]
     facts = [
         f"- **Status:** {run.status}" + (f" ({run.error})" if run.error else ""),
@@ -176,12 +150,12 @@ def markdown_report(run: RunRecord, *, limit: int | None = 2000, include_discard
         if step.reply.state == "pending" or (step.reply.state == "rolled_back" and not include_discarded):
             continue
         lines += [*_step_markdown(step, limit), ""]
-    found = sources(run)
+    found = run_sources(run)
     lines += ["## Sources", ""]
-    lines += [f"- <{url}>" for url in found] if found else ["(none recorded)"]
+    lines += [f"- <{source.url}>" for source in found] if found else ["(none recorded)"]
     lines += ["", "## Answer", ""]
     lines.append(fence(run.answer) if run.answer else "(no answer)")
     for level, message in run.notices:
-        if level != "info":
+        if level in ("warning", "error"):
             lines += ["", f"> {level}: {message.splitlines()[0] if message else ''}"]
-    return strip_control("\n".join(lines)) + "\n"
+    return "\n".join(lines) + "\n"

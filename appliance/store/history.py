@@ -29,6 +29,7 @@ from appliance.store.recorder import Recorder
 from appliance.store.records import (
     RESUMABLE,
     STATUSES,
+    ArchiveLink,
     MessageRecord,
     PruneReport,
     ResumePoint,
@@ -189,6 +190,11 @@ class History:
         if not runs:
             raise RunNotFound(f"no run {run_id!r} in {self.path}", "list runs with `appliance history list`")
         r = runs[0]
+        links: dict[int, list[ArchiveLink]] = {}
+        for a in self._rows("SELECT * FROM archive_records WHERE run_id = ? ORDER BY id", (run_id,)):
+            links.setdefault(a["tool_call_id"], []).append(
+                ArchiveLink(**{k: a[k] for k in ArchiveLink.__dataclass_fields__})
+            )
         calls_by_reply: dict[int, list[ToolCallRecord]] = {}
         for c in self._rows("SELECT * FROM tool_calls WHERE run_id = ? ORDER BY reply_id, idx, id", (run_id,)):
             calls_by_reply.setdefault(c["reply_id"], []).append(
@@ -206,6 +212,7 @@ class History:
                     c["raw_chars"],
                     c["started_at"],
                     c["finished_at"],
+                    tuple(links.get(c["id"], ())),
                 )
             )
         messages = self._rows("SELECT * FROM messages WHERE run_id = ? ORDER BY seq", (run_id,))
@@ -367,12 +374,12 @@ class History:
         """
         run = self.get_run(run_id)
         if run.status == "running" and owner_alive(run.pid, self._process_start(run.run_id), run.host):
-            raise StoreError(
+            raise StoreUsageError(
                 f"run {run.run_id} is still running (pid {run.pid} on {run.host})",
                 "wait for it to finish, or stop that process and resume then",
             )
         if run.status not in (*RESUMABLE, "running"):
-            raise StoreError(
+            raise StoreUsageError(
                 f"run {run.run_id} already finished ({run.status}); only interrupted or failed runs resume",
                 'start a new run with --task "..."',
             )

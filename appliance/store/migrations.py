@@ -154,5 +154,34 @@ def m002_full_text_search(db: Database) -> None:
     db.executescript(_fts_sql("tool_calls", ("arguments", "result")))
 
 
+@migrations(name="m003_archive_records")
+def m003_archive_records(db: Database) -> None:
+    # What each tool call read: records of the run's web archive (file and offset
+    # in RUN_DIR/archive), a local document (kind 'local'), or a gap (kind 'gap',
+    # with the reason) where a document could not be archived.
+    db.executescript(
+        """
+CREATE TABLE archive_records (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    tool_call_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    uri TEXT NOT NULL,
+    warc_file TEXT,
+    warc_offset INTEGER,
+    record_id TEXT,
+    warc_date TEXT,
+    status INTEGER,
+    digest TEXT,
+    length INTEGER,
+    origin TEXT,
+    note TEXT,
+    passage TEXT
+);
+CREATE INDEX archive_records_call ON archive_records (run_id, tool_call_id);
+"""
+    )
+
+
 def known_names() -> list[str]:
     return [m.name for m in migrations._migrations]

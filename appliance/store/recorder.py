@@ -3,8 +3,9 @@
 A subscriber is called between two steps of the loop (the loop is a generator
 and waits for every subscriber), so committing inside the call is what makes a
 killed process resume from the last completed step. One event is one
-transaction; TextDelta and TurnStarted are not written (the reply's text and
-its attempt number arrive with TurnEnded).
+transaction; TextDelta, TurnStarted and ReplyContinued are not written on
+their own (the reply's text, its attempt number and its continuations arrive
+with TurnEnded).
 
 A reply is recorded `pending` and decided by the event after it: rolled back
 (TurnRolledBack) or kept (anything else; for the summary, the end of the run).
@@ -17,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import sqlite3
 import threading
@@ -31,6 +31,7 @@ from appliance.agent.events import (
     AgentEvent,
     Notice,
     ObservationAdded,
+    ReplyContinued,
     RunFinished,
     RunStarted,
     SummaryStarted,
@@ -45,6 +46,7 @@ from appliance.llm.base import ChatMessage
 from appliance.store.db import (
     RunNotFound,
     StoreError,
+    StoreUsageError,
     describe_error,
     host_name,
     now_iso,
@@ -52,30 +54,23 @@ from appliance.store.db import (
     process_start,
     write_transaction,
 )
+from appliance.textutil import SECRET_NAME, redact_url_secrets
 
 if TYPE_CHECKING:
     from appliance.store.history import History
-
-# Key names that hold credentials ("api_key", "judge_api_key", "hf_token"), not "max_tokens".
-_SECRET_KEY = re.compile(
-    r"^(?:.*[_-])?(?:api[_-]?key|key|token|access[_-]?token|secret|password|passwd|authorization|credentials?)$",
-    re.IGNORECASE,
-)
-_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-_URL_SECRET_PARAM = re.compile(r"([?&](?:api[_-]?key|key|token|access_token|secret|password)=)[^&#\s]+", re.IGNORECASE)
 
 
 def scrub(value: Any) -> Any:
     """Defence in depth over the already-redacted snapshots: no credential reaches the database."""
     if isinstance(value, dict):
         return {
-            k: ("***" if isinstance(k, str) and _SECRET_KEY.match(k) and v not in ("", None) else scrub(v))
+            k: ("***" if isinstance(k, str) and SECRET_NAME.match(k) and v not in ("", None) else scrub(v))
             for k, v in value.items()
         }
     if isinstance(value, (list, tuple)):
         return [scrub(v) for v in value]
     if isinstance(value, str) and "://" in value:
-        return _URL_SECRET_PARAM.sub(r"\1***", _URL_USERINFO.sub("***@", value))
+        return redact_url_secrets(value)
     return value
 
 
@@ -128,6 +123,9 @@ class Recorder:
         self._calls: dict[int, int] = {}
         self._results: dict[int, str] = {}
         self._turn_started: TurnStarted | None = None
+        # Continuations of the reply being generated: written with its TurnEnded, so
+        # they share its fate (a resumed run that discards the reply discards them too).
+        self._continued: list[ReplyContinued] = []
         self._delta: dict[str, int] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             RunStarted: self._run_started,
@@ -147,6 +145,9 @@ class Recorder:
         if handler is None:
             if isinstance(event, TurnStarted):
                 self._turn_started = event
+                self._continued = []
+            elif isinstance(event, ReplyContinued):
+                self._continued.append(event)
             return
         if self.run_id is None and not isinstance(event, RunStarted):
             return
@@ -285,11 +286,11 @@ class Recorder:
             raise RunNotFound(f"no recorded run {e.run_id} to resume", "list runs with `appliance history list`")
         status, pid, start, host, elapsed = row
         if status == "running" and pid != os.getpid() and owner_alive(pid, start, host):
-            raise StoreError(
+            raise StoreUsageError(
                 f"run {e.run_id} is still running (pid {pid} on {host})", "wait for it to finish or stop that process"
             )
         if status in ("answered", "no_answer"):
-            raise StoreError(f"run {e.run_id} already finished ({status})", "start a new run with --task")
+            raise StoreUsageError(f"run {e.run_id} already finished ({status})", "start a new run with --task")
         discarded, redone = self._discard_unfinished()
         self._seq = self._execute("SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", (e.run_id,)).fetchone()[
             0
@@ -375,6 +376,7 @@ class Recorder:
         ids = [r[0] for r in self._execute("SELECT id FROM tool_calls WHERE reply_id = ?", (reply_id,))]
         for call_id in ids:
             self._execute("DELETE FROM events WHERE run_id = ? AND tool_call_id = ?", (self.run_id, call_id))
+            self._execute("DELETE FROM archive_records WHERE run_id = ? AND tool_call_id = ?", (self.run_id, call_id))
             self._execute("DELETE FROM tool_calls WHERE id = ?", (call_id,))
         return len(ids)
 
@@ -427,6 +429,15 @@ class Recorder:
         self._add("prompt_tokens", e.prompt_tokens)
         self._add("completion_tokens", e.completion_tokens)
         self._log("TurnEnded", seq, message_id=reply_id)
+        for continued in self._continued:
+            if (continued.turn, continued.kind) == (e.turn, e.kind):
+                self._log(
+                    "ReplyContinued",
+                    message_id=reply_id,
+                    data={"round": continued.round, "generated_tokens": continued.generated_tokens,
+                          "max_tokens": continued.max_tokens},
+                )  # fmt: skip
+        self._continued = []
 
     def _turn_rolled_back(self, e: TurnRolledBack) -> None:
         reply = self._reply
@@ -458,7 +469,7 @@ class Recorder:
         cursor = self._execute(
             "INSERT INTO tool_calls (run_id, reply_id, turn, idx, server, tool, arguments, status, started_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
-            (self.run_id, self._reply.id, e.turn, e.index, e.server, e.tool, dumps(e.arguments), now_iso()),
+            (self.run_id, self._reply.id, e.turn, e.index, e.server, e.tool, dumps(scrub(e.arguments)), now_iso()),
         )
         call_id = int(cursor.lastrowid or 0)
         self._calls[e.index] = call_id
@@ -476,6 +487,28 @@ class Recorder:
         )
         self._results[e.index] = e.result
         self._add("tool_calls", 1)
+        for ref in e.archived:
+            self._execute(
+                "INSERT INTO archive_records (run_id, tool_call_id, kind, uri, warc_file, warc_offset, record_id, "
+                "warc_date, status, digest, length, origin, note, passage) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self.run_id,
+                    call_id,
+                    str(ref.get("kind", "")),
+                    scrub(str(ref.get("uri", ""))),
+                    ref.get("file"),
+                    ref.get("offset"),
+                    ref.get("record_id"),
+                    ref.get("date"),
+                    ref.get("status"),
+                    ref.get("digest"),
+                    ref.get("length"),
+                    ref.get("origin"),
+                    ref.get("note"),
+                    ref.get("passage"),
+                ),
+            )
         self._log("ToolCallFinished", tool_call_id=call_id)
 
     def _observation_added(self, e: ObservationAdded) -> None:

@@ -39,6 +39,24 @@ class RunSummary:
 
 
 @dataclass(frozen=True)
+class ArchiveLink:
+    """A web-archive record (or a local document, or a gap) that a tool call read."""
+
+    kind: str  # response | resource | local | gap
+    uri: str
+    warc_file: str | None = None  # a file in RUN_DIR/archive
+    warc_offset: int | None = None
+    record_id: str | None = None
+    warc_date: str | None = None  # when it was fetched (UTC)
+    status: int | None = None
+    digest: str | None = None
+    length: int | None = None
+    origin: str | None = None  # web | page-cache | reused | archive:... (replayed) | corpus | zim
+    note: str | None = None  # why there is a gap
+    passage: str | None = None  # the part of the document the extractor used
+
+
+@dataclass(frozen=True)
 class ToolCallRecord:
     id: int
     turn: int
@@ -53,6 +71,7 @@ class ToolCallRecord:
     raw_chars: int | None
     started_at: str
     finished_at: str | None
+    archived: tuple[ArchiveLink, ...] = ()
 
 
 @dataclass(frozen=True)

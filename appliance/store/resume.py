@@ -49,8 +49,15 @@ def snapshot_overrides(snapshot: Mapping[str, Any]) -> dict[str, Any]:
 
 def resume_settings(point: ResumePoint, cli_overrides: Mapping[str, Any], profile: str | None = None) -> Settings:
     """The settings the run had, except where the resume command says otherwise (e.g. --max-turns)."""
-    recorded_profile = point.settings.get("profile")
-    overrides = snapshot_overrides(point.settings)
+    return recorded_settings(point.settings, cli_overrides, profile)
+
+
+def recorded_settings(
+    snapshot: Mapping[str, Any], cli_overrides: Mapping[str, Any], profile: str | None = None
+) -> Settings:
+    """A run's recorded settings (for its resume or its re-run), with the command line's overrides on top."""
+    recorded_profile = snapshot.get("profile")
+    overrides = snapshot_overrides(snapshot)
     overrides.update({k: v for k, v in cli_overrides.items() if v is not None})
     return load_settings(
         profile=profile or (recorded_profile if isinstance(recorded_profile, str) else None), overrides=overrides

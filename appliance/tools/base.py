@@ -16,9 +16,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from appliance.protocol.tooldefs import ServerSpec, ToolSpec
+
+if TYPE_CHECKING:
+    from appliance.tools.archive import RunWeb
 
 # ok: the server answered; error: the server answered with an error text of its
 # own (shown to the model as is, like an MCP tool returning "[ERROR]: ...");
@@ -45,7 +48,8 @@ class CallContext:
 
     `run_dir` holds the run's own files: `workspace` (the sandbox's /home/user)
     and `output_dir` (files the model hands back). `attachments` are the only
-    host paths the model may upload from.
+    host paths the model may upload from. `web` is how searches and fetches reach
+    the web (live and archived, or from an archive); None fetches live, unarchived.
     """
 
     run_id: str
@@ -55,6 +59,7 @@ class CallContext:
     attachments: tuple[Path, ...] = ()
     timeout: float = 600.0
     cancel: threading.Event = field(default_factory=threading.Event)
+    web: RunWeb | None = None
 
     def deadline(self) -> float:
         return time.monotonic() + self.timeout
@@ -216,6 +221,7 @@ class ToolBox:
             attachments=ctx.attachments,
             timeout=ctx.timeout,
             cancel=threading.Event(),
+            web=ctx.web,
         )
         timeout = min(ctx.timeout, self.servers[server].call_timeout or ctx.timeout)
         call_ctx.timeout = timeout

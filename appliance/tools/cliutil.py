@@ -7,12 +7,16 @@ layers contract); they read the options given before the subcommand
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+import codecs
+import os
+import threading
+from typing import IO, Any, NoReturn
 
 import click
 
 from appliance.config import Settings, load_settings
 from appliance.options import option_overrides
+from appliance.textutil import for_terminal
 
 
 def settings_from_context(ctx: click.Context, overrides: dict[str, Any] | None = None) -> Settings:
@@ -28,3 +32,27 @@ def exit_with(code: int) -> NoReturn:
     standalone_mode=False, where click returns that code instead of exiting.
     """
     raise SystemExit(int(code))
+
+
+def relay_for_terminal(source: IO[bytes], sink: IO[str]) -> threading.Thread:
+    """Copy a command's output to a terminal as it comes, with control characters made visible.
+
+    Bytes that are not UTF-8 show as \\udcXX escapes instead of being dropped; the
+    thread ends when the command's end of the pipe closes.
+    """
+
+    def pump() -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+        fd = source.fileno()
+        while True:
+            chunk = os.read(fd, 65536)
+            text = decoder.decode(chunk, final=not chunk)
+            if text:
+                sink.write(for_terminal(text))
+                sink.flush()
+            if not chunk:
+                return
+
+    thread = threading.Thread(target=pump, name="terminal-relay", daemon=True)
+    thread.start()
+    return thread

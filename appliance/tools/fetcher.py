@@ -118,6 +118,30 @@ class AddressPolicy:
                 return True
         return False
 
+    def check_recorded(self, url: str, address: str | None) -> None:
+        """May a response archived from `url` (connected to `address`) be served now?
+
+        An archive answers offline, so nothing is resolved: the address recorded at
+        fetch time is checked, or the host itself when it is an IP literal or a
+        local name. What the policy refuses today is refused from an archive too.
+        """
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        candidates = [address] if address else [host]
+        if not address and host.lower() in ("localhost", "localhost.localdomain"):
+            candidates = ["127.0.0.1"]
+        for candidate in candidates:
+            try:
+                ip = ipaddress.ip_address(candidate.strip("[]"))
+            except ValueError:
+                continue  # a name fetched without a recorded address (a page-cache copy): nothing to check
+            if not self.allow_private and not is_public_address(ip) and not self._allowed(host, port, ip):
+                raise BlockedAddress(
+                    f"refusing to serve {url} from the archive: {host} ({ip}) is a loopback, private or "
+                    "link-local address, which the appliance does not let the model reach"
+                )
+
     def check(self, host: str, port: int) -> list[IPAddress]:
         addresses = resolve(host, port)
         if not addresses:
@@ -155,6 +179,25 @@ class _PinnedBackend(httpcore.SyncBackend):
                 last = exc
         assert last is not None
         raise last
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One HTTP request and its response as they went over the wire, for the web archive.
+
+    Every hop of a redirect chain is one exchange. `body` is the payload after any
+    Content-Encoding was undone (what the fetcher read); `peer` is the address connected to.
+    """
+
+    url: str
+    request_headers: tuple[tuple[str, str], ...]
+    status: int
+    reason: str
+    http_version: str
+    response_headers: tuple[tuple[str, str], ...]
+    body: bytes
+    peer: str | None
+    started: float  # wall-clock time the response was in
 
 
 @dataclass
@@ -244,9 +287,17 @@ class Fetcher:
 
     @contextmanager
     def open(
-        self, url: str, *, headers: dict[str, str] | None = None, cancel: Callable[[], bool] | None = None
+        self,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        cancel: Callable[[], bool] | None = None,
+        exchanges: list[Exchange] | None = None,
     ) -> Iterator[tuple[httpx.Response, list[str], float]]:
-        """Follow redirects by hand (checking each hop); yield the final streaming response."""
+        """Follow redirects by hand (checking each hop); yield the final streaming response.
+
+        With `exchanges`, each redirect hop is appended to it (the final response is the caller's to add).
+        """
         deadline = time.monotonic() + self.timeout
         redirects: list[str] = []
         current = self.check_url(url)
@@ -268,6 +319,8 @@ class Fetcher:
                 raise FetchError(f"could not fetch {current}: {type(exc).__name__}: {exc}") from exc
             if response.is_redirect:
                 location = response.headers.get("location", "")
+                if exchanges is not None:
+                    exchanges.append(exchange_of(response, b""))
                 response.close()
                 if len(redirects) >= self.max_redirects:
                     raise TooManyRedirects(f"more than {self.max_redirects} redirects starting at {url}")
@@ -285,11 +338,20 @@ class Fetcher:
             return
 
     def fetch(
-        self, url: str, *, headers: dict[str, str] | None = None, cancel: Callable[[], bool] | None = None
+        self,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        cancel: Callable[[], bool] | None = None,
+        exchanges: list[Exchange] | None = None,
     ) -> FetchResult:
+        """GET `url`; with `exchanges`, every hop (redirects, then the response read whole) is appended."""
         started = time.monotonic()
-        with self.open(url, headers=headers, cancel=cancel) as (response, redirects, deadline):
+        with self.open(url, headers=headers, cancel=cancel, exchanges=exchanges) as (response, redirects, deadline):
+            peer = peer_address(response)
             content = b"".join(self._capped_body(response, deadline, url, cancel))
+            if exchanges is not None:
+                exchanges.append(exchange_of(response, content, peer))
             return _result(url, response, redirects, content, started)
 
     def download(
@@ -299,12 +361,19 @@ class Fetcher:
         *,
         headers: dict[str, str] | None = None,
         cancel: Callable[[], bool] | None = None,
+        exchanges: list[Exchange] | None = None,
     ) -> FetchResult:
-        """Stream `url` into `destination` (a file that must not exist yet); same limits."""
+        """Stream `url` into `destination` (a file that must not exist yet); same limits.
+
+        With `exchanges`, the hops are appended; the last one's body is the file, read back once written.
+        """
         started = time.monotonic()
-        with self.open(url, headers=headers, cancel=cancel) as (response, redirects, deadline):
+        with self.open(url, headers=headers, cancel=cancel, exchanges=exchanges) as (response, redirects, deadline):
             if not 200 <= response.status_code < 300:
+                if exchanges is not None:
+                    exchanges.append(exchange_of(response, b""))
                 return _result(url, response, redirects, b"", started)
+            peer = peer_address(response)
             try:
                 with destination.open("xb") as handle:
                     for chunk in self._capped_body(response, deadline, url, cancel):
@@ -312,6 +381,8 @@ class Fetcher:
             except BaseException:
                 destination.unlink(missing_ok=True)
                 raise
+            if exchanges is not None:
+                exchanges.append(exchange_of(response, destination.read_bytes(), peer))
             return _result(url, response, redirects, b"", started)
 
     def _capped_body(
@@ -338,6 +409,32 @@ class Fetcher:
             raise FetchTimeout(f"{url} stalled for more than {self.timeout:g}s") from exc
         except httpx.HTTPError as exc:
             raise FetchError(f"the connection to {url} failed mid-download: {exc}") from exc
+
+
+def peer_address(response: httpx.Response) -> str | None:
+    """The address the response came from; ask before reading the body (a closed socket has none)."""
+    stream = response.extensions.get("network_stream")
+    try:
+        peer = stream.get_extra_info("server_addr") if stream is not None else None
+    except OSError:
+        return None
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
+
+
+def exchange_of(response: httpx.Response, body: bytes, peer: str | None = None) -> Exchange:
+    """The exchange `response` ended (its request's headers as sent; `body` as read; `peer` if known)."""
+    reason = response.reason_phrase or ""
+    return Exchange(
+        url=str(response.request.url),
+        request_headers=tuple(response.request.headers.items()),
+        status=response.status_code,
+        reason=reason,
+        http_version=response.http_version,
+        response_headers=tuple(response.headers.items()),
+        body=body,
+        peer=peer or peer_address(response),
+        started=time.time(),
+    )
 
 
 def _result(url: str, response: httpx.Response, redirects: list[str], content: bytes, started: float) -> FetchResult:

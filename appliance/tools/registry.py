@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from appliance.config import Settings
 from appliance.errors import ComponentUnavailable, ConfigError
 from appliance.llm.base import Backend
+from appliance.textutil import did_you_mean
 from appliance.tools.base import ToolBox, ToolServer
 
 TOOL_SERVERS: dict[str, str] = {
@@ -31,7 +32,10 @@ ServerFactory = Callable[[Settings, BackendProvider], ToolServer]
 def load_server_factory(name: str) -> ServerFactory:
     target = TOOL_SERVERS.get(name)
     if target is None:
-        raise ConfigError(f"unknown tool server '{name}'", f"[tools] enabled may list: {', '.join(TOOL_SERVERS)}")
+        raise ConfigError(
+            f"unknown tool server '{name}'" + did_you_mean(name, TOOL_SERVERS),
+            f"[tools] enabled may list: {', '.join(TOOL_SERVERS)}",
+        )
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from appliance.config import Settings
 from appliance.errors import ConfigError
+from appliance.tools.archive import RunWeb, open_run_web
 from appliance.tools.base import CallContext
 from appliance.tools.sandbox.workspace import check_workspace
 
@@ -38,8 +39,10 @@ def run_dirs(settings: Settings, run_id: str, workspace: Path | None = None) -> 
     return dirs
 
 
-def call_context(settings: Settings, run_id: str, dirs: RunDirs, attachments: tuple[Path, ...]) -> CallContext:
-    """What the run's tool calls may touch, and for how long."""
+def call_context(
+    settings: Settings, run_id: str, dirs: RunDirs, attachments: tuple[Path, ...], web: RunWeb | None = None
+) -> CallContext:
+    """What the run's tool calls may touch, and for how long (and, for an agent run, its web archive)."""
     return CallContext(
         run_id=run_id,
         run_dir=dirs.run_dir,
@@ -47,6 +50,21 @@ def call_context(settings: Settings, run_id: str, dirs: RunDirs, attachments: tu
         output_dir=dirs.output_dir,
         attachments=attachments,
         timeout=settings.agent.tool_timeout,
+        web=web,
+    )
+
+
+def run_web(settings: Settings, run_id: str, reuse_runs: Sequence[str] = ()) -> RunWeb:
+    """The run's web from [archive] and [scrape]: its own archive (reused on resume), `reuse_runs`' archives
+    (a re-run's original), and an archive to replay offline. ArchiveError for an archive that cannot be used;
+    nothing is created on disk, so call it before run_dirs to fail without leaving a directory behind."""
+    return open_run_web(
+        settings.archive,
+        settings.scrape,
+        settings.dirs.run_dir,
+        run_id,
+        settings.dirs.run_dir(run_id),
+        reuse_runs=reuse_runs,
     )
 
 

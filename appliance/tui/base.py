@@ -2,7 +2,7 @@
 
 Model and tool text is untrusted: it reaches the screen only as literal
 `Content` (never parsed as markup, so "[bold]" or "[@click=app.quit]" stay text),
-after terminal control sequences are removed.
+with control characters written as visible escapes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from appliance.tui import format as fmt
 
 
 def literal(text: str, style: str = "") -> Content:
-    """Untrusted text as content that is shown exactly (control sequences removed, no markup)."""
+    """Untrusted text as content that is shown exactly (controls as visible escapes, no markup)."""
     return Content.styled(fmt.clean(text), style) if style else Content(fmt.clean(text))
 
 

@@ -1,4 +1,4 @@
-"""Small modal dialogs: confirm, attach files, export to a file. Errors show inside the dialog."""
+"""Small modal dialogs: confirm, attach files, export to a file, a run's sources. Errors show inside the dialog."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from typing import ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
+from appliance.store.sources import Source
 from appliance.tui.base import literal
 
 
@@ -130,4 +131,44 @@ class ExportDialog(ModalScreen[Path | None]):
         error.display = True
 
     def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class SourcesDialog(ModalScreen[None]):
+    """The run's numbered sources; enter opens one's archived copy, rendered as text (`read` gives the text)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", "Close")]
+
+    def __init__(self, sources: list[Source], read: Callable[[Source], str]) -> None:
+        super().__init__(classes="dialog-screen")
+        self.sources = sources
+        self.read = read
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog sources-dialog"):
+            yield Static(Content.styled("Sources: the archived copy of each, as text", "bold"), classes="dialog-title")
+            options = []
+            for source in self.sources:
+                label = f"{source.number}. {source.url}" + (
+                    f"  (fetched {source.archived_at})" if source.archived_at else ""
+                )
+                options.append(Option(literal(label), id=f"source-{source.number}"))
+            yield OptionList(*options, id="sources-list")
+            with VerticalScroll(id="archived-copy"):
+                yield Static("", id="archived-text")
+            yield Static(Content.styled("enter show · escape close", "$text-muted"), classes="dialog-hint")
+        yield Footer(compact=True, show_command_palette=False)
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.show(self.sources[event.option_index])
+
+    def show(self, source: Source) -> None:
+        self.query_one("#archived-text", Static).update(literal(self.read(source)))
+        self.query_one("#archived-copy", VerticalScroll).scroll_home(animate=False)
+
+    @property
+    def shown_text(self) -> str:
+        return str(self.query_one("#archived-text", Static).content)
+
+    def action_close(self) -> None:
         self.dismiss(None)

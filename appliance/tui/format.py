@@ -1,7 +1,8 @@
 """How numbers, tool calls and results read on screen. Pure functions over plain values; no textual import.
 
-Everything returned here is plain text with terminal control sequences removed;
-widgets show it as literal content (never parsed as markup).
+Everything returned here is plain text with control characters written as
+visible escapes (textutil.for_terminal); widgets show it as literal content
+(never parsed as markup).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from appliance.textutil import one_line, strip_control
+from appliance.textutil import for_terminal, one_line
 
 # The argument that says what a call is about, per tool (the rest shows when expanded).
 _SUBJECT_KEYS = {
@@ -46,8 +47,8 @@ ROLLBACK_REASONS = {
 
 
 def clean(text: str) -> str:
-    """Untrusted text with terminal control sequences removed (newlines and tabs kept)."""
-    return strip_control(text)
+    """Untrusted text as the screen may show it: controls as visible escapes, newlines and tabs kept."""
+    return for_terminal(text)
 
 
 def duration(seconds: float) -> str:

@@ -28,18 +28,21 @@ from textual.worker import Worker
 from appliance.agent.events import AgentEvent, RunFinished
 from appliance.agent.loop import Agent
 from appliance.errors import ApplianceError, ComponentUnavailable
+from appliance.paths import app_dirs
 from appliance.store import RESUMABLE
 from appliance.store.export import markdown_report
+from appliance.store.report import finish_report
+from appliance.store.sources import Source, run_sources
 from appliance.tui.base import literal
 from appliance.tui.batching import EventBatcher
-from appliance.tui.dialogs import AttachDialog, ExportDialog
+from appliance.tui.dialogs import AttachDialog, ExportDialog, SourcesDialog
 from appliance.tui.messages import RunClosed, RunEvents, RunFailed, RunNotes
 from appliance.tui.meter import RunMeter
-from appliance.tui.runs import PreparedRun, answer_sources
+from appliance.tui.runs import PreparedRun, archived_copy
 from appliance.tui.statusbar import StatusBar
 from appliance.tui.toolcall import ToolCallView
 from appliance.tui.transcript import Transcript
-from appliance.tui.widgets import AnswerPanel, NoteView
+from appliance.tui.widgets import AnswerPanel
 
 if TYPE_CHECKING:
     from appliance.tui.app import ApplianceApp
@@ -60,6 +63,7 @@ class MainScreen(Screen[None]):
         Binding("ctrl+g", "copy", "Copy"),
         Binding("ctrl+f", "export", "Export"),
         Binding("ctrl+t", "thinking", "Think"),
+        Binding("ctrl+b", "sources", "Sources", show=False),  # the answer panel names it, beside the sources
     ]
 
     def __init__(self, attachments: list[Path], clock: Callable[[], float] = time.monotonic) -> None:
@@ -162,6 +166,9 @@ class MainScreen(Screen[None]):
             return answer is not None and answer.status == "answered" and not running
         if action == "export":
             return self.run_id is not None and not running
+        if action == "sources":
+            answer = self.transcript.answer if self.is_mounted else None
+            return answer is not None and bool(answer.sources) and not running
         return True
 
     # ------------------------------------------------------------ actions
@@ -358,14 +365,26 @@ class MainScreen(Screen[None]):
             self.post_message(RunClosed(None, None, "error", [], replay=True))
             return
         batcher.close()
-        self.post_message(RunClosed(record.run_id, finished, record.status, answer_sources(record), replay=True))
+        self.post_message(RunClosed(record.run_id, finished, record.status, run_sources(record), replay=True))
 
-    def _sources(self, run_id: str) -> list[str]:
+    def _sources(self, run_id: str) -> list[Source]:
+        """The finished run's sources, its report written into its directory on the way."""
         history = self.appliance.history
         try:
-            return answer_sources(history.get_run(run_id)) if history is not None else []
+            return finish_report(history, self._run_dir(run_id), run_id) if history is not None else []
         except ApplianceError:
             return []
+
+    @staticmethod
+    def _run_dir(run_id: str) -> Path:
+        return app_dirs().run_dir(run_id)
+
+    def action_sources(self) -> None:
+        answer = self.transcript.answer
+        if answer is None or not answer.sources or self.run_id is None:
+            return
+        run_dir = self._run_dir(self.run_id)
+        self.app.push_screen(SourcesDialog(answer.sources, lambda source: archived_copy(run_dir, source)))
 
     # ------------------------------------------------------------ messages from the thread
 
@@ -380,8 +399,7 @@ class MainScreen(Screen[None]):
 
     def on_run_notes(self, message: RunNotes) -> None:
         self.meter.elapsed_before = message.elapsed_before
-        for note in message.notes:
-            self.transcript.mount(NoteView(note, "warning"))
+        self.transcript.run_notes = list(message.notes)  # shown after the run's first line, in order
 
     async def on_run_failed(self, message: RunFailed) -> None:
         title = f"{message.component} is unavailable" if message.component else "The run could not go on"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from textual.message import Message
 
 from appliance.agent.events import AgentEvent, RunFinished
+from appliance.store.sources import Source
 
 
 class RunEvents(Message):
@@ -41,7 +42,7 @@ class RunClosed(Message):
     """
 
     def __init__(
-        self, run_id: str | None, finished: RunFinished | None, status: str, sources: list[str], replay: bool
+        self, run_id: str | None, finished: RunFinished | None, status: str, sources: list[Source], replay: bool
     ) -> None:
         super().__init__()
         self.run_id = run_id

@@ -19,36 +19,25 @@ from typing import Any
 from appliance.agent.loop import Agent, RunState
 from appliance.agent.runtime import build_toolbox, new_run_id, prepare_run
 from appliance.config import Settings
+from appliance.errors import ApplianceError
 from appliance.llm.base import Backend
 from appliance.llm.factory import build_backend
 from appliance.options import option_overrides, settings_from_options
-from appliance.store import History, RunRecord
-from appliance.store.export import sources
+from appliance.store import History
 from appliance.store.resume import prepare_resume
+from appliance.store.sources import Source
+from appliance.tools.archive import archived_text
 
-SEARCH_FALLBACK = 5
 
-
-def answer_sources(run: RunRecord) -> list[str]:
-    """The sources shown with an answer: the store's (pages read, URLs the answer cites); when there
-    are none, the top result of each search the run made (at most five)."""
-    found = sources(run)
-    if found:
-        return found
-    for step in run.kept_steps:
-        for call in step.calls:
-            if call.tool != "google_search" or call.status != "ok" or not call.result:
-                continue
-            try:
-                organic = json.loads(call.result).get("organic") or []
-            except (ValueError, AttributeError):
-                continue
-            link = organic[0].get("link") if organic and isinstance(organic[0], dict) else None
-            if isinstance(link, str) and link and link not in found:
-                found.append(link)
-            if len(found) >= SEARCH_FALLBACK:
-                return found
-    return found
+def archived_copy(run_dir: Path, source: Source) -> str:
+    """A source as the user reads it in the UI: its archived copy as text, else why there is none."""
+    if not source.archived or source.warc_file is None or source.warc_offset is None:
+        where = f"a local {source.kind} document" if source.kind in ("corpus", "zim") else "not in the web archive"
+        return f"{source.url} is {where}.\n\nThe passage the extractor used:\n\n{source.passage or '(none recorded)'}"
+    try:
+        return archived_text(run_dir, source.warc_file, source.warc_offset)
+    except ApplianceError as exc:
+        return exc.one_line()
 
 
 @dataclass

@@ -34,6 +34,10 @@ class Transcript(VerticalScroll):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.clock = clock
         self.turns: dict[int, TurnView] = {}
+        # Turns on screen when a resumed run started: what the resumed run does in them goes below.
+        self.before_resume: set[int] = set()
+        # The run's notes (a resume's "restored the cache", ...), shown right after its first line.
+        self.run_notes: list[str] = []
         self.current: TurnView | None = None
         self.answer: AnswerPanel | None = None
         self._splitter = ReplySplitter()
@@ -46,6 +50,8 @@ class Transcript(VerticalScroll):
     async def reset(self) -> None:
         await self.remove_children()
         self.turns.clear()
+        self.before_resume.clear()
+        self.run_notes = []
         self.current = None
         self.answer = None
         self.events_seen = 0
@@ -85,7 +91,7 @@ class Transcript(VerticalScroll):
         elif isinstance(event, SummaryStarted):
             reason = fmt.SUMMARY_REASONS.get(event.reason, event.reason.replace("_", " "))
             await self.mount(NoteView(f"Asking for the final answer: {reason}."))
-        elif isinstance(event, Notice):
+        elif isinstance(event, Notice) and event.level != "debug":  # a traceback: recorded, not shown
             await self.add_notice(event.level, event.message)
         elif isinstance(event, RunFinished):
             await self._finished(event)
@@ -104,8 +110,12 @@ class Transcript(VerticalScroll):
             await self.mount(NoteView(f"Resumed after turn {event.turn}."))
             if not any(isinstance(child, TaskView) for child in self.children):
                 await self.mount(TaskView(event.task, event.attachments), before=0)
+            self.before_resume = set(self.turns)
         else:
             await self.mount(TaskView(event.task, event.attachments))
+        for note in self.run_notes:
+            await self.mount(NoteView(note, "warning"))
+        self.run_notes = []
         if self.answer is not None:
             # A resumed run: the earlier ending no longer stands.
             await self.answer.remove()
@@ -120,7 +130,9 @@ class Transcript(VerticalScroll):
 
     async def _turn_for(self, turn: int) -> TurnView:
         view = self.turns.get(turn)
-        if view is None:  # a resumed run re-executing the calls of a recorded turn not on screen
+        if view is None or turn in self.before_resume:
+            # A resumed run re-executing the calls of a recorded turn: below the resume, in the order they run.
+            self.before_resume.discard(turn)
             view = TurnView(turn, "turn", 1)
             self.turns[turn] = view
             await self.mount(view)

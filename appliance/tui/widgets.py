@@ -17,6 +17,7 @@ from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
 from appliance.store import RESUMABLE
+from appliance.store.sources import Source
 from appliance.tui import format as fmt
 from appliance.tui.base import QuietCollapsible, literal, set_collapsible_title
 from appliance.tui.stream import split_reply
@@ -229,7 +230,7 @@ class AnswerPanel(Vertical):
         super().__init__(classes=f"answer -{status}")
         self.status = status
         self.answer = answer
-        self.sources: list[str] = []
+        self.sources: list[Source] = []
         self.body = Static(self._body(final_text, error, turn), classes="answer-body")
         self.sources_view = Static("", classes="answer-sources")
         self.sources_view.display = False
@@ -267,18 +268,23 @@ class AnswerPanel(Vertical):
             return Content.styled("ctrl+r resume · ctrl+f export · ctrl+n new run", "$text-muted")
         return Content.styled("ctrl+f export · ctrl+n new run", "$text-muted")
 
-    def set_sources(self, sources: list[str]) -> None:
+    def set_sources(self, sources: list[Source]) -> None:
         self.sources = sources
         if not sources:
             return
-        lines: list[str | tuple[str, str]] = [("Sources", "bold")]
-        for number, url in enumerate(sources, 1):
-            lines.append(f"\n {number}. {fmt.clean(url)}")
+        lines: list[str | tuple[str, str]] = [
+            ("Sources", "bold"),
+            ("  ctrl+b opens the archived copies", "$text-muted"),
+        ]
+        for source in sources:
+            lines.append(f"\n {source.number}. {fmt.clean(source.url)}")
+            if source.archived_at:
+                lines.append((f"  fetched {source.archived_at}", "$text-muted"))
         self.sources_view.update(Content.assemble(*lines))
         self.sources_view.display = True
 
     def clipboard_text(self) -> str:
         text = fmt.clean(self.answer or "")
         if self.sources:
-            text += "\n\nSources:\n" + "\n".join(f"- {fmt.clean(url)}" for url in self.sources)
+            text += "\n\nSources:\n" + "\n".join(f"- {fmt.clean(source.url)}" for source in self.sources)
         return text

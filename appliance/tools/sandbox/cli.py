@@ -5,12 +5,15 @@
     appliance sandbox clean [--older-than DAYS] [--all] [--dry-run] [RUN_ID...]
 
 `exec` streams the command's output and exits with its exit code (124 when
-the time limit stopped it). Without bwrap, or where user namespaces are off,
+the time limit stopped it). Output bound for a terminal has its control
+characters made visible (textutil.for_terminal); redirected, it is the
+command's exact bytes. Without bwrap, or where user namespaces are off,
 every subcommand exits 3 with the fix; nothing ever runs unsandboxed.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -23,6 +26,7 @@ import click
 
 from appliance.config import Settings, load_settings
 from appliance.errors import ConfigError, ExitCode
+from appliance.tools.cliutil import relay_for_terminal
 from appliance.tools.sandbox.bwrap import SANDBOX_HOME
 from appliance.tools.sandbox.host import is_real_root
 from appliance.tools.sandbox.process import kill_group, spawn
@@ -51,7 +55,7 @@ def exec_command(timeout: float | None, workspace: Path | None, command: tuple[s
     """Run CMD in the sandbox, stream its output and exit with its exit code (124 on timeout)."""
     settings = load_settings()
     limit = settings.sandbox.command_timeout if timeout is None else timeout
-    if limit <= 0:
+    if not 0 < limit < math.inf:
         raise ConfigError(f"--timeout must be positive, got {limit:g}", "pass --timeout SECONDS")
     named = check_workspace(workspace, settings) if workspace is not None else None
     server = SandboxServer(settings)
@@ -60,7 +64,14 @@ def exec_command(timeout: float | None, workspace: Path | None, command: tuple[s
         home = named or Path(scratch, "home")
         layout = server.layout(home, Path(scratch, "tmp"), None, owned=named is None)
         launch = host.build(layout, host.argv_command(server.limits, command))
-        process = spawn(launch)
+        # Untrusted output reaches a terminal shown, never obeyed; a pipe or file gets it exactly.
+        pipes = {name: subprocess.PIPE for name in ("stdout", "stderr") if getattr(sys, name).isatty()}
+        process = spawn(launch, **pipes)
+        relays = [
+            relay_for_terminal(pipe, stream)
+            for pipe, stream in ((process.stdout, sys.stdout), (process.stderr, sys.stderr))
+            if pipe is not None
+        ]
         try:
             code = process.wait(timeout=limit)
         except subprocess.TimeoutExpired:
@@ -72,6 +83,8 @@ def exec_command(timeout: float | None, workspace: Path | None, command: tuple[s
             kill_group(process)
             process.wait()
             code = ExitCode.INTERRUPTED
+        for relay in relays:
+            relay.join(timeout=5)
     sys.exit(int(code) if code >= 0 else 128 - code)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import secrets
 from pathlib import Path
@@ -9,12 +10,14 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from appliance.config import Settings
+from appliance.tools.archive import WebCall
 from appliance.tools.base import CallContext, ToolOutput
 from appliance.tools.fetcher import FetchError, LazyFetcher
 from appliance.tools.sandbox import files
 from appliance.tools.sandbox.files import PathRefused
 
 if TYPE_CHECKING:
+    from appliance.tools.sandbox.bwrap import Layout
     from appliance.tools.sandbox.server import SandboxServer
 
 DOWNLOADS_DIR = ".downloads"  # in the run directory: fetched files wait here, out of the sandbox's reach
@@ -90,8 +93,25 @@ class Transfers:
         incoming = ctx.run_dir / DOWNLOADS_DIR
         incoming.mkdir(parents=True, exist_ok=True)
         scratch = incoming / secrets.token_hex(8)
+        web = ctx.web.call() if ctx.web is not None else None
+        output = self._download(url, where, scratch, parts, layout, ctx, web)
+        return dataclasses.replace(output, meta={**output.meta, **web.meta()}) if web is not None else output
+
+    def _download(
+        self,
+        url: str,
+        where: str,
+        scratch: Path,
+        parts: tuple[str, ...],
+        layout: Layout,
+        ctx: CallContext,
+        web: WebCall | None,
+    ) -> ToolOutput:
         try:
-            fetched = self.fetcher.get().download(url, scratch, cancel=ctx.cancel.is_set)
+            if web is not None:
+                fetched = web.download(self.fetcher.get, url, scratch, ctx.cancel.is_set)
+            else:
+                fetched = self.fetcher.get().download(url, scratch, cancel=ctx.cancel.is_set)
             if not fetched.ok:
                 return ToolOutput(
                     f"[ERROR]: Failed to download file from {url} to {where}: the server answered HTTP "

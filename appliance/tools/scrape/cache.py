@@ -38,7 +38,7 @@ class Page:
     text: str
     kind: str
     content_type: str = ""
-    source: str = "web"  # web | cache | corpus | zim
+    source: str = "web"  # web | cache | archive | corpus | zim
     fetched_at: float = 0.0
 
 

@@ -8,7 +8,7 @@ import click
 
 from appliance.errors import ComponentUnavailable, ConfigError, ExitCode
 from appliance.llm.base import Backend
-from appliance.textutil import strip_control
+from appliance.textutil import for_terminal, safe_json_text
 from appliance.tools.cliutil import exit_with, settings_from_context
 from appliance.tools.scrape.reader import ReadError
 from appliance.tools.scrape.server import ScrapeServer
@@ -51,26 +51,28 @@ def fetch(
                 page = server.read(url, extra or None)
             except ReadError as exc:
                 _fail(str(exc), settings.scrape.allow_private)
-            click.echo(f"# {strip_control(page.title)}\n" if page.title else "", nl=False)
-            click.echo(f"<!-- {page.final_url} ({page.kind}, {page.source}, {len(page.text):,} chars) -->", err=True)
-            click.echo(strip_control(page.text))
+            click.echo(f"# {for_terminal(page.title)}\n" if page.title else "", nl=False)
+            where = for_terminal(page.final_url)
+            click.echo(f"<!-- {where} ({page.kind}, {page.source}, {len(page.text):,} chars) -->", err=True)
+            click.echo(for_terminal(page.text))
             return
         outcome = server.scrape(url, info, extra or None)
+        error = "" if outcome.success else str(outcome.payload["error"])
+        if error and outcome.page is not None:  # read fine; the extraction model failed
+            raise ComponentUnavailable("extraction", error, "check [extraction] and the model with `appliance doctor`")
         if as_json:
-            click.echo(outcome.text)
-        if not outcome.success:
-            error = str(outcome.payload["error"])
-            if outcome.page is not None:  # read fine; the extraction model failed
-                raise ComponentUnavailable("extraction", error)
+            click.echo(safe_json_text(outcome.text))
+        if error:
             if not as_json:
                 _fail(error.removeprefix("Scraping failed: "), settings.scrape.allow_private)
             exit_with(ExitCode.NO_ANSWER)
         if not as_json:
-            click.echo(strip_control(str(outcome.payload["extracted_info"])))
+            click.echo(for_terminal(str(outcome.payload["extracted_info"])))
             stats = outcome.meta
+            model = for_terminal(str(outcome.payload["model_used"]))
             click.echo(
                 f"<!-- {stats.get('page_chars', 0):,} page chars, {stats.get('parts', 1)} part(s), "
-                f"{outcome.payload['tokens_used']} tokens, model {outcome.payload['model_used']} -->",
+                f"{outcome.payload['tokens_used']} tokens, model {model} -->",
                 err=True,
             )
     finally:
@@ -82,5 +84,5 @@ def fetch(
 def _fail(message: str, allow_private: bool) -> NoReturn:
     if "refusing to fetch" in message and not allow_private:
         raise ConfigError(message, "add HOST:PORT to [scrape] allow_hosts to open one local service")
-    click.echo(f"appliance: {strip_control(message)}", err=True)
+    click.echo(f"appliance: {for_terminal(message)}", err=True)
     exit_with(ExitCode.NO_ANSWER)

@@ -15,8 +15,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from appliance.config import Settings
+from appliance.tools.archive import WebCall
 from appliance.tools.documents import UnsupportedDocument, convert
-from appliance.tools.fetcher import Fetcher, FetchError, LazyFetcher
+from appliance.tools.fetcher import Fetcher, FetchError, FetchResult, LazyFetcher
 from appliance.tools.scrape.cache import Page, PageCache
 from appliance.tools.search.corpus import Corpus, CorpusError, parse_document_url
 from appliance.tools.search.engine import corpus_path
@@ -60,8 +61,15 @@ class PageReader:
         self.zim.close()
 
     def read(
-        self, url: str, *, headers: dict[str, str] | None = None, cancel: Callable[[], bool] | None = None
+        self,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        cancel: Callable[[], bool] | None = None,
+        web: WebCall | None = None,
     ) -> Page:
+        """The page's text. With `web` (a run's), an archive answers first, then the cache, then the
+        network (archived); an offline run never reaches the cache or the network."""
         url = url.strip()
         if not url:
             raise ReadError("URL cannot be empty")
@@ -72,6 +80,17 @@ class PageReader:
             return self._read_zim(url)
         fetcher = self.fetcher.get()
         try:
+            Fetcher.check_url(url)
+            if web is not None:
+                # An archive answers first: the policy is asked of the address recorded at fetch time
+                # (offline, nothing is resolved); a refused one is refused from the archive too.
+                archived = web.fetch_archived(url)
+                if isinstance(archived, FetchResult):
+                    return self._page_of(url, archived, source="archive")
+                if archived is not None:
+                    return Page(**{**archived, "source": "archive"})
+                if web.web.offline:
+                    raise web.not_archived(url)
             fetcher.permit(url)  # policy before cache: the cache never answers for a URL refused now
         except FetchError as exc:
             raise ReadError(str(exc)) from exc
@@ -79,8 +98,10 @@ class PageReader:
         if use_cache:
             cached = self.cache.get(url)
             if cached is not None and self._permitted(fetcher, cached.final_url):
+                if web is not None:
+                    web.record_cached_page(page_fields(cached), cached.fetched_at)
                 return cached
-        page = self._fetch(url, headers, cancel)
+        page = self._fetch(url, headers, cancel, web)
         if use_cache:
             self.cache.put(page)
         return page
@@ -94,11 +115,19 @@ class PageReader:
             return False
         return True
 
-    def _fetch(self, url: str, headers: dict[str, str] | None, cancel: Callable[[], bool] | None) -> Page:
+    def _fetch(
+        self, url: str, headers: dict[str, str] | None, cancel: Callable[[], bool] | None, web: WebCall | None
+    ) -> Page:
         try:
-            result = self.fetcher.get().fetch(url, headers=headers, cancel=cancel)
+            if web is not None:
+                result = web.fetch_live(self.fetcher.get, url, headers, cancel)
+            else:
+                result = self.fetcher.get().fetch(url, headers=headers, cancel=cancel)
         except FetchError as exc:
             raise ReadError(str(exc)) from exc
+        return self._page_of(url, result)
+
+    def _page_of(self, url: str, result: FetchResult, source: str = "web") -> Page:
         if not result.ok:
             raise ReadError(f"{http_reason(result.status_code)} from {result.final_url}")
         if not result.content.strip():
@@ -124,7 +153,7 @@ class PageReader:
             text=document.text,
             kind=document.kind,
             content_type=result.content_type,
-            source="web",
+            source=source,
             fetched_at=time.time(),
         )
 
@@ -150,3 +179,15 @@ class PageReader:
         except RuntimeError as exc:
             raise ReadError(f"the ZIM archive could not be read: {exc}") from exc
         return Page(url, entry.url, entry.title or document.title, document.text, document.kind, entry.mimetype, "zim")
+
+
+def page_fields(page: Page) -> dict[str, str]:
+    """A cached page as the archive keeps it (a resource record) and gives it back."""
+    return {
+        "url": page.url,
+        "final_url": page.final_url,
+        "title": page.title,
+        "text": page.text,
+        "kind": page.kind,
+        "content_type": page.content_type,
+    }

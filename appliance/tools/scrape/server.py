@@ -7,7 +7,9 @@ on; only the extract enters the agent's context, never the whole page.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from appliance.config import Settings
 from appliance.errors import ApplianceError
 from appliance.llm.base import Backend
 from appliance.protocol.tooldefs import ToolSpec
+from appliance.tools.archive import RecordRef, WebCall, warc_date
 from appliance.tools.base import CallContext, ToolOutput, ToolServer
 from appliance.tools.scrape.cache import Page
 from appliance.tools.scrape.extract import Extractor
@@ -53,6 +56,28 @@ def check_headers(value: Any) -> dict[str, str] | None:
             continue  # the fetcher sets these; a model-chosen Host would not change where it connects anyway
         headers[name.strip()] = text
     return headers or None
+
+
+_WORD = re.compile(r"\w{3,}")
+PASSAGE_CHARS = 600
+
+
+def best_passage(text: str, extract: str, limit: int = PASSAGE_CHARS) -> str:
+    """The paragraph of `text` that shares the most words with the extract: the passage it came from.
+
+    Words are compared case-folded (three letters or more); a tie keeps the
+    earlier paragraph, and with no word in common the page's opening is given.
+    """
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    if not paragraphs:
+        return ""
+    wanted = {w.casefold() for w in _WORD.findall(extract)}
+    best, best_score = paragraphs[0], 0
+    for paragraph in paragraphs:
+        score = len(wanted & {w.casefold() for w in _WORD.findall(paragraph)})
+        if score > best_score:
+            best, best_score = paragraph, score
+    return best if len(best) <= limit else best[: limit - 1].rstrip() + "…"
 
 
 def scrape_stats(text: str, max_chars: int) -> dict[str, Any]:
@@ -110,11 +135,22 @@ class ScrapeServer(ToolServer):
                 self._extractor = Extractor(backend, max_tokens=self.settings.extraction.max_tokens)
             return self._extractor
 
-    def read(self, url: str, headers: dict[str, str] | None = None, cancel: threading.Event | None = None) -> Page:
-        return self.reader.read(url, headers=headers, cancel=cancel.is_set if cancel else None)
+    def read(
+        self,
+        url: str,
+        headers: dict[str, str] | None = None,
+        cancel: threading.Event | None = None,
+        web: WebCall | None = None,
+    ) -> Page:
+        return self.reader.read(url, headers=headers, cancel=cancel.is_set if cancel else None, web=web)
 
     def scrape(
-        self, url: str, info_to_extract: str, headers: Any = None, cancel: threading.Event | None = None
+        self,
+        url: str,
+        info_to_extract: str,
+        headers: Any = None,
+        cancel: threading.Event | None = None,
+        web: WebCall | None = None,
     ) -> ScrapeOutcome:
         if is_huggingface_dataset_or_space(url):
             return failure(url, HF_REFUSAL)
@@ -123,7 +159,7 @@ class ScrapeServer(ToolServer):
         except ValueError as exc:
             return failure(url, f"Scraping failed: {exc}")
         try:
-            page = self.read(url, checked, cancel)
+            page = self.read(url, checked, cancel, web)
         except ReadError as exc:
             return failure(url, f"Scraping failed: {exc}")
         max_chars = self.settings.scrape.max_chars
@@ -152,6 +188,8 @@ class ScrapeServer(ToolServer):
             "parts": extraction.parts,
             "extraction_calls": extraction.calls,
         }
+        if extraction.success:
+            meta["passage"] = best_passage(content, extraction.text)
         return ScrapeOutcome(payload, page, meta)
 
     def call(self, tool: str, arguments: dict[str, Any], ctx: CallContext) -> ToolOutput:
@@ -159,8 +197,25 @@ class ScrapeServer(ToolServer):
             return ToolOutput(f"Unknown tool: {tool}", is_error=True)
         url = str(arguments.get("url") or "")
         info = str(arguments.get("info_to_extract") or "")
-        outcome = self.scrape(url, info, arguments.get("custom_headers"), ctx.cancel)
-        return ToolOutput(outcome.text, is_error=not outcome.success, meta=outcome.meta)
+        web = ctx.web.call() if ctx.web is not None else None
+        outcome = self.scrape(url, info, arguments.get("custom_headers"), ctx.cancel, web)
+        meta = dict(outcome.meta)
+        if web is not None:
+            passage = str(meta.pop("passage", ""))
+            if outcome.page is not None and outcome.page.source in ("corpus", "zim"):
+                # Read from the local index, not fetched: linked so the report can cite it, nothing archived.
+                web.refs.append(
+                    RecordRef(
+                        "local",
+                        url,
+                        date=warc_date(outcome.page.fetched_at) if outcome.page.fetched_at else "",
+                        origin=outcome.page.source,
+                    )
+                )
+            if passage and web.refs and web.refs[-1].kind != "gap":
+                web.refs[-1] = dataclasses.replace(web.refs[-1], passage=passage)
+            meta.update(web.meta())
+        return ToolOutput(outcome.text, is_error=not outcome.success, meta=meta)
 
     def close(self) -> None:
         self.reader.close()

@@ -9,26 +9,26 @@ from pathlib import Path
 import click
 
 from appliance.errors import ComponentUnavailable, ExitCode
-from appliance.textutil import one_line, strip_control
+from appliance.textutil import for_terminal, one_line, safe_json, safe_json_text
 from appliance.tools.cliutil import exit_with, settings_from_context
 from appliance.tools.search import manage
-from appliance.tools.search.corpus import AddResult, Corpus, CorpusDocument, CorpusError
+from appliance.tools.search.corpus import AddResult, Corpus, CorpusDocument
 from appliance.tools.search.engine import SOURCE_KINDS, SearchEngine, corpus_path
-from appliance.tools.search.results import BadArguments, organic_entries, parse_request
+from appliance.tools.search.results import MAX_NUM, MAX_PAGE, BadArguments, organic_entries, parse_request
 
 
 def _echo_hits(organic: list[dict[str, object]]) -> None:
     for entry in organic:
         click.echo(f"{entry['position']}. {one_line(str(entry['title']), 110)}")
-        click.echo(f"   {strip_control(str(entry['link']))}")
+        click.echo(f"   {for_terminal(str(entry['link']))}")
         if entry.get("snippet"):
             click.echo(f"   {one_line(str(entry['snippet']), 200)}")
 
 
 @click.command("search")
 @click.argument("query", nargs=-1, required=True)
-@click.option("--num", "-n", type=int, default=10, show_default=True, help="Results per page.")
-@click.option("--page", "-p", type=int, default=1, show_default=True, help="Page of results.")
+@click.option("--num", "-n", type=click.IntRange(1, MAX_NUM), default=10, show_default=True, help="Results per page.")
+@click.option("--page", "-p", type=click.IntRange(1, MAX_PAGE), default=1, show_default=True, help="Page of results.")
 @click.option("--hl", default="en", show_default=True, help="Language (ISO 639-1).")
 @click.option("--gl", default="us", show_default=True, help="Region (ISO 3166-1 alpha-2).")
 @click.option("--tbs", help="Time filter: qdr:h, qdr:d, qdr:w, qdr:m or qdr:y.")
@@ -61,13 +61,11 @@ def search(
     finally:
         engine.close()
     for warning in outcome.warnings:
-        click.echo(f"appliance: warning: {strip_control(warning)}", err=True)
-    if outcome.status == "unavailable":
-        if as_json:
-            click.echo(outcome.text)
-        raise ComponentUnavailable("search", str(outcome.error))
+        click.echo(f"appliance: warning: {for_terminal(warning)}", err=True)
+    if outcome.status == "unavailable":  # one error line (and with --json, main's one error object)
+        raise ComponentUnavailable("search", str(outcome.error), "`appliance doctor` shows each source and its fix")
     if as_json:
-        click.echo(outcome.text)
+        click.echo(safe_json_text(outcome.text))
     else:
         _echo_hits(outcome.payload["organic"])
     if outcome.status == "empty":
@@ -99,11 +97,11 @@ def _document_row(document: CorpusDocument) -> dict[str, object]:
 
 def _report(results: list[AddResult], as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps([r.__dict__ for r in results], ensure_ascii=False, indent=2))
+        click.echo(safe_json([r.__dict__ for r in results], indent=2))
         return
     for result in results:
-        detail = f" ({strip_control(result.detail)})" if result.detail else ""
-        click.echo(f"{result.status:<9} {strip_control(result.path)}{detail}")
+        detail = f" ({for_terminal(result.detail)})" if result.detail else ""
+        click.echo(f"{result.status:<9} {for_terminal(result.path)}{detail}")
     counts: dict[str, int] = {}
     for result in results:
         counts[result.status] = counts.get(result.status, 0) + 1
@@ -127,7 +125,7 @@ def corpus_add(ctx: click.Context, paths: tuple[Path, ...], force: bool, as_json
     for result in store.add_paths(list(paths), force=force):
         results.append(result)
         if not as_json and result.status != "unchanged":
-            click.echo(f"{result.status:<9} {strip_control(result.path)}", err=True)
+            click.echo(f"{result.status:<9} {for_terminal(result.path)}", err=True)
     _report(results, as_json)
     if results and all(r.status == "skipped" for r in results):
         exit_with(ExitCode.NO_ANSWER)
@@ -140,12 +138,13 @@ def corpus_list(ctx: click.Context, as_json: bool) -> None:
     """The indexed documents and their corpus:// URLs."""
     documents = _corpus(ctx).documents()
     if as_json:
-        click.echo(json.dumps([_document_row(d) for d in documents], ensure_ascii=False, indent=2))
+        click.echo(safe_json([_document_row(d) for d in documents], indent=2))
         return
     if not documents:
         click.echo("no documents; add some with `appliance corpus add PATH...`")
     for document in documents:
-        click.echo(f"{document.url:<32} {document.kind:<8} {document.chunks:>4} chunks  {strip_control(document.path)}")
+        url, path = for_terminal(document.url), for_terminal(document.path)
+        click.echo(f"{url:<32} {document.kind:<8} {document.chunks:>4} chunks  {path}")
 
 
 @corpus.command("remove")
@@ -155,16 +154,13 @@ def corpus_remove(ctx: click.Context, targets: tuple[str, ...]) -> None:
     """Remove documents by path, directory, corpus:// URL or ID."""
     store = _corpus(ctx)
     removed: list[CorpusDocument] = []
-    try:
-        for target in targets:
-            removed += store.remove(target)
-    except CorpusError as exc:
-        raise ComponentUnavailable("corpus", str(exc)) from exc
+    for target in targets:  # a CorpusError is a ComponentUnavailable already, with its fix
+        removed += store.remove(target)
     if not removed:
         click.echo("appliance: nothing matched; see `appliance corpus list`", err=True)
         exit_with(ExitCode.NO_ANSWER)
     for document in removed:
-        click.echo(f"removed {strip_control(document.path)}")
+        click.echo(f"removed {for_terminal(document.path)}")
     click.echo(f"removed {len(removed)} document{'s' if len(removed) != 1 else ''}")
 
 
@@ -183,7 +179,7 @@ def corpus_stats(ctx: click.Context, as_json: bool) -> None:
     """Documents, chunks and size of the corpus."""
     stats = _corpus(ctx).stats()
     if as_json:
-        click.echo(json.dumps(stats, indent=2))
+        click.echo(safe_json(stats, indent=2))
         return
     kinds = ", ".join(f"{k} {n}" for k, n in dict(stats["kinds"]).items()) or "none"  # type: ignore[call-overload]
     click.echo(f"corpus:    {stats['path']}")
@@ -194,15 +190,15 @@ def corpus_stats(ctx: click.Context, as_json: bool) -> None:
 
 @corpus.command("search")
 @click.argument("query", nargs=-1, required=True)
-@click.option("--num", "-n", type=int, default=10, show_default=True)
+@click.option("--num", "-n", type=click.IntRange(1, MAX_NUM), default=10, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def corpus_search(ctx: click.Context, query: tuple[str, ...], num: int, as_json: bool) -> None:
     """Search the corpus alone (bm25 ranking, best passage of each document)."""
-    hits = _corpus(ctx).search(" ".join(query), max(1, num))
+    hits = _corpus(ctx).search(" ".join(query), num)
     organic = organic_entries(hits, 1)
     if as_json:
-        click.echo(json.dumps(organic, ensure_ascii=False, indent=2))
+        click.echo(safe_json(organic, indent=2))
     else:
         _echo_hits(organic)
     if not hits:
@@ -257,9 +253,9 @@ def searxng_status(ctx: click.Context, as_json: bool) -> None:
     else:
         managed = f", pid {state.pid}" if state.pid else ""
         if state.healthy:
-            click.echo(f"SearXNG at {state.url}: running{managed}, JSON API {state.detail}")
+            click.echo(f"SearXNG at {state.url}: running{managed}, JSON API {for_terminal(state.detail)}")
         else:
-            click.echo(f"SearXNG at {state.url}: {state.detail}{managed}")
+            click.echo(f"SearXNG at {state.url}: {for_terminal(state.detail)}{managed}")
             if not state.reachable:
                 click.echo("  fix: run `appliance searxng start`, or set [search] searxng_url")
     if not state.healthy:

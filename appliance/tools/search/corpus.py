@@ -137,7 +137,7 @@ class Corpus:
     @contextmanager
     def _connect(self, *, create: bool = False) -> Iterator[sqlite3.Connection]:
         if not create and not self.path.is_file():
-            raise CorpusError(f"no corpus at {self.path}; add documents with `appliance corpus add PATH...`")
+            raise CorpusError(f"no corpus at {self.path}", "add documents with `appliance corpus add PATH...`")
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(self.path, timeout=30.0)

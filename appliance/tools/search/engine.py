@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from appliance.config import SearchSettings
 from appliance.errors import ConfigError
 from appliance.paths import AppDirs
+from appliance.tools.archive import WebCall
 from appliance.tools.search.corpus import Corpus, CorpusSource
 from appliance.tools.search.results import (
     SearchRequest,
@@ -92,13 +93,14 @@ class SearchEngine:
             )
         return self._searxng
 
-    def sources(self) -> list[SearchSource]:
+    def sources(self, web: WebCall | None = None) -> list[SearchSource]:
+        """The configured sources; with a run's `web`, SearXNG answers through its archive."""
         found: list[SearchSource] = []
         for kind in self.kinds:
             if kind == "searxng":
                 client = self.searxng()
                 if client is not None:
-                    found.append(client)
+                    found.append(client if web is None else client.with_web(web))
             elif kind == "corpus" and self.corpus.exists():
                 found.append(CorpusSource(self.corpus))
             elif kind == "zim":
@@ -116,8 +118,8 @@ class SearchEngine:
         with ThreadPoolExecutor(max_workers=min(4, len(sources)), thread_name_prefix="search") as pool:
             return list(pool.map(lambda s: s.search(request, request.wanted), sources))
 
-    def search(self, request: SearchRequest) -> SearchOutcome:
-        sources = self.sources()
+    def search(self, request: SearchRequest, web: WebCall | None = None) -> SearchOutcome:
+        sources = self.sources(web)
         if not sources:
             message = (
                 "No search source is configured: start SearXNG (`appliance searxng start`) or set "

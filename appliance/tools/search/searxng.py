@@ -10,6 +10,7 @@ engines that did not answer) becomes a SourceResult with a plain-language error.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -17,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from appliance.tools.archive import NotArchived, WebCall
+from appliance.tools.fetcher import Exchange, exchange_of
 from appliance.tools.search.results import Hit, SearchRequest, SourceResult
 
 _CACHE_SECONDS = 300.0
@@ -105,7 +108,8 @@ class SearxngClient:
         with self._lock:
             self._cache.clear()
 
-    def fetch_page(self, request: SearchRequest, pageno: int) -> dict[str, Any]:
+    def fetch_page(self, request: SearchRequest, pageno: int, web: WebCall | None = None) -> dict[str, Any]:
+        """One SearXNG page; with a run's `web`, from its archive or fetched and archived."""
         params = request_params(request, pageno)
         key = tuple(sorted(params.items()))
         with self._lock:
@@ -113,14 +117,21 @@ class SearxngClient:
             if cached and time.monotonic() - cached[0] < _CACHE_SECONDS:
                 self._cache.move_to_end(key)
                 return cached[1]
-        data = self._get(params)
+        if web is None:
+            data = self._get(params)
+        else:
+            url = str(httpx.URL(f"{self.base_url}/search", params=params))
+            try:
+                data = web.search(url, lambda exchanges: self._get(params, exchanges), self._answer)
+            except NotArchived as exc:
+                raise SearxngError(str(exc)) from exc
         with self._lock:
             self._cache[key] = (time.monotonic(), data)
             while len(self._cache) > _CACHE_ENTRIES:
                 self._cache.popitem(last=False)
         return data
 
-    def _get(self, params: dict[str, str]) -> dict[str, Any]:
+    def _get(self, params: dict[str, str], exchanges: list[Exchange] | None = None) -> dict[str, Any]:
         url = f"{self.base_url}/search"
         fix_start = "start it with `appliance searxng start` or set [search] searxng_url"
         try:
@@ -134,38 +145,47 @@ class SearxngClient:
             ) from exc
         except httpx.HTTPError as exc:
             raise SearxngError(f"SearXNG at {self.base_url} failed: {type(exc).__name__}: {exc}") from exc
-        if response.is_redirect:
+        if exchanges is not None:
+            exchanges.append(exchange_of(response, response.content))
+        return self._answer(response.status_code, response.headers.get("location"), response.content)
+
+    def _answer(self, status: int, location: str | None, body: bytes) -> dict[str, Any]:
+        """SearXNG's answer (live, or as archived) as its JSON; SearxngError with the fix when it is not one."""
+        if status in (301, 302, 303, 307, 308):
             raise SearxngError(
-                f"SearXNG redirected the query to {response.headers.get('location', '?')} "
+                f"SearXNG redirected the query to {location or '?'} "
                 "(a !bang in the query?); rephrase the query without a leading '!'"
             )
-        if response.status_code == 403:
+        if status == 403:
             raise SearxngError(
                 f"SearXNG at {self.base_url} refuses JSON output (HTTP 403); add json to search.formats "
                 "in its settings.yml (`appliance searxng start` does this)"
             )
-        if response.status_code == 429:
+        if status == 429:
             raise SearxngError(
                 f"SearXNG at {self.base_url} rate-limited the request (HTTP 429); set server.limiter: false "
                 "in its settings.yml for a private instance"
             )
         try:
-            data = response.json()
+            data = json.loads(body)
         except ValueError as exc:
             raise SearxngError(
-                f"SearXNG at {self.base_url} answered HTTP {response.status_code} with something that is not JSON; "
+                f"SearXNG at {self.base_url} answered HTTP {status} with something that is not JSON; "
                 "check that [search] searxng_url points to SearXNG"
             ) from exc
         if not isinstance(data, dict):
             raise SearxngError(f"SearXNG at {self.base_url} answered with unexpected JSON")
-        if response.status_code != 200:
-            detail = data.get("error") or f"HTTP {response.status_code}"
+        if status != 200:
+            detail = data.get("error") or f"HTTP {status}"
             raise SearxngError(f"SearXNG rejected the query: {detail}")
         return data
 
     name = "searxng"
 
-    def search(self, request: SearchRequest, limit: int) -> SourceResult:
+    def with_web(self, web: WebCall) -> ArchivedSearxng:
+        return ArchivedSearxng(self, web)
+
+    def search(self, request: SearchRequest, limit: int, web: WebCall | None = None) -> SourceResult:
         """The top `limit` hits, reading as many SearXNG pages as needed (at most max_pages)."""
         result = SourceResult("searxng")
         seen: set[str] = set()
@@ -173,7 +193,7 @@ class SearxngClient:
         failures: list[str] = []
         for pageno in range(1, self.max_pages + 1):
             try:
-                data = self.fetch_page(request, pageno)
+                data = self.fetch_page(request, pageno, web)
             except SearxngError as exc:
                 if pageno == 1:
                     result.error = str(exc)
@@ -197,6 +217,19 @@ class SearxngClient:
                 result.error = message + ". The search could not be run; try again later"
         del result.hits[limit:]
         return result
+
+
+class ArchivedSearxng:
+    """A SearXNG source bound to one tool call's web (its archive, or live and archived)."""
+
+    name = "searxng"
+
+    def __init__(self, client: SearxngClient, web: WebCall) -> None:
+        self.client = client
+        self.web = web
+
+    def search(self, request: SearchRequest, limit: int) -> SourceResult:
+        return self.client.search(request, limit, self.web)
 
 
 def _reason(exc: Exception) -> str:

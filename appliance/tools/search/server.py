@@ -42,8 +42,11 @@ class SearchServer(ToolServer):
             # results, which its loop rolls back like an empty search.
             text = json.dumps(error_payload(str(exc)), ensure_ascii=False, indent=2)
             return ToolOutput(text, meta={"empty": True})
-        outcome = self.engine.search(request)
+        web = ctx.web.call() if ctx.web is not None else None
+        outcome = self.engine.search(request, web)
         meta: dict[str, Any] = {"sources": outcome.sources}
+        if web is not None:
+            meta.update(web.meta())
         if outcome.warnings:
             meta["warnings"] = outcome.warnings
         if outcome.status == "unavailable":
