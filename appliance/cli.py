@@ -14,7 +14,7 @@ import json
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -96,17 +96,19 @@ class LazyGroup(click.Group):
             loaded = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
             reason = str(exc)
+        else:
+            if isinstance(loaded, click.Command):
+                return loaded
+            reason = f"{target} is not a command"
 
-            @click.command(
-                cmd_name, help=f"{help_text} (unavailable: {reason})", context_settings={"ignore_unknown_options": True}
-            )
-            @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-            def unavailable(args: tuple[str, ...]) -> None:
-                raise ApplianceError(f"`appliance {cmd_name}` is unavailable: {reason}", "reinstall the appliance")
+        @click.command(
+            cmd_name, help=f"{help_text} (unavailable: {reason})", context_settings={"ignore_unknown_options": True}
+        )
+        @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+        def unavailable(args: tuple[str, ...]) -> None:
+            raise ApplianceError(f"`appliance {cmd_name}` is unavailable: {reason}", "reinstall the appliance")
 
-            return unavailable
-        assert isinstance(loaded, click.Command)
-        return loaded
+        return unavailable
 
 
 # ------------------------------------------------------------------ headless
@@ -159,44 +161,6 @@ class HeadlessPrinter:
             self._line(f"appliance: run {event.status}: {event.error}")
 
 
-def drive(
-    events: Iterable[AgentEvent], subscribers: list[Callable[[AgentEvent], None]], cancel: Callable[[], None]
-) -> RunFinished:
-    """Feed every event to every subscriber; Ctrl-C cancels the run and drains it cleanly."""
-    iterator = iter(events)
-    finished: RunFinished | None = None
-    interrupted = False
-    while True:
-        try:
-            event = next(iterator)
-        except StopIteration:
-            break
-        except KeyboardInterrupt:
-            if interrupted:
-                raise
-            interrupted = True
-            cancel()
-            continue
-        for subscriber in subscribers:
-            try:
-                subscriber(event)
-            except KeyboardInterrupt:
-                interrupted = True
-                cancel()
-        if isinstance(event, RunFinished):
-            finished = event
-    if finished is None:
-        raise ApplianceError("the run ended without a result", "report this as a bug")
-    return finished
-
-
-def finish_report(history: Any, run_dir: Path, run_id: str) -> list[Source]:
-    """The run's report into its directory; its sources (see store.report)."""
-    from appliance.store.report import finish_report as finish
-
-    return finish(history, run_dir, run_id)
-
-
 def open_history(settings: Settings, db: Path | None) -> Any:
     """The run history (--db, or history.db in the data directory); a bad file fails here, before any work."""
     from appliance.store import open_history as open_store
@@ -213,36 +177,23 @@ def check_workspace_option(options: dict[str, Any], settings: Settings) -> None:
 
 
 def run_headless(options: dict[str, Any], task: str, *, as_json: bool, printer: HeadlessPrinter) -> int:
-    from appliance.agent.runtime import build_toolbox, prepare_run, save_kv_checkpoint
-    from appliance.llm.factory import build_backend
-    from appliance.store import RESUMABLE
+    from appliance.session import Backends, start_session
 
     settings = settings_from_options(options)
     check_workspace_option(options, settings)
-    history = open_history(settings, options.get("db"))
-    try:
-        backend = build_backend(settings)
-        toolbox = build_toolbox(settings, lambda: backend)
-        try:
-            agent, state = prepare_run(
-                settings,
-                task,
-                backend=backend,
-                toolbox=toolbox,
-                workspace=options.get("workspace"),
-                attachments=list(options.get("attach") or ()),
-            )
-            subscribers = [history.recorder(), printer]
-            finished = drive(agent.run(state), subscribers, agent.cancel)
-            if finished.status in RESUMABLE and save_kv_checkpoint(backend, settings, state.run_id):
-                click.echo(f"appliance: kept the model's cache for `appliance resume {state.run_id}`", err=True)
-        finally:
-            toolbox.close()
-            backend.close()
-        sources = finish_report(history, settings.dirs.run_dir(finished.run_id), finished.run_id)
-    finally:
-        history.close()
-    emit_result(finished, as_json=as_json, sources=sources)
+    with open_history(settings, options.get("db")) as history, Backends() as backends:
+        session = start_session(
+            history,
+            settings,
+            task,
+            backends=backends,
+            workspace=options.get("workspace"),
+            attachments=list(options.get("attach") or ()),
+        )
+        with session:
+            finished = session.drive(printer)
+    report_checkpoint(session.kept_checkpoint, finished)
+    emit_result(finished, as_json=as_json, sources=session.sources)
     return int(finished.exit_code)
 
 
@@ -252,75 +203,64 @@ def rerun_headless(options: dict[str, Any], run_id: str, *, as_json: bool, print
     Searches and fetches the original made are answered from its archive; with
     `--web archive:...` nothing else is fetched either.
     """
-    from appliance.agent.runtime import build_toolbox, prepare_run
-    from appliance.llm.factory import build_backend
-    from appliance.store.resume import recorded_settings
+    from appliance.session import Backends, rerun_session
 
-    history = open_history(settings_from_options(options), options.get("db"))
-    try:
+    with open_history(settings_from_options(options), options.get("db")) as history, Backends() as backends:
+        session = rerun_session(
+            history,
+            run_id,
+            option_overrides(options),
+            backends=backends,
+            workspace=options.get("workspace"),
+            profile=options.get("profile"),
+        )
         original = history.get_run(run_id)
-        settings = recorded_settings(original.settings, option_overrides(options), options.get("profile"))
-        attachments = [Path(p) for p in original.attachments if Path(p).exists()]
-        backend = build_backend(settings)
-        toolbox = build_toolbox(settings, lambda: backend)
-        try:
-            agent, state = prepare_run(
-                settings,
-                original.task,
-                backend=backend,
-                toolbox=toolbox,
-                workspace=options.get("workspace"),
-                attachments=attachments,
-                reuse_runs=[original.run_id],
-            )
+        with session:
             printer.stream.write(
-                f"appliance: re-running run {original.run_id} as {state.run_id} (web: {settings.archive.web})\n"
+                f"appliance: re-running run {original.run_id} as {session.run_id} "
+                f"(web: {session.settings.archive.web})\n"
             )
 
             def tag(event: AgentEvent) -> None:
                 if isinstance(event, RunStarted):
                     history.tag_run(event.run_id, f"rerun-of:{original.run_id}")
 
-            finished = drive(agent.run(state), [history.recorder(), tag, printer], agent.cancel)
-        finally:
-            toolbox.close()
-            backend.close()
-        sources = finish_report(history, settings.dirs.run_dir(finished.run_id), finished.run_id)
-    finally:
-        history.close()
-    emit_result(finished, as_json=as_json, sources=sources)
+            finished = session.drive(tag, printer)
+    report_checkpoint(session.kept_checkpoint, finished)
+    emit_result(finished, as_json=as_json, sources=session.sources)
     return int(finished.exit_code)
 
 
 def resume_headless(options: dict[str, Any], run_id: str, *, as_json: bool, printer: HeadlessPrinter) -> int:
     """Continue a recorded run with its own settings; flags given to `resume` override them."""
-    from appliance.store.resume import prepare_resume
+    from appliance.session import Backends, resume_session
 
-    history = open_history(settings_from_options(options), options.get("db"))
-    try:
-        resumed = prepare_resume(
+    with open_history(settings_from_options(options), options.get("db")) as history, Backends() as backends:
+        session = resume_session(
             history,
             run_id,
             option_overrides(options),
+            backends=backends,
             profile=options.get("profile"),
             workspace=options.get("workspace"),
         )
-        try:
-            for note in resumed.notes:
+        with session:
+            for note in session.notes:
                 printer.stream.write(f"appliance: {for_terminal(note)}\n")
-            state = resumed.state
+            state = session.state
             printer.stream.write(
                 f"appliance: resuming run {state.run_id} after turn {state.turn} "
                 f"({state.tool_calls} tool calls so far)\n"
             )
-            finished = drive(resumed.agent.run(state), [history.recorder(), printer], resumed.agent.cancel)
-        finally:
-            resumed.close()
-        sources = finish_report(history, resumed.settings.dirs.run_dir(finished.run_id), finished.run_id)
-    finally:
-        history.close()
-    emit_result(finished, as_json=as_json, sources=sources)
+            finished = session.drive(printer)
+    report_checkpoint(session.kept_checkpoint, finished)
+    emit_result(finished, as_json=as_json, sources=session.sources)
     return int(finished.exit_code)
+
+
+def report_checkpoint(kept: bool, finished: RunFinished) -> None:
+    if kept:
+        click.echo(f"appliance: kept the model's cache for `appliance resume {finished.run_id}`", err=True)
 
 
 def emit_result(finished: RunFinished, *, as_json: bool, sources: Sequence[Source] = ()) -> None:
@@ -404,9 +344,9 @@ def cli(
 @click.pass_context
 def prompt_command(ctx: click.Context, /, date_text: str | None, **options: Any) -> None:
     """Print the exact system prompt the model gets with the enabled tools."""
-    from appliance.agent.runtime import build_toolbox
     from appliance.llm.factory import build_backend
     from appliance.protocol.prompt import render_system_prompt
+    from appliance.tools.registry import build_toolbox
 
     settings = settings_from_options(collect_common(ctx, options))
     try:

@@ -19,7 +19,6 @@ import os
 import re
 import shlex
 import tomllib
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -29,6 +28,7 @@ from typing import Any
 from appliance.errors import ConfigError
 from appliance.ggufmeta import read_metadata
 from appliance.paths import AppDirs, app_dirs
+from appliance.policy import redact, redact_url, redacted_snapshot
 from appliance.textutil import did_you_mean
 from appliance.versions import VERSION_SETTINGS, canonical_version, version_from_metadata, version_from_names
 
@@ -39,7 +39,6 @@ KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 FLASH_ATTN_MODES = ("auto", "on", "off")
 CONTINUATIONS = ("auto", "continue_final_message", "completions")
 DEFAULT_PROFILE = "cpu-8b"
-SECRET_KEYS = frozenset({"api_key", "judge_api_key"})
 
 
 @dataclass
@@ -258,28 +257,14 @@ class McpServerConfig:
     def as_dict(self, *, redact: bool = True) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values.pop("name")
-        if redact:
-            for key in ("env", "headers"):
-                values[key] = {k: "***" for k in values[key]}
-            values["url"] = redact_url(self.url)
         values["command"] = list(self.command)
         values["tools"] = list(self.tools)
-        return values
+        return _redacted(values) if redact else values
 
 
-def redact_url(url: str) -> str:
-    """A URL without its secrets: the password and every query value become ***."""
-    if not url:
-        return url
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
-    query = parts.query
-    if query:
-        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-        query = "&".join(f"{urllib.parse.quote(k)}=***" for k, _ in pairs)
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+def _redacted(values: dict[str, Any]) -> dict[str, Any]:
+    hidden: dict[str, Any] = redact(values).value
+    return hidden
 
 
 MCP_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -410,15 +395,16 @@ class Settings:
         return None
 
     def as_dict(self, *, redact: bool = True) -> dict[str, Any]:
-        """Every section as plain data; secrets replaced, for history and display."""
+        """Every section as plain data; secrets replaced (appliance.policy.redact), for history and display."""
         out: dict[str, Any] = {"profile": self.profile}
         for name in SECTIONS:
-            values = dataclasses.asdict(getattr(self, name))
-            if redact:
-                values = {k: ("***" if k in SECRET_KEYS and v else v) for k, v in values.items()}
-            out[name] = values
-        out["mcp_servers"] = {name: server.as_dict(redact=redact) for name, server in self.mcp_servers.items()}
-        return out
+            out[name] = dataclasses.asdict(getattr(self, name))
+        out["mcp_servers"] = {name: server.as_dict(redact=False) for name, server in self.mcp_servers.items()}
+        return _redacted(out) if redact else out
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a run records: the redacted settings and, under "redacted", the paths of what was hidden."""
+        return redacted_snapshot(self.as_dict(redact=False))
 
     def enabled_mcp_servers(self) -> list[McpServerConfig]:
         return [server for server in self.mcp_servers.values() if server.enabled]

@@ -78,17 +78,3 @@ def did_you_mean(word: str, choices: Iterable[str], form: str = "'{}'") -> str:
     hint = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {form.format(hint[0])}?)" if hint else ""
 
-
-# Names that hold credentials ("api_key", "judge_api_key", "hf_token", "X-Api-Key",
-# "Authorization"), not "max_tokens". Shared by the history's scrubber and the web archive.
-SECRET_NAME = re.compile(
-    r"^(?:.*[_-])?(?:api[_-]?key|key|token|access[_-]?token|secret|password|passwd|authorization|credentials?)$",
-    re.IGNORECASE,
-)
-_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-_URL_SECRET_PARAM = re.compile(r"([?&](?:api[_-]?key|key|token|access_token|secret|password)=)[^&#\s]+", re.IGNORECASE)
-
-
-def redact_url_secrets(text: str) -> str:
-    """`user:password@` and `?api_key=...`-style parameters in any URL in `text` become ***."""
-    return _URL_SECRET_PARAM.sub(r"\1***", _URL_USERINFO.sub("***@", text))

@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from appliance.agent.loop import Agent, new_state
+from appliance.agent.loop import Agent
+from appliance.agent.state import new_state
 from appliance.config import AgentSettings
 from appliance.llm.base import ChatMessage, Purpose, StreamEvent
 from appliance.llm.llamacpp import LlamaCppBackend, clear_model_cache

@@ -41,7 +41,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from appliance.agent.events import AgentEvent, RunFinished, TextDelta
-from appliance.agent.loop import Agent, new_state
+from appliance.agent.loop import Agent
+from appliance.agent.state import new_state
 from appliance.config import AgentSettings
 from appliance.llm.llamacpp import LlamaCppBackend, clear_model_cache
 from appliance.protocol.prompt import render_system_prompt, render_task_message

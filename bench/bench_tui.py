@@ -3,7 +3,7 @@
 Method: one long scripted run (replay backend; dozens of tool calls on the scripted tool
 servers of tests/tui_support.py; thousands of streamed tokens of thinking and Markdown)
 is played through
-  - the headless path of `appliance --task` (cli.drive with the store's recorder and the
+  - the headless path of `appliance --task` (a run session with the store's recorder and the
     progress printer), and
   - the Textual app (headless, via App.run_test) from the ctrl+s press until the run's
     last event is on screen (RunClosed handled: every widget mounted, the answer shown),
@@ -42,11 +42,10 @@ from textual.binding import Binding, BindingType
 from textual.widgets import TextArea
 
 from appliance.agent import runtime
-from appliance.agent.runtime import build_toolbox, prepare_run
-from appliance.cli import HeadlessPrinter, drive
+from appliance.cli import HeadlessPrinter
 from appliance.llm.base import approximate_tokens
-from appliance.llm.factory import build_backend
 from appliance.options import settings_from_options
+from appliance.session import Backends, start_session
 from appliance.store import open_history
 from appliance.tui.app import ApplianceApp
 from tests.tui_support import SERVERS, answer, command, scrape, search, write_script
@@ -96,19 +95,12 @@ def run_headless(script: Path, db: Path) -> tuple[float, float]:
     options = options_for(script, db)
     started, cpu = time.perf_counter(), time.process_time()
     settings = settings_from_options(options)
-    history = open_history(db)
-    try:
-        backend = build_backend(settings)
-        toolbox = build_toolbox(settings, lambda: backend)
-        try:
-            agent, state = prepare_run(settings, TASK, backend=backend, toolbox=toolbox)
-            printer = HeadlessPrinter(io.StringIO())
-            finished = drive(agent.run(state), [history.recorder(), printer], agent.cancel)
-        finally:
-            toolbox.close()
-            backend.close()
-    finally:
-        history.close()
+    with (
+        open_history(db) as history,
+        Backends() as backends,
+        start_session(history, settings, TASK, backends=backends) as session,
+    ):
+        finished = session.drive(HeadlessPrinter(io.StringIO()))
     elapsed, used = time.perf_counter() - started, time.process_time() - cpu
     assert finished.status == "answered", finished
     return elapsed, used

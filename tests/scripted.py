@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance.agent.events import AgentEvent
-from appliance.agent.loop import Agent, RunState, new_state
+from appliance.agent.loop import Agent
+from appliance.agent.state import RunState, new_state
 from appliance.config import AgentSettings
 from appliance.llm.base import ChatMessage, Purpose, StreamEvent
 from appliance.llm.replay import ReplayBackend, ReplayTurn

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from appliance import cli
+from appliance import cli, session
 from appliance.agent import runtime
 
 runtime.TOOL_SERVERS["test-tools"] = "tests.storetools:create_server"
 
 _kill_after = int(os.environ.get("STORE_TEST_KILL_AFTER", "0") or 0)
-_original_drive = cli.drive
+_original_drive = session.drive_events
 
 
-def _drive(events: Iterable[Any], subscribers: list[Callable[[Any], None]], cancel: Callable[[], None]) -> Any:
+def _drive(events: Iterable[Any], subscribers: Sequence[Callable[[Any], None]], cancel: Callable[[], None]) -> Any:
     seen = 0
 
     def killer(event: Any) -> None:
@@ -33,7 +33,7 @@ def _drive(events: Iterable[Any], subscribers: list[Callable[[Any], None]], canc
     return _original_drive(events, [*subscribers, killer] if _kill_after else subscribers, cancel)
 
 
-cli.drive = _drive  # type: ignore[assignment]
+session.drive_events = _drive  # type: ignore[assignment]
 
 if __name__ == "__main__":
     cli.main()

@@ -13,8 +13,8 @@ from appliance.agent.events import AgentEvent, RunFinished, TextDelta
 from appliance.agent.runtime import build_toolbox, prepare_run
 from appliance.config import Settings, load_settings
 from appliance.llm.factory import build_backend
+from appliance.session import Backends, resume_session
 from appliance.store import History
-from appliance.store.resume import prepare_resume
 from tests.conftest import REPO_ROOT, cli_env, tool_call
 
 TOOLS = "test-tools"
@@ -66,8 +66,9 @@ def run_in_process(
 def resume_in_process(
     history: History, run_id: str, *, stop_after: int | None = None, overrides: dict[str, Any] | None = None
 ) -> list[AgentEvent]:
-    resumed = prepare_resume(history, run_id, overrides or {})
-    return _drive(history, resumed.agent.run(resumed.state), stop_after, resumed.close)
+    backends = Backends()
+    session = resume_session(history, run_id, overrides or {}, backends=backends)
+    return _drive(history, session.agent.run(session.state), stop_after, lambda: (session.close(), backends.close()))
 
 
 def _drive(history: History, events: Any, stop_after: int | None, close: Any) -> list[AgentEvent]:

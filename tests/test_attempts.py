@@ -26,7 +26,8 @@ from appliance.agent.attempts import (
     run_failure_summary,
 )
 from appliance.agent.events import AgentEvent, Notice, RunFinished, SummaryStarted, TurnEnded, TurnRolledBack
-from appliance.agent.loop import Agent, new_state
+from appliance.agent.loop import Agent
+from appliance.agent.state import new_state
 from appliance.config import AgentSettings
 from appliance.errors import ConfigError
 from appliance.llm.base import ChatMessage

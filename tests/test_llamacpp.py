@@ -177,7 +177,15 @@ def test_a_foreign_or_broken_checkpoint_restores_nothing(tiny_gguf: Path, tmp_pa
     assert completion.evaluated_tokens == completion.prompt_tokens  # a clean, empty cache
 
 
-def test_interrupted_run_keeps_its_kv_cache_for_resume(tiny_gguf: Path, tmp_path: Path, appliance_home: Path) -> None:
+SLOW_CALL = (
+    # A stateless run_python_code (no sandbox id) that takes a few seconds inside the real sandbox.
+    "<use_mcp_tool>\n<server_name>tool-python</server_name>\n<tool_name>run_python_code</tool_name>\n"
+    '<arguments>\n{"code_block": "import time; time.sleep(4); print(6 * 7)"}\n</arguments>\n</use_mcp_tool>'
+)
+
+
+def interrupt_mid_call(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """Run `appliance ARGS`, press Ctrl-C while its tool call runs; (exit code, stdout, stderr)."""
     import signal
     import subprocess
     import sys
@@ -185,17 +193,9 @@ def test_interrupted_run_keeps_its_kv_cache_for_resume(tiny_gguf: Path, tmp_path
 
     from tests.conftest import REPO_ROOT, cli_env
 
-    # A stateless run_python_code (no sandbox id) that takes a few seconds inside the real sandbox.
-    slow_call = (
-        "<use_mcp_tool>\n<server_name>tool-python</server_name>\n<tool_name>run_python_code</tool_name>\n"
-        '<arguments>\n{"code_block": "import time; time.sleep(4); print(6 * 7)"}\n</arguments>\n</use_mcp_tool>'
-    )
-    settings_env = grammar_env(tmp_path, slow_call, "\\boxed{42}", tools="tool-python", context=8192)
-    args = ["--backend", "llamacpp", "--model", str(tiny_gguf), "--max-turns", "1", "--json"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "--task", "Wait, then answer.", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
-        env=cli_env({"APPLIANCE_HOME": str(appliance_home), **settings_env}),
+        [sys.executable, "-m", "appliance", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=cli_env(env),
     )  # fmt: skip
     calling = threading.Event()
     lines: list[str] = []
@@ -214,8 +214,16 @@ def test_interrupted_run_keeps_its_kv_cache_for_resume(tiny_gguf: Path, tmp_path
     stdout = process.stdout.read() if process.stdout else ""
     process.wait(60)
     reader.join(10)
-    stderr = "".join(lines)
-    assert process.returncode == 130, stderr
+    return process.returncode, stdout, "".join(lines)
+
+
+def test_interrupted_run_keeps_its_kv_cache_for_resume(tiny_gguf: Path, tmp_path: Path, appliance_home: Path) -> None:
+    settings_env = grammar_env(tmp_path, SLOW_CALL, "\\boxed{42}", tools="tool-python", context=8192)
+    args = ["--backend", "llamacpp", "--model", str(tiny_gguf), "--max-turns", "1", "--json"]
+    code, stdout, stderr = interrupt_mid_call(
+        ["--task", "Wait, then answer.", *args], {"APPLIANCE_HOME": str(appliance_home), **settings_env}
+    )
+    assert code == 130, stderr
     run_id = json.loads(stdout)["run_id"]
     checkpoint = appliance_home / "runs" / run_id / "kv-cache.bin"
     assert checkpoint.is_file() and "kept the model's cache" in stderr
@@ -225,6 +233,28 @@ def test_interrupted_run_keeps_its_kv_cache_for_resume(tiny_gguf: Path, tmp_path
     assert "restored the model's cache" in resumed.stderr
     assert json.loads(resumed.stdout)["answer"] == "42"
     assert not checkpoint.exists()  # used once
+
+
+def test_an_interrupted_resume_keeps_its_kv_cache_too(tiny_gguf: Path, tmp_path: Path, appliance_home: Path) -> None:
+    settings_env = grammar_env(tmp_path, SLOW_CALL, "\\boxed{42}", tools="tool-python", context=8192)
+    env = {"APPLIANCE_HOME": str(appliance_home), **settings_env}
+    args = ["--backend", "llamacpp", "--model", str(tiny_gguf), "--max-turns", "1", "--json"]
+    code, stdout, stderr = interrupt_mid_call(["--task", "Wait, then answer.", *args], env)
+    assert code == 130, stderr
+    run_id = json.loads(stdout)["run_id"]
+    checkpoint = appliance_home / "runs" / run_id / "kv-cache.bin"
+
+    # The resumed run runs the interrupted call again, and is interrupted in it once more.
+    code, stdout, stderr = interrupt_mid_call(["resume", run_id, *args], env)
+    assert code == 130, stderr
+    assert "restored the model's cache" in stderr and "kept the model's cache" in stderr
+    assert json.loads(stdout)["status"] == "interrupted" and checkpoint.is_file()
+
+    resumed = run_cli(["resume", run_id, *args], env=settings_env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "restored the model's cache" in resumed.stderr
+    assert json.loads(resumed.stdout)["answer"] == "42"
+    assert not checkpoint.exists()
 
 
 # ---------------------------------------------------------------- continuation and sampling
@@ -296,7 +326,8 @@ def test_the_sampler_llama_cpp_gets_is_the_references(
 
 def test_the_loop_continues_a_turn_cut_by_max_tokens(tiny_gguf: Path, tmp_path: Path) -> None:
     from appliance.agent.events import ReplyContinued, RunFinished, TurnEnded
-    from appliance.agent.loop import Agent, new_state
+    from appliance.agent.loop import Agent
+    from appliance.agent.state import new_state
     from appliance.config import AgentSettings
     from appliance.tools.base import CallContext, ToolBox
 

@@ -63,13 +63,13 @@ def test_multi_turn_run_with_tool_calls(tmp_path: Path) -> None:
     assert isinstance(events[0], RunStarted)
     assert [type(e).__name__ for e in events[1:5]][:2] == ["TurnStarted", "TextDelta"]
     assert search_server.calls == [{"q": "mars moons"}]
-    # Each tool turn: started, finished, observation, in that order.
+    # Each tool turn: the reply kept, then started, finished, observation, in that order.
     names = [type(e).__name__ for e in events if not isinstance(e, (TextDelta, TurnStarted))]
     assert names == [
         "RunStarted",
-        "TurnEnded", "ToolCallStarted", "ToolCallFinished", "ObservationAdded",
-        "TurnEnded", "ToolCallStarted", "ToolCallFinished", "ObservationAdded",
-        "TurnEnded", "SummaryStarted", "TurnEnded", "RunFinished",
+        "TurnEnded", "TurnKept", "ToolCallStarted", "ToolCallFinished", "ObservationAdded",
+        "TurnEnded", "TurnKept", "ToolCallStarted", "ToolCallFinished", "ObservationAdded",
+        "TurnEnded", "TurnKept", "SummaryStarted", "TurnEnded", "RunFinished",
     ]  # fmt: skip
     streamed = "".join(e.text for e in of_type(events, TextDelta) if e.turn == 2)
     assert streamed == search("mars moons")

@@ -468,9 +468,10 @@ def test_mcp_serve_does_not_pass_the_users_servers_through(appliance_home: Path)
 
 
 def test_url_secrets_and_home_paths(appliance_home: Path) -> None:
-    from appliance.config import redact_url
+    from appliance.policy import redact_url
 
-    assert redact_url("https://bob:pa55@h.example/mcp?token=abc&x=") == "https://bob:***@h.example/mcp?token=***&x=***"
+    # One rule for every secret (appliance.policy): the user and password go, and credential parameters' values.
+    assert redact_url("https://bob:pa55@h.example/mcp?token=abc&x=") == "https://***@h.example/mcp?token=***&x="
     assert redact_url("http://127.0.0.1:8000/mcp") == "http://127.0.0.1:8000/mcp"
     config = parse_mcp_server("r", {"url": "https://h.example/mcp?api_key=k3y"}, "t")
     assert "k3y" not in config.target() and "k3y" not in json.dumps(config.as_dict())

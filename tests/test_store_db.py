@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from appliance.agent import runtime
+from appliance.agent.events import AgentEvent
+from appliance.session import Backends, resume_session
 from appliance.store import StoreError, open_history
 from appliance.store.migrations import known_names
 from appliance.store.report import research_report
-from appliance.store.resume import prepare_resume
 from appliance.store.sources import run_sources
 from tests.conftest import run_cli
 from tests.store_support import call, finished, write_script
@@ -99,14 +100,18 @@ def test_a_run_interrupted_under_the_first_schema_resumes_after_the_upgrade(
         point = history.load_resume("20250102-120000-bbbbbb")
         assert (point.state.turn, point.replay_position, point.redo_calls) == (2, 2, 1)
         (tmp_path / "ws").mkdir()
-        resumed = prepare_resume(
-            history, "20250102-120000-bbbbbb", {"model.replay": str(script)}, workspace=tmp_path / "ws"
-        )
-        recorder = history.recorder()
-        try:
-            events = [e for e in resumed.agent.run(resumed.state) if recorder(e) is None]
-        finally:
-            resumed.close()
+        events: list[AgentEvent] = []
+        with (
+            Backends() as backends,
+            resume_session(
+                history,
+                "20250102-120000-bbbbbb",
+                {"model.replay": str(script)},
+                backends=backends,
+                workspace=tmp_path / "ws",
+            ) as session,
+        ):
+            session.drive(events.append)
         assert finished(events).answer == "Mont Blanc"
         run = history.get_run("20250102-120000-bbbbbb")
         assert run.status == "answered" and run.tool_calls == 2 and run.resumes == 1

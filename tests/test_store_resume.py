@@ -2,22 +2,30 @@
 
 The sweep runs in process (fast enough to stop after every event): a run is
 abandoned after event N, which is what a killed process looks like to the
-database, its owner is made a dead pid, and `prepare_resume` continues it. The
+database, its owner is made a dead pid, and a resumed session (appliance.session) continues it. The
 result is compared with an uninterrupted run of the same script. The
 subprocess tests in test_store_crash.py do the same with real SIGKILLs.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from appliance.agent import runtime
-from appliance.agent.events import RunFinished, ToolCallStarted, TurnRolledBack
+from appliance.agent.events import (
+    ObservationAdded,
+    RunFinished,
+    ToolCallStarted,
+    TurnEnded,
+    TurnKept,
+    TurnRolledBack,
+)
 from appliance.store import History, StoreError, open_history
-from appliance.store.rebuild import rebuild_state
 from tests.store_support import (
     call,
     comparable,
@@ -141,39 +149,81 @@ def test_two_crashes_in_a_row(history: History, tmp_path: Path) -> None:
     assert history.get_run("twice").resumes == 2
 
 
-def test_the_rebuilt_state_is_the_live_state_between_turns(history: History, tmp_path: Path) -> None:
-    """After each observation the rebuilt RunState equals the loop's own (messages, counters, queries, answers)."""
-    script, overrides = SCENARIOS["main"]
-    settings = settings_for(write_script(tmp_path / "s.jsonl", script), **overrides)
+def _live_states(history: History, settings: Any, run_id: str) -> tuple[list[Any], list[dict[str, Any]]]:
+    """A run's events, and the loop's whole state (every field) right after each of them."""
     from appliance.agent.runtime import build_toolbox, prepare_run
     from appliance.llm.factory import build_backend
 
     backend = build_backend(settings)
     toolbox = build_toolbox(settings, lambda: backend)
-    agent, state = prepare_run(settings, TASK, backend=backend, toolbox=toolbox, run_id="live")
+    agent, state = prepare_run(settings, TASK, backend=backend, toolbox=toolbox, run_id=run_id)
     recorder = history.recorder()
-    compared = 0
+    events, states = [], []
     try:
         for event in agent.run(state):
             recorder(event)
-            if type(event).__name__ in ("ObservationAdded",) or (
-                isinstance(event, TurnRolledBack) and event.kind == "turn"
-            ):
-                rebuilt = rebuild_state(history.get_run("live")).state
-                assert rebuilt.messages == state.messages
-                assert rebuilt.turn == state.turn
-                assert rebuilt.tool_calls == state.tool_calls
-                assert rebuilt.used_queries == state.used_queries
-                assert rebuilt.intermediate_answers == state.intermediate_answers
-                assert (rebuilt.prompt_tokens, rebuilt.completion_tokens) == (
-                    state.prompt_tokens,
-                    state.completion_tokens,
-                )
-                compared += 1
+            events.append(event)
+            states.append(copy.deepcopy(dataclasses.asdict(state)))
+            # The history's running counters are the loop's own, after every event.
+            row = history.db.conn.execute(
+                "SELECT turns, tool_calls, prompt_tokens, completion_tokens FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            assert tuple(row) == (state.turn, state.tool_calls, state.prompt_tokens, state.completion_tokens)
     finally:
         toolbox.close()
         backend.close()
-    assert compared >= 6
+    return events, states
+
+
+def _last_committed(events: list[Any]) -> list[int]:
+    """For a kill after each event, the index of the event whose state a resume must start from.
+
+    Not committed as a step: a reply not yet kept or rolled back (it is sampled
+    again), and a turn's calls before its results are in (they run again).
+    """
+    committed, pending_since, calls_since = [], None, None
+    for i, event in enumerate(events):
+        if isinstance(event, TurnEnded):
+            pending_since = i - 1
+        elif isinstance(event, (TurnKept, TurnRolledBack, RunFinished)):
+            pending_since = None
+        if isinstance(event, ToolCallStarted) and calls_since is None:
+            calls_since = i - 1
+        elif isinstance(event, (ObservationAdded, TurnRolledBack)):
+            calls_since = None
+        held = [p for p in (pending_since, calls_since) if p is not None]
+        committed.append(min(held) if held else i)
+    return committed
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_the_rebuilt_state_is_the_live_state_after_a_kill_at_every_event(
+    history: History, tmp_path: Path, name: str
+) -> None:
+    """The whole RunState a resume starts from equals, field for field, the loop's own after its last step."""
+    script, overrides = SCENARIOS[name]
+    settings = settings_for(write_script(tmp_path / "s.jsonl", script), **overrides)
+    events, states = _live_states(history, settings, "live")
+    starts = _last_committed(events)
+    compared = set()
+    for point in kill_points(events):
+        run_id = f"state-{name}-{point}"
+        run_in_process(history, settings, TASK, run_id, stop_after=point)
+        simulate_dead_owner(history, run_id)
+        rebuilt = history.load_resume(run_id).state
+        # A resumed run counts as resumed, with the time the run had already taken.
+        expected = {**states[starts[point - 1]], "run_id": run_id, "resumed": True}
+        expected["elapsed_before"] = history.get_run(run_id).elapsed_s
+        where = f"killed after event {point} ({type(events[point - 1]).__name__})"
+        assert dataclasses.asdict(rebuilt) == expected, where
+        compared.add(type(events[point - 1]).__name__)
+    if name == "main":
+        assert {"TurnEnded", "TurnKept", "ToolCallFinished", "ObservationAdded", "TurnRolledBack"} <= compared
+    # Between turns nothing is held back: there the rebuilt state is the live one.
+    between = [i for i, e in enumerate(events) if isinstance(e, ObservationAdded)]
+    assert between and all(starts[i] == i for i in between)
+    last = states[between[-1]]
+    assert last["messages"] and last["turn"] >= 1 and last["tool_calls"] >= 1
 
 
 def test_resume_refuses_finished_and_live_runs(history: History, tmp_path: Path) -> None:

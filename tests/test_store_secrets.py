@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.policy import redact
 from appliance.store import open_history
-from appliance.store.recorder import scrub
 from appliance.store.resume import resume_settings
 from tests.store_support import call, env_for, run_store_cli, write_script
 
@@ -16,14 +16,22 @@ SECRETS = ("sk-model-SECRET", "sk-judge-SECRET", "hunter2-SECRET", "qwerty-SECRE
 URL = "http://alice:hunter2-SECRET@127.0.0.1:9/v1?api_key=qwerty-SECRET&mode=fast"
 
 
-def test_scrub_hides_credentials_and_keeps_the_rest() -> None:
-    cleaned = scrub(
+def test_redact_hides_credentials_says_where_and_keeps_the_rest() -> None:
+    redacted = redact(
         {
             "model": {"api_key": "sk-1", "max_tokens": 512, "base_url": URL, "name": "m"},
             "extraction": {"api_key": "", "judge_api_key": "sk-2", "hf_token": "hf_x"},
             "list": ["https://bob:pw@host/x", "plain"],
         }
     )
+    cleaned = redacted.value
+    assert sorted(redacted.paths) == [
+        "extraction.hf_token",
+        "extraction.judge_api_key",
+        "list.0",
+        "model.api_key",
+        "model.base_url",
+    ]
     assert cleaned["model"] == {
         "api_key": "***",
         "max_tokens": 512,

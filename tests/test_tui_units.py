@@ -189,3 +189,52 @@ def test_formatting() -> None:
         "model file x not found",
         "run `appliance install`",
     )
+
+
+def test_the_ui_uses_no_private_textual_api() -> None:
+    """Private Textual names change between releases without notice; public routes exist for ours."""
+    import re
+    from pathlib import Path
+
+    private = re.compile(r"textual(?:\.\w+)*\._\w+|\b_(?:watch|update)_collapsed\b|\._compositor\b")
+    ui = Path(__file__).resolve().parents[1] / "appliance" / "tui"
+    found = {p.name: private.findall(p.read_text(encoding="utf-8")) for p in ui.glob("*.py")}
+    assert {name: hits for name, hits in found.items() if hits} == {}
+
+
+@pytest.mark.asyncio
+async def test_a_quiet_collapsible_keeps_the_scroll_when_changed_from_code() -> None:
+    from textual.app import App, ComposeResult
+    from textual.containers import VerticalScroll
+    from textual.widgets import Static
+
+    from appliance.tui.base import QuietCollapsible
+
+    class Folding(App[None]):
+        def compose(self) -> ComposeResult:
+            with VerticalScroll(id="scroll"):
+                yield QuietCollapsible(Static("inside\n" * 5), title="top", collapsed=True, id="top")
+                yield Static("filler\n" * 80)
+
+    app = Folding()
+    async with app.run_test(size=(40, 10)) as pilot:
+        scroll = app.query_one("#scroll", VerticalScroll)
+        scroll.scroll_end(animate=False)
+        await pilot.pause()
+        bottom = scroll.scroll_y
+        assert bottom > 0
+        app.query_one("#top", QuietCollapsible).collapsed = False  # from code: the view stays put
+        await pilot.pause()
+        await pilot.pause()
+        assert scroll.scroll_y == bottom
+        top = app.query_one("#top", QuietCollapsible)
+        top.query_one("CollapsibleTitle").focus()
+        await pilot.pause()
+        scroll.scroll_end(animate=False)
+        await pilot.pause()
+        expanded_bottom = scroll.scroll_y
+        assert expanded_bottom >= bottom
+        top.collapsed = True  # the user's toggle (the focus is on it): it comes into view
+        await pilot.pause()
+        await pilot.pause()
+        assert scroll.scroll_y < bottom

@@ -194,8 +194,8 @@ def test_confined_keeps_data_paths_inside_their_folder(tmp_path: Path) -> None:
 def test_a_resumed_run_never_makes_its_vanished_workspace_again(appliance_home: Path, tmp_path: Path) -> None:
     import shutil
 
+    from appliance.session import Backends, resume_session
     from appliance.store import open_history
-    from appliance.store.resume import prepare_resume
     from tests.store_support import run_in_process, settings_for, simulate_dead_owner
 
     script = write_replay(tmp_path / "script.jsonl", ["Thinking it over.", "\\boxed{Paris}"])
@@ -207,12 +207,9 @@ def test_a_resumed_run_never_makes_its_vanished_workspace_again(appliance_home: 
         simulate_dead_owner(history, run_id)
         assert history.get_run(run_id).workspace == str(ws.resolve())
         shutil.rmtree(tmp_path / "mine")
-        resumed = prepare_resume(history, run_id, {})
-        try:
+        with Backends() as backends, resume_session(history, run_id, {}, backends=backends) as resumed:
             assert any(f"the workspace {ws.resolve()} is gone" in note for note in resumed.notes), resumed.notes
             assert resumed.agent.ctx.workspace == settings.dirs.run_dir(run_id) / "workspace"
-        finally:
-            resumed.close()
     finally:
         history.close()
     assert not (tmp_path / "mine").exists()

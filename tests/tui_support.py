@@ -167,6 +167,7 @@ def fixed_run_events(run_id: str, task: str, status: str = "answered") -> list[A
         ev.TextDelta(1, "<think>\nI should search for the moons of Mars first.\n</think>\n\nLet me search.\n"),
         ev.TextDelta(1, tool_call(specs.SEARCH_SERVER, "google_search", {"q": "moons of Mars"}).split("\n\n", 1)[1]),
         ev.TurnEnded(1, "turn", "", "stop", 2310, 96, 2310, 3.2, 1),
+        ev.TurnKept(1, "turn"),
         ev.ToolCallStarted(1, 0, specs.SEARCH_SERVER, "google_search", {"q": "moons of Mars"}),
         ev.ToolCallFinished(
             1, 0, specs.SEARCH_SERVER, "google_search", {"q": "moons of Mars"}, search_result, "ok", 1.4, False, 412
@@ -175,6 +176,7 @@ def fixed_run_events(run_id: str, task: str, status: str = "answered") -> list[A
         ev.TurnStarted(2, "turn", 2601),
         ev.TextDelta(2, "<think>\nThe NASA page should say.\n</think>\n\n"),
         ev.TurnEnded(2, "turn", "", "stop", 2601, 88, 291, 2.9, 1),
+        ev.TurnKept(2, "turn"),
         ev.ToolCallStarted(2, 0, specs.SCRAPE_SERVER, "scrape_and_extract_info", scrape_args),
         ev.ToolCallFinished(
             2,
@@ -199,6 +201,7 @@ def fixed_run_events(run_id: str, task: str, status: str = "answered") -> list[A
         ev.TurnStarted(3, "turn", 2702),
         ev.TextDelta(3, "<think>\nTwo moons.\n</think>\n\nMars has **two** moons: *Phobos* and *Deimos*."),
         ev.TurnEnded(3, "turn", "", "stop", 2702, 31, 101, 1.1, 0),
+        ev.TurnKept(3, "turn"),
         ev.SummaryStarted("no_tool_call", "Summarize"),
         ev.TurnStarted(4, "summary", 2760),
         ev.TextDelta(4, "Mars has two moons, Phobos and Deimos (https://science.nasa.gov/mars/moons/).\n\n\\boxed{2}"),

@@ -3,8 +3,9 @@
 The loop is a generator of these events. The store, the TUI and the headless
 printer subscribe to them; none of them reaches into the loop. The order within
 one turn is: TurnStarted, TextDelta* (ReplyContinued, TextDelta*)*, TurnEnded, then either TurnRolledBack
-(the reply is discarded and sampled again) or, for each call,
+(the reply is discarded and sampled again) or TurnKept and, for each call,
 ToolCallStarted/ToolCallFinished, then ObservationAdded and ToolResultOmitted*.
+Each event is also what moves the run's state (appliance.agent.state.advance).
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ class RunStarted:
     resumed: bool = False
     turn: int = 0
     workspace: str = ""  # the sandbox home on the host (--workspace or the run's own)
+    # Where a resumed run starts from (its state's counters); all 0 for a new run.
+    tool_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,18 @@ class TurnEnded:
     evaluated_tokens: int
     elapsed_s: float
     tool_calls: int
+
+
+@dataclass(frozen=True)
+class TurnKept:
+    """The reply of `turn` stands: it enters the history (a turn's calls run next).
+
+    A kept turn may still leave later with its results (TurnRolledBack: a wasted
+    call, a full context). The final answer's reply is kept by RunFinished.
+    """
+
+    turn: int
+    kind: TurnKind
 
 
 @dataclass(frozen=True)
@@ -184,6 +201,7 @@ AgentEvent = (
     | TurnStarted
     | TextDelta
     | TurnEnded
+    | TurnKept
     | TurnRolledBack
     | ReplyContinued
     | ToolCallStarted

@@ -14,7 +14,6 @@ import threading
 import time
 import traceback
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.agent.attempts import AnswerPlan, answer_plan, ran_out_of_room, run_failure_summary
@@ -30,9 +29,11 @@ from appliance.agent.events import (
     ToolCallFinished,
     ToolCallStarted,
     ToolResultOmitted,
+    TurnKept,
     TurnKind,
     TurnRolledBack,
 )
+from appliance.agent.state import RunState, advance
 from appliance.config import AgentSettings
 from appliance.errors import ApplianceError, ExitCode
 from appliance.llm.base import Backend, ChatMessage
@@ -54,34 +55,6 @@ from appliance.tools.base import CallContext, ToolBox, ToolOutcome
 _ROLLBACK_RESULT_PREFIXES = ("Unknown tool:", "Error executing tool")
 # Reference: beyond max_turns, at most this many extra attempts (rollbacks).
 _EXTRA_ATTEMPTS = 200
-
-
-@dataclass
-class RunState:
-    """Everything needed to continue a run; the store can rebuild it from the database."""
-
-    run_id: str
-    task: str
-    task_message: str
-    system_prompt: str
-    messages: list[ChatMessage]
-    attachments: tuple[str, ...] = ()
-    turn: int = 0
-    tool_calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    used_queries: dict[str, int] = field(default_factory=dict)
-    intermediate_answers: list[str] = field(default_factory=list)
-    phase: str = "loop"  # loop | summary
-    summary_reason: str | None = None
-    elapsed_before: float = 0.0
-    resumed: bool = False
-    # Replies discarded in a row just before this point: a resumed run keeps the same rollback budget.
-    rollback_streak: int = 0
-    # This run is attempt `attempt` of `attempts_total` of its task (agent/attempts.py);
-    # 1 of 1 is a task without attempts: today's single run.
-    attempt: int = 1
-    attempts_total: int = 1
 
 
 class Agent:
@@ -112,6 +85,12 @@ class Agent:
         self.cancelled.set()
 
     def run(self, state: RunState) -> Iterator[AgentEvent]:
+        """The run's events; each has moved `state` (appliance.agent.state.advance) before it is seen."""
+        for event in self._run(state):
+            advance(state, event)
+            yield event
+
+    def _run(self, state: RunState) -> Iterator[AgentEvent]:
         started = time.monotonic()
         yield RunStarted(
             run_id=state.run_id,
@@ -124,16 +103,20 @@ class Agent:
             resumed=state.resumed,
             turn=state.turn,
             workspace=str(self.ctx.workspace),
+            tool_calls=state.tool_calls,
+            prompt_tokens=state.prompt_tokens,
+            completion_tokens=state.completion_tokens,
         )
         for problem in self.toolbox.problems():
             yield Notice("warning", problem)
         status, answer, final_text, error, code = "error", None, "", None, ExitCode.USAGE
         failure_summary: str | None = None
         try:
-            if state.phase == "loop":
-                yield from self._loop(state)
-            answer, final_text = yield from self._summarize(state)
-            if not answer and self.answer_plan(state).failure_summary_when_unboxed:
+            reason = state.summary_reason
+            if state.phase == "loop" and reason is None:
+                reason = yield from self._loop(state)
+            answer, final_text = yield from self._summarize(state, reason)
+            if not answer and self.answer_plan(state, reason).failure_summary_when_unboxed:
                 # Before RunFinished, so the store keeps the reply with the run it sums up.
                 failure_summary = yield from self._failure_summary(state)
             status = "answered" if answer else "no_answer"
@@ -162,19 +145,27 @@ class Agent:
             failure_summary=failure_summary,
         )
 
-    def answer_plan(self, state: RunState) -> AnswerPlan:
-        """How this run ends: answer turn, intermediate fallback, failure summary (the reference's table)."""
+    def answer_plan(self, state: RunState, loop_ended_by: str | None = None) -> AnswerPlan:
+        """How this run ends: answer turn, intermediate fallback, failure summary (the reference's table).
+
+        `loop_ended_by` is why the loop ended, before the summary records it in the state.
+        """
         return answer_plan(
             attempts=state.attempts_total - 1,
             retry_with_summary=self.settings.retry_with_summary,
             final_attempt=state.attempt >= state.attempts_total,
-            out_of_room=ran_out_of_room(state.summary_reason),
+            out_of_room=ran_out_of_room(loop_ended_by or state.summary_reason),
         )
 
     def _failure_summary(self, state: RunState) -> Generator[AgentEvent, None, str | None]:
         """The failure summary of a run that ended without an answer, over the context it ended with."""
+        # The summary's reply is still pending (it is kept when the run ends): the failure summary sees it.
+        shown = list(state.messages)
+        if state.pending_reply is not None:
+            shown.append(ChatMessage("assistant", state.pending_reply))
+        view = self._view(state, shown)
         return run_failure_summary(
-            self.backend, self._view(state), turn=state.turn + 1, max_tokens=self.max_tokens, cancel=self.cancelled
+            self.backend, view, turn=state.turn + 1, max_tokens=self.max_tokens, cancel=self.cancelled
         )
 
     # ------------------------------------------------------------ helpers
@@ -192,20 +183,21 @@ class Agent:
             self._token_cache[text] = cached
         return cached
 
-    def _view(self, state: RunState) -> list[ChatMessage]:
+    def _view(self, state: RunState, messages: list[ChatMessage] | None = None) -> list[ChatMessage]:
         agent = self.settings
+        shown = state.messages if messages is None else messages
         history = build_view(
-            state.messages,
+            shown,
             agent.keep_last,
             agent.eviction,
             agent.eviction_block,
-            ends_in_summary=state.phase == "summary" and state.messages[-1].role == "user",
+            ends_in_summary=state.phase == "summary" and shown[-1].role == "user",
         )
         return [ChatMessage("system", state.system_prompt), *history]
 
     def _prompt_tokens(self, view: list[ChatMessage]) -> int:
-        overhead = self.backend.message_overhead
-        return sum(self._tokens(m.content) + overhead for m in view) + 3
+        # The backend's own count: exact for a local model (its chat template, rendered and tokenized).
+        return self.backend.count_messages(view)
 
     def _omitted_turns(self, state: RunState) -> set[int]:
         """Turn numbers whose results are currently shown as the placeholder."""
@@ -230,41 +222,40 @@ class Agent:
                 f"({self.backend.context_length} tokens)",
                 "raise [model] context_length or lower --keep-last",
             )
-        reply = yield from call_model(
-            self.backend,
-            view,
-            turn=turn,
-            kind=kind,
-            prompt_tokens=prompt_tokens,
-            max_tokens=min(self.max_tokens, budget),
-            purpose="summary" if kind == "summary" else "turn",
-            cancel=self.cancelled,
-            attempt=attempt,
+        # The call's tokens reach the state through its TurnEnded events (agent/state.advance).
+        return (
+            yield from call_model(
+                self.backend,
+                view,
+                turn=turn,
+                kind=kind,
+                prompt_tokens=prompt_tokens,
+                max_tokens=min(self.max_tokens, budget),
+                purpose="summary" if kind == "summary" else "turn",
+                cancel=self.cancelled,
+                attempt=attempt,
+            )
         )
-        state.prompt_tokens += reply.spent_prompt_tokens
-        state.completion_tokens += reply.spent_completion_tokens
-        return reply
 
     # ------------------------------------------------------------ the loop
 
-    def _loop(self, state: RunState) -> Generator[AgentEvent, None, None]:
+    def _loop(self, state: RunState) -> Generator[AgentEvent, None, str]:
+        """The turns, until one of them ends the loop; returns why (the summary's reason)."""
         server_map = tool_server_map(state.system_prompt)
         max_turns = self.settings.max_turns
         max_rollbacks = self.settings.max_rollbacks
         attempts = 0
-        rollbacks = state.rollback_streak
 
         # A resumed run may stop between a recorded reply and its results:
         # execute that reply's calls rather than sampling a new one.
         if state.messages and state.messages[-1].role == "assistant":
             calls = parse_tool_calls(state.messages[-1].content)
             if not calls:
-                state.summary_reason = "no_tool_call"
-                return
+                return "no_tool_call"
             # The same step as when the reply first arrived, so a resumed run goes where the live one went.
-            rollbacks, go_on = yield from self._run_calls(state, calls, rollbacks)
-            if not go_on:
-                return
+            stop = yield from self._run_calls(state, calls)
+            if stop:
+                return stop
         elif (
             # Stopped right after a turn's results: the live loop checked the context next.
             state.resumed
@@ -272,64 +263,48 @@ class Agent:
             and state.messages[-1].role == "user"
             and not (yield from self._fits_next_turn(state))
         ):
-            return
+            return "context_full"
 
         while state.turn < max_turns and attempts < max_turns + _EXTRA_ATTEMPTS:
             self._check_cancel()
-            if rollbacks >= max_rollbacks:
-                state.summary_reason = "rollbacks"
-                return
+            if state.rollback_streak >= max_rollbacks:
+                return "rollbacks"
             attempts += 1
             turn = state.turn + 1
-            reply = yield from self._generate(state, turn, "turn", rollbacks + 1)
+            reply = yield from self._generate(state, turn, "turn", state.rollback_streak + 1)
             text = fix_server_names(reply.text, server_map)
             calls = parse_tool_calls(text)
             reason, detail = self._rollback_reason(state, text, calls)
             yield reply_ended(turn, "turn", reply, text, len(calls))
-            can_roll_back = rollbacks < max_rollbacks - 1
-            if reason and can_roll_back:
-                rollbacks += 1
+            if reason and state.rollback_streak < max_rollbacks - 1:
                 yield TurnRolledBack(turn, "turn", reason, detail)
                 continue
+            yield TurnKept(turn, "turn")
             if reason in ("format", "refusal", "empty"):
-                # Out of rollbacks: the reply stands and the loop ends.
-                state.turn = turn
-                state.messages.append(ChatMessage("assistant", text))
-                self._note_answer(state, text)
-                state.summary_reason = "rollbacks"
-                return
-
-            state.turn = turn
-            state.messages.append(ChatMessage("assistant", text))
-            self._note_answer(state, text)
+                return "rollbacks"  # out of rollbacks: the reply stands and the loop ends
             if not calls:
-                state.summary_reason = "no_tool_call"
-                return
-            rollbacks, go_on = yield from self._run_calls(state, calls, rollbacks)
-            if not go_on:
-                return
-        state.summary_reason = state.summary_reason or "max_turns"
+                return "no_tool_call"
+            stop = yield from self._run_calls(state, calls)
+            if stop:
+                return stop
+        return "max_turns"
 
-    def _run_calls(
-        self, state: RunState, calls: list[ToolCall], rollbacks: int
-    ) -> Generator[AgentEvent, None, tuple[int, bool]]:
-        """Run the calls of the turn just kept. Returns (rollbacks, whether the loop goes on).
+    def _run_calls(self, state: RunState, calls: list[ToolCall]) -> Generator[AgentEvent, None, str | None]:
+        """Run the calls of the turn just kept. Returns why the loop ends now, or None when it goes on.
 
         A call the reference treats as wasted (unknown tool, invalid arguments, an
         empty search) forgets the turn, to be sampled again, while rollbacks are
         left; otherwise the next turn must still fit the context.
         """
         turn = state.turn
-        can_roll_back = rollbacks < self.settings.max_rollbacks - 1
+        can_roll_back = state.rollback_streak < self.settings.max_rollbacks - 1
         wasted = yield from self._execute(
             state, turn, calls, allow_duplicates=not can_roll_back, stop_when_wasted=can_roll_back
         )
         if wasted is not None:
-            state.messages.pop()
-            state.turn = turn - 1
             yield TurnRolledBack(turn, "turn", wasted[0], wasted[1])
-            return rollbacks + 1, True
-        return 0, (yield from self._fits_next_turn(state))
+            return None
+        return None if (yield from self._fits_next_turn(state)) else "context_full"
 
     def _rollback_reason(self, state: RunState, text: str, calls: list[ToolCall]) -> tuple[str | None, str]:
         if not text.strip():
@@ -388,9 +363,6 @@ class Agent:
                 if outcome.status == "cancelled":
                     raise RunCancelled()
             text, truncated = self._format_outcome(outcome)
-            if key is not None and outcome.ok:
-                state.used_queries[key] = state.used_queries.get(key, 0) + 1
-            state.tool_calls += 1
             yield ToolCallFinished(
                 turn,
                 index,
@@ -411,7 +383,6 @@ class Agent:
             if wasted is not None and stop_when_wasted:
                 return wasted
         observation = "\n".join(results)
-        state.messages.append(ChatMessage("user", observation))
         yield ObservationAdded(turn, observation, self._tokens(observation))
         for omitted_turn in sorted(self._omitted_turns(state) - omitted_before):
             yield ToolResultOmitted(omitted_turn)
@@ -435,63 +406,46 @@ class Agent:
         if needed <= self.backend.context_length:
             return True
         # The reference removes the last reply and its results, then summarizes.
-        dropped_turn = state.turn
-        if state.messages[-1].role == "user" and len(state.messages) > 1:
-            state.messages.pop()
-        if state.messages[-1].role == "assistant":
-            state.messages.pop()
-            state.turn -= 1
-        state.summary_reason = "context_full"
         yield TurnRolledBack(
-            dropped_turn,
+            state.turn,
             "turn",
             "context_full",
             f"{needed} tokens needed, the context holds {self.backend.context_length}",
         )
         return False
 
-    @staticmethod
-    def _note_answer(state: RunState, text: str) -> None:
-        boxed = extract_boxed(text)
-        if boxed:
-            state.intermediate_answers.append(boxed)
-
     # ------------------------------------------------------------ summary
 
-    def _summarize(self, state: RunState) -> Generator[AgentEvent, None, tuple[str | None, str]]:
+    def _summarize(self, state: RunState, reason: str | None) -> Generator[AgentEvent, None, tuple[str | None, str]]:
         self._check_cancel()
-        plan = self.answer_plan(state)
+        plan = self.answer_plan(state, reason)
         if not plan.generate_answer:
             # Not the last attempt and out of turns or context: any answer would be a blind guess.
             yield Notice("info", f"attempt {state.attempt}/{state.attempts_total} ran out of turns or context; "
                          "no answer is guessed")  # fmt: skip
             return None, ""
-        reason = state.summary_reason or ("resumed" if state.resumed else "no_tool_call")
-        dropped: int | None = None
-        if state.messages[-1].role == "user" and len(state.messages) > 1:
-            # The reference drops a trailing tool result before asking for the summary.
-            state.messages.pop()
-            dropped = state.turn
+        reason = reason or ("resumed" if state.resumed else "no_tool_call")
         prompt = render_summary_prompt(state.task)
-        # The summary needs room for its answer: when the latest turns fill the
-        # window (a long last reply, a small context), they are dropped, newest
-        # first, as the mid-run context check drops the turn that overflows.
-        reserve = min(self.max_tokens, max(256, self.backend.context_length // 8))
-        summary_tokens = self._tokens(prompt) + self.backend.message_overhead
-        while (
-            len(state.messages) > 1
-            and self._prompt_tokens(self._view(state)) + summary_tokens + reserve > self.backend.context_length
-        ):
-            if state.messages[-1].role == "user":
-                state.messages.pop()
-                continue
-            state.messages.pop()
-            yield TurnRolledBack(state.turn, "turn", "context_full", "the summary would not fit the context window")
-            state.turn -= 1
-            reason = "context_full"
-        state.phase = "summary"
+        dropped: int | None = None
+        if state.phase != "summary":
+            # The summary needs room for its answer: when the latest turns fill the
+            # window (a long last reply, a small context), they are dropped, newest
+            # first, as the mid-run context check drops the turn that overflows.
+            reserve = min(self.max_tokens, max(256, self.backend.context_length // 8))
+            summary_tokens = self._tokens(prompt) + self.backend.message_overhead
+            while (
+                len(state.messages) > 1
+                and self._prompt_tokens(self._view(state, _without_trailing_result(state.messages)))
+                + summary_tokens
+                + reserve
+                > self.backend.context_length
+            ):
+                yield TurnRolledBack(state.turn, "turn", "context_full", "the summary would not fit the context window")
+                reason = "context_full"
+            if len(state.messages) > 1 and state.messages[-1].role == "user":
+                # The reference drops a trailing tool result before asking for the summary.
+                dropped = state.turn
         yield SummaryStarted(reason, prompt, dropped)  # type: ignore[arg-type]
-        state.messages.append(ChatMessage("user", prompt))
         final_text = ""
         answer = ""
         retries = max(1, self.settings.summary_retries)
@@ -504,7 +458,6 @@ class Agent:
                 break
             if attempt < retries:
                 yield TurnRolledBack(state.turn + 1, "summary", "no_boxed", "the summary has no \\boxed{} answer")
-        state.messages.append(ChatMessage("assistant", final_text))
         if not answer and state.intermediate_answers and plan.fallback_to_intermediate:
             answer = state.intermediate_answers[-1]
             yield Notice(
@@ -513,14 +466,8 @@ class Agent:
         return (answer or None), final_text
 
 
-def new_state(
-    run_id: str, task: str, task_message: str, system_prompt: str, attachments: tuple[str, ...] = ()
-) -> RunState:
-    return RunState(
-        run_id=run_id,
-        task=task,
-        task_message=task_message,
-        system_prompt=system_prompt,
-        messages=[ChatMessage("user", task_message)],
-        attachments=attachments,
-    )
+def _without_trailing_result(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """The history as the summary will see it: a trailing tool result is dropped first."""
+    if len(messages) > 1 and messages[-1].role == "user":
+        return messages[:-1]
+    return messages

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from appliance.agent.attempts import TaskAttempts
-from appliance.agent.loop import Agent, RunState, new_state
+from appliance.agent.loop import Agent
+from appliance.agent.state import RunState, new_state
 from appliance.config import Settings
 from appliance.llm.base import Backend
 from appliance.protocol.prompt import render_system_prompt, render_task_message
@@ -92,7 +93,7 @@ def make_agent(
         settings.agent,
         ctx,
         max_tokens=settings.model.max_tokens,
-        settings_snapshot=settings.as_dict(redact=True),
+        settings_snapshot=settings.snapshot(),
     )
 
 

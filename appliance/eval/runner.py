@@ -19,18 +19,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.agent.events import AgentEvent, RunFinished, RunStarted
-from appliance.agent.loop import Agent
-from appliance.agent.runtime import build_toolbox, prepare_run
+from appliance.agent.events import AgentEvent, RunStarted
 from appliance.config import Settings
 from appliance.eval.dataset import EvalTask
 from appliance.eval.judge import Judge
 from appliance.eval.scoring import question_scorer
-from appliance.llm.base import Backend
-from appliance.llm.factory import build_backend
+from appliance.policy import RunStatus, Standing
+from appliance.session import Backends, RunSession, resume_session, start_session
 from appliance.store import History, open_history
-from appliance.store.report import finish_report
-from appliance.store.resume import prepare_resume
 from appliance.tools.archive import save_task_archive
 
 RESULTS = "results.jsonl"
@@ -101,10 +97,11 @@ class EvalRunner:
         self.web_archive = web_archive
         self.on_result = on_result
         self._write_lock = threading.Lock()
-        self._agents: set[Agent] = set()
-        self._agents_lock = threading.Lock()
+        self._sessions: set[RunSession] = set()
+        self._sessions_lock = threading.Lock()
         self._stopping = threading.Event()
-        self._shared_backend: Backend | None = None
+        # One model for every run (a replay script is per run: Backends never shares those).
+        self._backends = Backends()
         self._local = threading.local()
 
     # ------------------------------------------------------------ plumbing
@@ -147,32 +144,25 @@ class EvalRunner:
                 save_task_archive(settings.dirs.run_dir(run_id), run_id, target)
         return "recorded"
 
-    def _backend_for(self, settings: Settings) -> tuple[Backend, bool]:
-        """(backend, owned): a replay script per run, otherwise one backend shared by all runs."""
-        if settings.model.backend == "replay":
-            return build_backend(settings), True
-        if self._shared_backend is None:
-            self._shared_backend = build_backend(settings)
-        return self._shared_backend, False
-
     @contextmanager
-    def _tracked(self, agent: Agent) -> Iterator[None]:
-        with self._agents_lock:
-            self._agents.add(agent)
+    def _tracked(self, session: RunSession) -> Iterator[RunSession]:
+        with self._sessions_lock:
+            self._sessions.add(session)
         try:
             if self._stopping.is_set():
-                agent.cancel()
-            yield
+                session.cancel()
+            with session:
+                yield session
         finally:
-            with self._agents_lock:
-                self._agents.discard(agent)
+            with self._sessions_lock:
+                self._sessions.discard(session)
 
     def stop(self) -> None:
         """Cancel every running task (Ctrl-C); their runs end as interrupted and resume next time."""
         self._stopping.set()
-        with self._agents_lock:
-            for agent in self._agents:
-                agent.cancel()
+        with self._sessions_lock:
+            for session in self._sessions:
+                session.cancel()
 
     def _record(self, result: RunResult) -> None:
         with self._write_lock:
@@ -188,7 +178,8 @@ class EvalRunner:
 
     def _interrupted_run(self, tag: str) -> str | None:
         for summary in self._history().list_runs(limit=5, tag=tag):
-            if summary.status in ("interrupted", "running"):
+            # Left `running` by an eval that was killed: the store marks those interrupted on opening.
+            if RunStatus.of(summary.status).standing is not Standing.FINISHED:
                 return summary.run_id
         return None
 
@@ -205,32 +196,17 @@ class EvalRunner:
 
         previous = self._interrupted_run(tag)
         if previous is not None:
-            resumed = prepare_resume(history, previous)
-            settings = resumed.settings
-            try:
-                with self._tracked(resumed.agent):
-                    finished = _drive(resumed.agent.run(resumed.state), [history.recorder(), forward])
-            finally:
-                resumed.close()
+            session = resume_session(history, previous, backends=self._backends)
         else:
-            settings = self._settings_for(task)
-            backend, owned = self._backend_for(settings)
-            toolbox = build_toolbox(settings, lambda: backend)
-            try:
-                attachments = [task.attachment] if task.attachment else []
-                agent, state = prepare_run(
-                    settings, task.question, backend=backend, toolbox=toolbox, attachments=attachments
-                )
-                with self._tracked(agent):
-                    finished = _drive(agent.run(state), [history.recorder(), forward])
-            finally:
-                toolbox.close()
-                if owned:
-                    backend.close()
-        if finished.status == "interrupted":
+            attachments = [task.attachment] if task.attachment else []
+            session = start_session(
+                history, self._settings_for(task), task.question, backends=self._backends, attachments=attachments
+            )
+        with self._tracked(session):
+            finished = session.drive(forward)
+        if RunStatus.of(finished.status) is RunStatus.INTERRUPTED:
             return None
-        finish_report(history, settings.dirs.run_dir(finished.run_id), finished.run_id)
-        web = self._keep_web(task, settings, finished.run_id)
+        web = self._keep_web(task, session.settings, finished.run_id)
         exact = question_scorer(finished.answer, task.answer)
         verdict = self.judge.grade(task.question, task.answer, finished.answer) if self.judge else None
         result = RunResult(
@@ -281,22 +257,10 @@ class EvalRunner:
                     for future in done:
                         future.result()  # a bug in a run surfaces here rather than vanishing
         finally:
-            if self._shared_backend is not None:
-                self._shared_backend.close()
+            self._backends.close()
         return not self._stopping.is_set() and not self.pending(tasks)
 
 
 def _wait(running: set[Future[RunResult | None]]) -> tuple[set[Future[RunResult | None]], set[Future[Any]]]:
     done, not_done = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
     return set(done), set(not_done)
-
-
-def _drive(events: Iterator[AgentEvent], subscribers: Sequence[Callable[[AgentEvent], None]]) -> RunFinished:
-    finished: RunFinished | None = None
-    for event in events:
-        for subscriber in subscribers:
-            subscriber(event)
-        if isinstance(event, RunFinished):
-            finished = event
-    assert finished is not None
-    return finished

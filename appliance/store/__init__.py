@@ -4,11 +4,11 @@ The store subscribes to the agent's events (`History.recorder()`); the agent
 knows nothing about SQL. See docs/history.md.
 """
 
+from appliance.policy import RESUMABLE
 from appliance.store.db import RunNotFound, StoreError, StoreUsageError
 from appliance.store.history import History, open_history
 from appliance.store.recorder import Recorder
 from appliance.store.records import (
-    RESUMABLE,
     MessageRecord,
     PruneReport,
     ResumePoint,

@@ -21,10 +21,11 @@ import click
 
 from appliance.errors import ExitCode
 from appliance.paths import app_dirs
+from appliance.policy import STATUSES, RunStatus
 from appliance.store.db import StoreError, StoreUsageError
 from appliance.store.export import chatml, markdown_report
 from appliance.store.history import History, open_history
-from appliance.store.records import STATUSES, RunSummary
+from appliance.store.records import RunSummary
 from appliance.store.report import report_html, research_report
 from appliance.store.sources import run_sources
 from appliance.textutil import for_terminal, one_line, safe_json
@@ -242,7 +243,8 @@ def export_command(
     with _history(ctx) as store:
         ids = list(run_ids)
         if all_runs:
-            ids += [r.run_id for r in store.list_runs(limit=0, status=status, tag=tag) if r.status != "running"]
+            listed = store.list_runs(limit=0, status=status, tag=tag)
+            ids += [r.run_id for r in listed if RunStatus.of(r.status) is not RunStatus.RUNNING]
         runs = [store.get_run(run_id) for run_id in ids]
     # A report shown on a terminal is made safe to show; written to a file or a pipe it stays exact.
     shown = for_terminal if output is None and sys.stdout.isatty() else str

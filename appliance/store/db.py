@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
-import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from appliance.errors import ApplianceError, ExitCode
+from appliance.policy import owner_alive
 from appliance.store.migrations import MIGRATION_SET, known_names, migrations
 
 BUSY_TIMEOUT_S = 30.0
@@ -48,10 +47,6 @@ class RunNotFound(StoreUsageError):
 
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-
-
-def host_name() -> str:
-    return socket.gethostname()
 
 
 def describe_error(path: Path, exc: sqlite3.Error) -> StoreError:
@@ -189,47 +184,6 @@ def write_transaction(db: Database) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------- run owners
-
-
-def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """(state, start time in clock ticks since boot) of a process, from /proc; None without /proc."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], fields[19]
-
-
-def process_start(pid: int) -> str | None:
-    """A token that tells this process apart from a later one that reuses its pid."""
-    stat = _proc_stat(pid)
-    return stat[1] if stat else None
-
-
-def process_alive(pid: int | None, start: str | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    stat = _proc_stat(pid)
-    if stat is None:
-        return True  # no /proc: the pid exists, trust it
-    state, started = stat
-    if state in ("Z", "X"):
-        return False
-    return start is None or started == start
-
-
-def owner_alive(pid: int | None, start: str | None, host: str | None) -> bool:
-    """Whether the process recorded as running a run still runs it (a run on another host is assumed alive)."""
-    if host and host != host_name():
-        return True
-    return process_alive(pid, start)
 
 
 def mark_dead_runs(db: Database) -> int:

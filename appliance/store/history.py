@@ -13,6 +13,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from appliance.agent.events import AgentEvent
+from appliance.policy import STATUSES, Standing, standing
 from appliance.store.db import (
     RunNotFound,
     StoreError,
@@ -20,15 +21,12 @@ from appliance.store.db import (
     connect,
     describe_error,
     mark_dead_runs,
-    owner_alive,
     write_transaction,
 )
 from appliance.store.prune import choose_and_delete, compact
 from appliance.store.rebuild import LogEntry, parse_data, rebuild_state, replay
 from appliance.store.recorder import Recorder
 from appliance.store.records import (
-    RESUMABLE,
-    STATUSES,
     ArchiveLink,
     MessageRecord,
     PruneReport,
@@ -354,18 +352,22 @@ class History:
 
     def replay_events(self, run: RunRecord) -> Iterator[AgentEvent]:
         """A past (or running) run, already loaded with get_run, as the events the loop emitted (the UI's replay)."""
+        return replay(run, self.event_log(run.run_id))
+
+    def event_log(self, run_id: str) -> list[LogEntry]:
+        """The events a run recorded, in order (what replay and resume read)."""
 
         def log() -> list[LogEntry]:
             return [
                 LogEntry(e["seq"], e["type"], e["message_id"], e["tool_call_id"], parse_data(e["data"]))
                 for e in self._rows(
                     "SELECT seq, type, message_id, tool_call_id, data FROM events WHERE run_id = ? ORDER BY seq",
-                    (run.run_id,),
+                    (run_id,),
                 )
             ]
 
         entries: list[LogEntry] = self._guarded(log)
-        return replay(run, entries)
+        return entries
 
     def load_resume(self, run_id: str) -> ResumePoint:
         """Where an interrupted run stopped: the loop's state, its settings, workspace and attachments.
@@ -373,17 +375,18 @@ class History:
         Read-only; the recorder claims the run when the resumed loop starts.
         """
         run = self.get_run(run_id)
-        if run.status == "running" and owner_alive(run.pid, self._process_start(run.run_id), run.host):
+        where = standing(run.status, run.pid, self._process_start(run.run_id), run.host)
+        if where is Standing.LIVE:
             raise StoreUsageError(
                 f"run {run.run_id} is still running (pid {run.pid} on {run.host})",
                 "wait for it to finish, or stop that process and resume then",
             )
-        if run.status not in (*RESUMABLE, "running"):
+        if where is Standing.FINISHED:
             raise StoreUsageError(
                 f"run {run.run_id} already finished ({run.status}); only interrupted or failed runs resume",
                 'start a new run with --task "..."',
             )
-        rebuilt = rebuild_state(run)
+        rebuilt = rebuild_state(run, self.event_log(run.run_id))
         return ResumePoint(
             run=run,
             state=rebuilt.state,
@@ -403,7 +406,7 @@ class History:
         row = self.db.conn.execute(
             "SELECT status, pid, process_start, host FROM runs WHERE run_id = ?", (run_id,)
         ).fetchone()
-        if row and row[0] == "running" and owner_alive(row[1], row[2], row[3]):
+        if row and standing(*row) is Standing.LIVE:
             raise StoreError(f"run {run_id} is running (pid {row[1]})", "wait for it to finish or stop it first")
 
     def delete_run(self, run_id: str) -> None:

@@ -1,17 +1,10 @@
-"""From recorded rows back to what the loop had: a RunState to continue, or the events of a past run.
+"""From recorded rows back to what the loop had: the state to continue from, or the events of a past run.
 
-Pure functions over records, so the rules are tested without a database.
-They mirror the loop's bookkeeping (appliance/agent/loop.py):
-
-- the history holds the task, then each kept reply and its observation;
-  rolled-back replies are left out, a pending one (recorded, never decided on:
-  the process died right after it) is sampled again;
-- the turn count is the number of kept replies; token totals count every reply
-  the model produced, rolled back or not; the tool-call count and the
-  duplicate-query table count every finished call, except those of a turn whose
-  results never made it into the history (its calls run again);
-- a boxed answer is noted when a reply enters the history, which includes replies
-  later dropped after their calls (a wasted call, a full context).
+A resumed run's state is the recorded events fed through the loop's own state
+function (appliance.agent.state.advance), leaving out what was never
+committed as a step: a reply not yet kept or rolled back (it is sampled
+again), and the calls of a kept turn whose results never made it into the
+history (they run again).
 """
 
 from __future__ import annotations
@@ -33,14 +26,12 @@ from appliance.agent.events import (
     ToolCallStarted,
     ToolResultOmitted,
     TurnEnded,
+    TurnKept,
     TurnKind,
     TurnRolledBack,
     TurnStarted,
 )
-from appliance.agent.loop import RunState
-from appliance.llm.base import ChatMessage
-from appliance.protocol.answer import extract_boxed
-from appliance.protocol.parsing import query_key
+from appliance.agent.state import RunState, advance, new_state
 from appliance.store.records import RunRecord, Step
 
 
@@ -62,83 +53,19 @@ def unfinished_step(steps: Sequence[Step]) -> Step | None:
     return None
 
 
-def _rollback_streak(steps: Sequence[Step]) -> int:
-    streak = 0
-    for step in steps:
-        reply = step.reply
-        if reply.kind != "turn" or reply.state == "pending":
-            continue
-        if reply.state == "kept":
-            streak = 0
-        elif reply.rollback_reason != "context_full":
-            streak += 1
-    return streak
-
-
-def rebuild_state(run: RunRecord) -> Rebuilt:
-    """The RunState the loop had at the last recorded step, ready for `Agent.run`."""
-    steps = run.steps
-    unfinished = unfinished_step(steps)
-    messages = [ChatMessage("user", run.task_message)]
-    turn = 0
-    intermediate: list[str] = []
-    prompt_tokens = completion_tokens = 0
-    replay_position = 0
-    tool_calls = 0
-    used_queries: dict[str, int] = {}
-    for step in steps:
-        reply = step.reply
-        if reply.state == "pending":
-            continue
-        replay_position += 1
-        prompt_tokens += reply.prompt_tokens or 0
-        completion_tokens += reply.tokens or 0
-        if step is not unfinished:
-            for call in step.calls:
-                if call.status == "running":
-                    continue
-                tool_calls += 1
-                key = query_key(call.tool, call.arguments)
-                if key is not None and call.status == "ok":
-                    used_queries[key] = used_queries.get(key, 0) + 1
-        if reply.kind != "turn":
-            continue
-        if reply.state == "kept" or step.calls:
-            boxed = extract_boxed(reply.content)
-            if boxed:
-                intermediate.append(boxed)
-        if reply.state == "kept":
-            turn += 1
-            messages.append(ChatMessage("assistant", reply.content))
-            if step.observation is not None and step.observation.state == "kept":
-                messages.append(ChatMessage("user", step.observation.content))
-
-    phase, reason = "loop", None
-    if run.summary_prompt is not None:
-        phase, reason = "summary", run.summary_reason
-    elif any(s.reply.rollback_reason == "context_full" for s in steps):
-        # The last turn was dropped to make room: the loop was on its way to the summary.
-        phase, reason = "summary", "context_full"
-    state = RunState(
-        run_id=run.run_id,
-        task=run.task,
-        task_message=run.task_message,
-        system_prompt=run.system_prompt,
-        messages=messages,
-        attachments=run.attachments,
-        turn=turn,
-        tool_calls=tool_calls,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        used_queries=used_queries,
-        intermediate_answers=intermediate,
-        phase=phase,
-        summary_reason=reason,
-        elapsed_before=run.elapsed_s,
-        resumed=True,
-        rollback_streak=_rollback_streak(steps),
-    )
-    return Rebuilt(state, replay_position, len(unfinished.calls) if unfinished else 0)
+def rebuild_state(run: RunRecord, log: Sequence[LogEntry]) -> Rebuilt:
+    """The RunState the loop had after its last committed step, ready for `Agent.run`."""
+    unfinished = unfinished_step(run.steps)
+    redone = {c.id for c in unfinished.calls} if unfinished else set()
+    pending = {s.reply.id for s in run.steps if s.reply.state == "pending"}
+    committed = [e for e in log if e.message_id not in pending and e.tool_call_id not in redone]
+    state = new_state(run.run_id, run.task, run.task_message, run.system_prompt, run.attachments)
+    for event in replay(run, committed):
+        advance(state, event)
+    state.elapsed_before = run.elapsed_s
+    state.resumed = True
+    decided = sum(1 for s in run.steps if s.reply.state != "pending")
+    return Rebuilt(state, decided, len(redone))
 
 
 # ---------------------------------------------------------------- replay
@@ -166,6 +93,12 @@ def replay(run: RunRecord, log: Sequence[LogEntry]) -> Iterator[AgentEvent]:
     observations = {s.observation.id: s.observation for s in run.steps if s.observation is not None}
     calls = {c.id: c for s in run.steps for c in s.calls}
     prompt = run.summary_prompt
+    # Logs written before TurnKept existed: a turn was kept when it stayed, ran calls, or made room.
+    kept_before_turn_kept = {
+        s.reply.id
+        for s in run.steps
+        if s.reply.kind == "turn" and (s.kept or s.calls or s.reply.rollback_reason == "context_full")
+    }
     for entry in log:
         data = entry.data
         if entry.type == "RunStarted":
@@ -179,6 +112,9 @@ def replay(run: RunRecord, log: Sequence[LogEntry]) -> Iterator[AgentEvent]:
                 attachments=run.attachments,
                 resumed=bool(data.get("resumed")),
                 turn=int(data.get("turn") or 0),
+                tool_calls=int(data.get("tool_calls") or 0),
+                prompt_tokens=int(data.get("prompt_tokens") or 0),
+                completion_tokens=int(data.get("completion_tokens") or 0),
                 workspace=str(data.get("workspace") or run.workspace or ""),
             )
         elif entry.type == "TurnEnded" and entry.message_id in replies:
@@ -198,6 +134,11 @@ def replay(run: RunRecord, log: Sequence[LogEntry]) -> Iterator[AgentEvent]:
                 m.elapsed_s or 0.0,
                 m.call_count or 0,
             )
+            if not data.get("kept_by_event") and m.id in kept_before_turn_kept:
+                yield TurnKept(m.turn, kind)
+        elif entry.type == "TurnKept" and entry.message_id in replies:
+            m = replies[entry.message_id]
+            yield TurnKept(m.turn, "summary" if m.kind == "summary" else "turn")
         elif entry.type == "TurnRolledBack":
             yield TurnRolledBack(
                 int(data["turn"]), data.get("kind", "turn"), str(data.get("reason", "")), str(data.get("detail", ""))

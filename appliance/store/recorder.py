@@ -8,9 +8,11 @@ their own (the reply's text, its attempt number and its continuations arrive
 with TurnEnded).
 
 A reply is recorded `pending` and decided by the event after it: rolled back
-(TurnRolledBack) or kept (anything else; for the summary, the end of the run).
-The decision comes microseconds later, so a process killed in between loses
-only the bookkeeping, and the resumed run samples that reply again.
+(TurnRolledBack) or kept (TurnKept). The decision comes microseconds later, so
+a process killed in between loses only the bookkeeping, and the resumed run
+samples that reply again. The events log is what a resume rebuilds the run's
+state from (store.rebuild), through the loop's own state function; the run's
+running counters (turns, tool calls, tokens) come from that function too.
 """
 
 from __future__ import annotations
@@ -39,39 +41,24 @@ from appliance.agent.events import (
     ToolCallStarted,
     ToolResultOmitted,
     TurnEnded,
+    TurnKept,
     TurnRolledBack,
     TurnStarted,
 )
+from appliance.agent.state import RunState, advance, new_state
 from appliance.llm.base import ChatMessage
+from appliance.policy import Standing, host_name, process_start, redact, redact_url, redacted_snapshot, standing
 from appliance.store.db import (
     RunNotFound,
     StoreError,
     StoreUsageError,
     describe_error,
-    host_name,
     now_iso,
-    owner_alive,
-    process_start,
     write_transaction,
 )
-from appliance.textutil import SECRET_NAME, redact_url_secrets
 
 if TYPE_CHECKING:
     from appliance.store.history import History
-
-
-def scrub(value: Any) -> Any:
-    """Defence in depth over the already-redacted snapshots: no credential reaches the database."""
-    if isinstance(value, dict):
-        return {
-            k: ("***" if isinstance(k, str) and SECRET_NAME.match(k) and v not in ("", None) else scrub(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [scrub(v) for v in value]
-    if isinstance(value, str) and "://" in value:
-        return redact_url_secrets(value)
-    return value
 
 
 def dumps(value: Any) -> str:
@@ -126,10 +113,12 @@ class Recorder:
         # Continuations of the reply being generated: written with its TurnEnded, so
         # they share its fate (a resumed run that discards the reply discards them too).
         self._continued: list[ReplyContinued] = []
-        self._delta: dict[str, int] = {}
+        # The run's counters, moved by the loop's own state function (not counted again here).
+        self._state: RunState | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
             RunStarted: self._run_started,
             TurnEnded: self._turn_ended,
+            TurnKept: self._turn_kept,
             TurnRolledBack: self._turn_rolled_back,
             ToolCallStarted: self._tool_call_started,
             ToolCallFinished: self._tool_call_finished,
@@ -154,8 +143,9 @@ class Recorder:
         with deferred_interrupt(), self._history.lock:
             try:
                 with write_transaction(self._db):
-                    self._delta = {}
                     handler(event)
+                    if self._state is not None:
+                        advance(self._state, event)
                     self._touch()
             except sqlite3.Error as exc:
                 raise describe_error(self._history.path, exc) from exc
@@ -192,24 +182,23 @@ class Recorder:
             ),
         )
 
-    def _add(self, counter: str, amount: int) -> None:
-        self._delta[counter] = self._delta.get(counter, 0) + amount
-
     def _elapsed(self) -> float:
         return self._elapsed_before + time.monotonic() - self._clock_start
 
     def _touch(self) -> None:
-        d = self._delta
+        state = self._state
+        if state is None:
+            return
         self._execute(
-            "UPDATE runs SET updated_at = ?, elapsed_s = ?, turns = turns + ?, tool_calls = tool_calls + ?, "
-            "prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ? WHERE run_id = ?",
+            "UPDATE runs SET updated_at = ?, elapsed_s = ?, turns = ?, tool_calls = ?, prompt_tokens = ?, "
+            "completion_tokens = ? WHERE run_id = ?",
             (
                 now_iso(),
                 round(self._elapsed(), 3),
-                d.get("turns", 0),
-                d.get("tool_calls", 0),
-                d.get("prompt_tokens", 0),
-                d.get("completion_tokens", 0),
+                state.turn,
+                state.tool_calls,
+                state.prompt_tokens,
+                state.completion_tokens,
                 self.run_id,
             ),
         )
@@ -221,8 +210,6 @@ class Recorder:
             return
         self._execute("UPDATE messages SET state = 'kept' WHERE id = ?", (reply.id,))
         reply.pending = False
-        if reply.kind == "turn":
-            self._add("turns", 1)
 
     def _last_kept_reply(self, turn: int | None = None, kind: str = "turn") -> _Reply | None:
         sql = "SELECT id, turn FROM messages WHERE run_id = ? AND kind = ? AND state = 'kept'"
@@ -237,6 +224,10 @@ class Recorder:
 
     def _run_started(self, e: RunStarted) -> None:
         self.run_id = e.run_id
+        # A resumed run's counters start where its state does (the rows of what runs again are discarded).
+        self._state = new_state(e.run_id, e.task, e.task_message, e.system_prompt, e.attachments)
+        self._state.turn, self._state.tool_calls = e.turn, e.tool_calls
+        self._state.prompt_tokens, self._state.completion_tokens = e.prompt_tokens, e.completion_tokens
         self._clock_start = time.monotonic()
         self._elapsed_before = 0.0
         self._reply, self._calls, self._results = None, {}, {}
@@ -245,8 +236,8 @@ class Recorder:
             return
         now = now_iso()
         pid = os.getpid()
-        backend = scrub(e.backend)
-        settings = scrub(e.settings)
+        backend = redact(e.backend).value
+        settings = redacted_snapshot(e.settings)
         try:
             self._execute(
                 "INSERT INTO runs (run_id, task, task_message, system_prompt, status, profile, model, backend, "
@@ -285,11 +276,12 @@ class Recorder:
         if row is None:
             raise RunNotFound(f"no recorded run {e.run_id} to resume", "list runs with `appliance history list`")
         status, pid, start, host, elapsed = row
-        if status == "running" and pid != os.getpid() and owner_alive(pid, start, host):
+        where = standing(status, pid, start, host)
+        if where is Standing.LIVE and pid != os.getpid():
             raise StoreUsageError(
                 f"run {e.run_id} is still running (pid {pid} on {host})", "wait for it to finish or stop that process"
             )
-        if status in ("answered", "no_answer"):
+        if where is Standing.FINISHED:
             raise StoreUsageError(f"run {e.run_id} already finished ({status})", "start a new run with --task")
         discarded, redone = self._discard_unfinished()
         self._seq = self._execute("SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", (e.run_id,)).fetchone()[
@@ -305,22 +297,24 @@ class Recorder:
                 me,
                 process_start(me),
                 host_name(),
-                dumps(scrub(e.settings)),
-                dumps(scrub(e.backend)),
+                dumps(redacted_snapshot(e.settings)),
+                dumps(redact(e.backend).value),
                 str(e.backend.get("model") or ""),
                 str(e.backend.get("backend") or ""),
                 e.run_id,
             ),
         )
-        self._recount()
         self._log(
             "RunStarted",
             data={
                 "resumed": True,
                 "turn": e.turn,
+                "tool_calls": e.tool_calls,
+                "prompt_tokens": e.prompt_tokens,
+                "completion_tokens": e.completion_tokens,
                 "workspace": e.workspace,
-                "settings": scrub(e.settings),
-                "backend": scrub(e.backend),
+                "settings": redacted_snapshot(e.settings),
+                "backend": redact(e.backend).value,
                 "discarded_replies": discarded,
                 "redone_calls": redone,
                 "pid": me,
@@ -380,20 +374,6 @@ class Recorder:
             self._execute("DELETE FROM tool_calls WHERE id = ?", (call_id,))
         return len(ids)
 
-    def _recount(self) -> None:
-        self._execute(
-            "UPDATE runs SET "
-            "turns = (SELECT count(*) FROM messages m "
-            "  WHERE m.run_id = runs.run_id AND kind = 'turn' AND state = 'kept'), "
-            "tool_calls = (SELECT count(*) FROM tool_calls c WHERE c.run_id = runs.run_id AND status != 'running'), "
-            "prompt_tokens = (SELECT coalesce(sum(prompt_tokens), 0) FROM messages m "
-            "  WHERE m.run_id = runs.run_id AND kind IN ('turn', 'summary')), "
-            "completion_tokens = (SELECT coalesce(sum(tokens), 0) FROM messages m "
-            "  WHERE m.run_id = runs.run_id AND kind IN ('turn', 'summary')) "
-            "WHERE run_id = ?",
-            (self.run_id,),
-        )
-
     # ------------------------------------------------------------ steps
 
     def _turn_ended(self, e: TurnEnded) -> None:
@@ -426,9 +406,8 @@ class Recorder:
         reply_id = int(cursor.lastrowid or 0)
         self._reply = _Reply(reply_id, e.turn, e.kind, pending=True)
         self._calls, self._results = {}, {}
-        self._add("prompt_tokens", e.prompt_tokens)
-        self._add("completion_tokens", e.completion_tokens)
-        self._log("TurnEnded", seq, message_id=reply_id)
+        # Its keeping is logged as an event of its own (TurnKept); runs recorded before that have no mark.
+        self._log("TurnEnded", seq, message_id=reply_id, data={"kept_by_event": True})
         for continued in self._continued:
             if (continued.turn, continued.kind) == (e.turn, e.kind):
                 self._log(
@@ -438,6 +417,11 @@ class Recorder:
                           "max_tokens": continued.max_tokens},
                 )  # fmt: skip
         self._continued = []
+
+    def _turn_kept(self, e: TurnKept) -> None:
+        reply = self._reply
+        self._decide_pending()
+        self._log("TurnKept", message_id=reply.id if reply is not None else None, data={"turn": e.turn, "kind": e.kind})
 
     def _turn_rolled_back(self, e: TurnRolledBack) -> None:
         reply = self._reply
@@ -449,8 +433,6 @@ class Recorder:
                 "WHERE id = ? OR (reply_id = ? AND kind = 'observation')",
                 (e.reason, e.detail, reply.id, reply.id),
             )
-            if not reply.pending and reply.kind == "turn":
-                self._add("turns", -1)
         self._reply = None
         self._log(
             "TurnRolledBack",
@@ -469,7 +451,16 @@ class Recorder:
         cursor = self._execute(
             "INSERT INTO tool_calls (run_id, reply_id, turn, idx, server, tool, arguments, status, started_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
-            (self.run_id, self._reply.id, e.turn, e.index, e.server, e.tool, dumps(scrub(e.arguments)), now_iso()),
+            (
+                self.run_id,
+                self._reply.id,
+                e.turn,
+                e.index,
+                e.server,
+                e.tool,
+                dumps(redact(e.arguments).value),
+                now_iso(),
+            ),
         )
         call_id = int(cursor.lastrowid or 0)
         self._calls[e.index] = call_id
@@ -486,7 +477,6 @@ class Recorder:
             (e.result, e.status, e.duration_s, int(e.truncated), e.raw_chars, now_iso(), call_id),
         )
         self._results[e.index] = e.result
-        self._add("tool_calls", 1)
         for ref in e.archived:
             self._execute(
                 "INSERT INTO archive_records (run_id, tool_call_id, kind, uri, warc_file, warc_offset, record_id, "
@@ -496,7 +486,7 @@ class Recorder:
                     self.run_id,
                     call_id,
                     str(ref.get("kind", "")),
-                    scrub(str(ref.get("uri", ""))),
+                    redact_url(str(ref.get("uri", ""))),
                     ref.get("file"),
                     ref.get("offset"),
                     ref.get("record_id"),
@@ -567,6 +557,9 @@ class Recorder:
 
     def _run_finished(self, e: RunFinished) -> None:
         self._decide_pending()
+        if self._state is not None:  # the loop's final totals stand
+            self._state.turn, self._state.tool_calls = e.turns, e.tool_calls
+            self._state.prompt_tokens, self._state.completion_tokens = e.prompt_tokens, e.completion_tokens
         self._execute(
             "UPDATE runs SET status = ?, answer = ?, final_text = ?, error = ?, exit_code = ?, turns = ?, "
             "tool_calls = ?, prompt_tokens = ?, completion_tokens = ?, elapsed_s = ?, finished_at = ? WHERE run_id = ?",
@@ -585,7 +578,6 @@ class Recorder:
                 self.run_id,
             ),
         )
-        self._delta = {}
         self._elapsed_before = e.elapsed_s
         self._clock_start = time.monotonic()
         data = e.as_json()

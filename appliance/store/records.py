@@ -8,18 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from appliance.agent.loop import RunState
+from appliance.agent.state import RunState
 
-Status = Literal["running", "answered", "no_answer", "error", "interrupted"]
-STATUSES: tuple[str, ...] = ("running", "answered", "no_answer", "error", "interrupted")
 # A reply is `pending` from the moment it is recorded until the loop decides
 # whether it stands (the next event); a resumed run samples a pending one again.
 MessageState = Literal["pending", "kept", "rolled_back"]
 MessageKind = Literal["turn", "summary", "observation", "summary_prompt"]
-
-
-# The statuses of runs `appliance resume` continues (a "running" one whose process died counts too).
-RESUMABLE = ("interrupted", "error")
 
 
 @dataclass(frozen=True)

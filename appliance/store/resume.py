@@ -1,49 +1,36 @@
-"""Assemble a resumed run: the recorded state, the run's own settings, the same workspace.
+"""What a resumed run starts from: the run's own settings and workspace, and what changed since.
 
-Used by `appliance resume` and by the TUI; they drive the events themselves
-(with `History.recorder()` first among the subscribers).
+The session (appliance.session.resume_session) assembles the run from these.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from appliance.agent.loop import Agent, RunState
-from appliance.agent.runtime import (
-    build_toolbox,
-    discard_kv_checkpoint,
-    make_agent,
-    restore_kv_checkpoint,
-    run_dirs,
-)
-from appliance.config import SECRET_KEYS, SECTIONS, Settings, load_settings
-from appliance.llm.base import Backend
-from appliance.llm.factory import build_backend
-from appliance.store.history import History
+from appliance.config import SECTIONS, Settings, load_settings
+from appliance.policy import redacted_paths
 from appliance.store.records import ResumePoint
-from appliance.tools.base import ToolBox
 
 
 def snapshot_overrides(snapshot: Mapping[str, Any]) -> dict[str, Any]:
     """The run's recorded settings as "section.key" overrides.
 
-    Secrets were never recorded: they come from the environment or config file
-    as for any run. Keys this version does not know are skipped.
+    Secrets were never recorded: the values the snapshot says it hid come from
+    the environment or config file as for any run. Keys this version does not
+    know are skipped.
     """
+    hidden = redacted_paths(snapshot)
     overrides: dict[str, Any] = {}
     for section, values in snapshot.items():
         if section not in SECTIONS or not isinstance(values, Mapping):
             continue
         known = {f.name for f in fields(SECTIONS[section])}
         for key, value in values.items():
-            if key not in known or key in SECRET_KEYS:
-                continue
-            if isinstance(value, str) and "***" in value:
-                continue  # redacted at record time
-            overrides[f"{section}.{key}"] = value
+            if key in known and f"{section}.{key}" not in hidden:
+                overrides[f"{section}.{key}"] = value
     return overrides
 
 
@@ -64,35 +51,11 @@ def recorded_settings(
     )
 
 
-@dataclass
-class ResumedRun:
-    agent: Agent
-    state: RunState
-    backend: Backend
-    toolbox: ToolBox
-    settings: Settings
-    point: ResumePoint
-    notes: list[str] = field(default_factory=list)
+def resume_notes(point: ResumePoint, settings: Settings, workspace: Path | None) -> tuple[Path | None, list[str]]:
+    """(the workspace to use, what the user should know): the recorded workspace unless another is named.
 
-    def close(self) -> None:
-        self.toolbox.close()
-        self.backend.close()
-
-
-def prepare_resume(
-    history: History,
-    run_id: str,
-    cli_overrides: Mapping[str, Any] | None = None,
-    *,
-    profile: str | None = None,
-    workspace: Path | None = None,
-) -> ResumedRun:
-    """A ready agent and the state to pass to `agent.run(state)`.
-
-    The run's recorded workspace is used unless `workspace` names another (it was moved).
+    A workspace the user named that is gone is not made again (a user's directory is theirs to create).
     """
-    point = history.load_resume(run_id)
-    settings = resume_settings(point, cli_overrides or {}, profile)
     notes: list[str] = []
     own_workspace = settings.dirs.run_dir(point.run.run_id) / "workspace"
     if workspace is None and point.workspace and Path(point.workspace) != own_workspace.expanduser().resolve():
@@ -108,17 +71,4 @@ def prepare_resume(
         notes.append(f"attachments no longer on disk: {', '.join(missing)}")
     if point.redo_calls:
         notes.append(f"{point.redo_calls} tool call(s) of turn {point.state.turn} did not finish and run again")
-    dirs = run_dirs(settings, point.run.run_id, workspace)  # a refused workspace stops here, before the model loads
-    backend = build_backend(settings, replay_start=point.replay_position)
-    restored = restore_kv_checkpoint(backend, settings, point.run.run_id)
-    if restored:
-        notes.append(f"restored the model's cache of the interrupted run ({restored} tokens)")
-    discard_kv_checkpoint(settings, point.run.run_id)  # used once; a later interruption writes a fresh one
-    try:
-        toolbox = build_toolbox(settings, lambda: backend)
-    except BaseException:
-        backend.close()
-        raise
-    attachments = tuple(Path(p) for p in point.attachments if Path(p).exists())
-    agent = make_agent(settings, backend, toolbox, point.run.run_id, dirs, attachments)
-    return ResumedRun(agent, point.state, backend, toolbox, settings, point, notes)
+    return workspace, notes

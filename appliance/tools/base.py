@@ -8,6 +8,7 @@ cancel event, and nothing a server does or raises can crash the loop.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -33,6 +34,8 @@ CallStatus = Literal[
 ]
 FAILED_STATUSES = frozenset({"failed", "timeout", "unknown_server"})
 TRUNCATION_MARK = "\n... [Result truncated]"
+
+log = logging.getLogger(__name__)
 
 
 def truncate_result(text: str, limit: int) -> tuple[str, bool]:
@@ -251,9 +254,10 @@ class ToolBox:
         return outcome(result.text, "error" if result.is_error else "ok", dict(result.meta))
 
     def close(self) -> None:
-        for server in self.servers.values():
+        """Close every server, each even when another fails (a failure is logged with its traceback)."""
+        for name, server in self.servers.items():
             try:
                 server.close()
             except Exception:
-                pass
+                log.warning("closing the %s tool server failed", name, exc_info=True)
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -7,9 +7,11 @@ with control characters written as visible escapes.
 
 from __future__ import annotations
 
+from typing import Any
+
 from textual.content import Content
 from textual.widgets import Collapsible
-from textual.widgets._collapsible import CollapsibleTitle
+from textual.widgets.collapsible import CollapsibleTitle
 
 from appliance.tui import format as fmt
 
@@ -31,8 +33,7 @@ class QuietCollapsible(Collapsible):
     thinking from code would pull a streaming transcript away from its bottom.
     """
 
-    def _watch_collapsed(self, collapsed: bool) -> None:
-        self._update_collapsed(collapsed)
-        self.post_message(self.Collapsed(self) if collapsed else self.Expanded(self))
-        if self.is_mounted and self.has_focus_within:
-            self.call_after_refresh(self.scroll_visible)
+    def scroll_visible(self, *args: Any, **kwargs: Any) -> None:
+        # Collapsible asks for this after every change of `collapsed`; the user's toggle has the focus.
+        if self.has_focus_within:
+            super().scroll_visible(*args, **kwargs)

@@ -16,6 +16,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 from textual.worker import get_current_worker
 
 from appliance.errors import ApplianceError
+from appliance.policy import RunStatus
 from appliance.store import RESUMABLE, RunSummary, SearchHit
 from appliance.textutil import one_line
 from appliance.tui import format as fmt
@@ -27,13 +28,21 @@ if TYPE_CHECKING:
 
 # Columns before the task (16 + 11 + 5 + 5), their padding, the margins and the scrollbar.
 TASK_COLUMN_OFFSET = 37 + 10 + 2 + 2
-STATUS_FILTERS: tuple[str | None, ...] = (None, "answered", "no_answer", "interrupted", "error", "running")
-STATUS_STYLES = {
-    "answered": "$success",
-    "no_answer": "$warning",
-    "interrupted": "$warning",
-    "error": "$error",
-    "running": "$accent",
+# The status filter cycles through every status (appliance.policy), finished ones first.
+STATUS_FILTERS: tuple[str | None, ...] = (
+    None,
+    RunStatus.ANSWERED,
+    RunStatus.NO_ANSWER,
+    RunStatus.INTERRUPTED,
+    RunStatus.ERROR,
+    RunStatus.RUNNING,
+)
+STATUS_STYLES: dict[str, str] = {
+    RunStatus.ANSWERED: "$success",
+    RunStatus.NO_ANSWER: "$warning",
+    RunStatus.INTERRUPTED: "$warning",
+    RunStatus.ERROR: "$error",
+    RunStatus.RUNNING: "$accent",
 }
 
 

@@ -12,7 +12,7 @@ import asyncio
 import threading
 import time
 import traceback
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -26,9 +26,9 @@ from textual.widgets import Footer, Static, TextArea
 from textual.worker import Worker
 
 from appliance.agent.events import AgentEvent, RunFinished
-from appliance.agent.loop import Agent
 from appliance.errors import ApplianceError, ComponentUnavailable
 from appliance.paths import app_dirs
+from appliance.session import RunSession
 from appliance.store import RESUMABLE
 from appliance.store.export import markdown_report
 from appliance.store.report import finish_report
@@ -38,7 +38,7 @@ from appliance.tui.batching import EventBatcher
 from appliance.tui.dialogs import AttachDialog, ExportDialog, SourcesDialog
 from appliance.tui.messages import RunClosed, RunEvents, RunFailed, RunNotes
 from appliance.tui.meter import RunMeter
-from appliance.tui.runs import PreparedRun, archived_copy
+from appliance.tui.runs import archived_copy
 from appliance.tui.statusbar import StatusBar
 from appliance.tui.toolcall import ToolCallView
 from appliance.tui.transcript import Transcript
@@ -74,7 +74,7 @@ class MainScreen(Screen[None]):
         self.phase = "idle"  # idle | running | done
         self.run_id: str | None = None
         self.run_status = ""
-        self._agent: Agent | None = None
+        self._session: RunSession | None = None
         self._cancel_requested = threading.Event()
         # Clear while a run's thread works (set again as its last act).
         self.thread_done = threading.Event()
@@ -190,8 +190,8 @@ class MainScreen(Screen[None]):
         # Kept until the run has started: a run that cannot start gives the task back.
         self._submitted_task = task
         area.text = ""
-        factory = app.factory
-        self._begin(lambda: self._drive(lambda: factory.start(task, attachments)), live=True)
+        history, factory = app.history, app.factory
+        self._begin(lambda: self._drive(lambda: factory.start(history, task, attachments)), live=True)
 
     async def action_resume(self) -> None:
         app = self.appliance
@@ -205,9 +205,9 @@ class MainScreen(Screen[None]):
         if self.phase != "running":
             return
         self._cancel_requested.set()
-        agent = self._agent
-        if agent is not None:
-            agent.cancel()
+        session = self._session
+        if session is not None:
+            session.cancel()
         self.meter.state = "cancelling"
         self.status_bar.refresh_meter()
 
@@ -298,11 +298,9 @@ class MainScreen(Screen[None]):
     def _post_batch(self, events: tuple[AgentEvent, ...]) -> None:
         self.post_message(RunEvents(events))
 
-    def _drive(self, prepare: Callable[[], PreparedRun]) -> None:
-        history = self.appliance.history
-        assert history is not None
+    def _drive(self, open_session: Callable[[], RunSession]) -> None:
         try:
-            prepared = prepare()
+            session = open_session()
         except ApplianceError as exc:
             self.post_message(RunFailed(exc.message, exc.fix or "", getattr(exc, "component", "")))
             self.post_message(RunClosed(None, None, "error", [], replay=False))
@@ -311,41 +309,31 @@ class MainScreen(Screen[None]):
             self.post_message(RunFailed(f"internal error: {type(exc).__name__}: {exc}", "report this as a bug"))
             self.post_message(RunClosed(None, None, "error", [], replay=False))
             return
-        self._agent = prepared.agent
+        self._session = session
         if self._cancel_requested.is_set():
-            prepared.agent.cancel()
-        if prepared.notes or prepared.elapsed_before:
-            self.post_message(RunNotes(prepared.notes, prepared.elapsed_before))
+            session.cancel()
+        if session.notes or session.elapsed_before:
+            self.post_message(RunNotes(session.notes, session.elapsed_before))
         batcher = EventBatcher(self._post_batch)
         finished: RunFinished | None = None
         failure: RunFailed | None = None
-        events = prepared.agent.run(prepared.state)
-        recorder = history.recorder()
         try:
-            for event in events:
-                recorder(event)
-                batcher.add(event)
-                if isinstance(event, RunFinished):
-                    finished = event
+            finished = session.drive(batcher.add)
         except ApplianceError as exc:
-            # The history could not record a step: stop rather than run on unrecorded.
-            prepared.agent.cancel()
-            _close(events)
+            # The history could not record a step: the session stopped rather than run on unrecorded.
             failure = RunFailed(exc.message, exc.fix or "")
         except Exception as exc:
-            prepared.agent.cancel()
-            _close(events)
             failure = RunFailed(f"internal error: {type(exc).__name__}: {exc}", traceback.format_exc(limit=3))
         finally:
             batcher.close()
-            self._agent = None
-            prepared.close()
+            self._session = None
+            session.close()
         if failure is not None:
             self.post_message(failure)
-        run_id = prepared.state.run_id
-        self.post_message(
-            RunClosed(run_id, finished, finished.status if finished else "error", self._sources(run_id), replay=False)
-        )
+        run_id = session.run_id
+        # A finished run's report and sources came with its end (RunSession.drive); a broken one's are read here.
+        found = session.sources if finished is not None else self._sources(run_id)
+        self.post_message(RunClosed(run_id, finished, finished.status if finished else "error", found, replay=False))
 
     def _replay(self, run_id: str) -> None:
         history = self.appliance.history
@@ -454,11 +442,6 @@ class MainScreen(Screen[None]):
         deadline = time.monotonic() + timeout
         while not self.thread_done.is_set() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-
-
-def _close(events: Iterator[AgentEvent]) -> None:
-    if isinstance(events, Generator):
-        events.close()
 
 
 def _title_for(error: ApplianceError) -> str:

@@ -41,11 +41,11 @@ class ToolCallView(QuietCollapsible):
             self._timer = self.set_interval(0.2, self._spin)
         self._refresh_title()
 
-    def _watch_collapsed(self, collapsed: bool) -> None:
+    def watch_collapsed(self, collapsed: bool) -> None:
+        # The body is built the first time it is opened: most calls are never looked into.
         if not collapsed and not self._built and self.is_mounted:
             self._built = True
             self.query_one(Collapsible.Contents).mount_all(self._body())
-        super()._watch_collapsed(collapsed)
 
     def _body(self) -> list[Static]:
         event = self.call

@@ -37,7 +37,7 @@ from warcio.warcwriter import WARCWriter
 
 from appliance import __version__
 from appliance.errors import ConfigError
-from appliance.textutil import SECRET_NAME, redact_url_secrets
+from appliance.policy import SECRET_NAME, redact_url
 from appliance.tools.documents import UnsupportedDocument, convert
 from appliance.tools.fetcher import Exchange, FetchError
 
@@ -75,7 +75,7 @@ def warc_files(directory: Path) -> list[Path]:
 
 def clean_url(url: str) -> str:
     """The URL as archived and looked up: no credentials, no fragment."""
-    parts = urlsplit(redact_url_secrets(url))
+    parts = urlsplit(redact_url(url))
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", parts.query, ""))
 
 
@@ -83,13 +83,13 @@ def clean_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     cleaned = []
     for name, value in headers:
         secret = name.lower() in _SECRET_HEADERS or SECRET_NAME.match(name.replace("-", "_")) is not None
-        cleaned.append((name, "***" if secret and value else redact_url_secrets(value)))
+        cleaned.append((name, "***" if secret and value else redact_url(value)))
     return cleaned
 
 
 def search_key(url: str) -> str:
     """A SearXNG request by its query alone: the instance's address may differ when a run is replayed."""
-    query = sorted(parse_qsl(urlsplit(redact_url_secrets(url)).query, keep_blank_values=True))
+    query = sorted(parse_qsl(urlsplit(redact_url(url)).query, keep_blank_values=True))
     return "searxng?" + urlencode(query)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urljoin
 
-from appliance.textutil import redact_url_secrets
+from appliance.policy import redact_url
 from appliance.tools.archive.warc import (
     ArchivedRecord,
     ArchiveError,
@@ -212,7 +212,7 @@ class WebCall:
             location = next((v for k, v in headers if k.lower() == "location"), None)
             return archived(status, location, body)
         if self.web.offline:
-            raise self.not_archived(f"the search {redact_url_secrets(url)}")
+            raise self.not_archived(f"the search {redact_url(url)}")
         exchanges: list[Exchange] = []
         try:
             return live(exchanges)

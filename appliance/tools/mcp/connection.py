@@ -33,7 +33,8 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import McpError
 from mcp.shared.message import SessionMessage
 
-from appliance.config import McpServerConfig, redact_url
+from appliance.config import McpServerConfig
+from appliance.policy import redact_url
 
 T = TypeVar("T")
 

@@ -1,0 +1,320 @@
+"""One run session for every face: start or resume a run, drive it, cancel it, checkpoint it, close it.
+
+The faces (`appliance --task`, `appliance resume`, the TUI, the eval harness)
+never assemble a run: they open a session here and drive it with their own
+subscribers (the headless printer, the TUI's batcher, eval's bookkeeping).
+The store's recorder is always the first subscriber, so every event is
+committed before any face sees it. Whichever way a run stops early (Ctrl-C,
+a cancel from the UI or the harness, a broken subscriber), the session keeps
+the model's KV cache for the resume.
+
+A task is driven as a sequence of agent runs (`RunSession.agent_runs`): today
+the sequence has one element. The attempts of the reference agent (a failed
+attempt writes a failure-experience summary and the next attempt starts from
+the task plus those summaries) belong there, above the single-run drive and
+below the faces, so they reach every face at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from appliance.agent.events import AgentEvent, RunFinished
+from appliance.agent.loop import Agent
+from appliance.agent.runtime import (
+    build_toolbox,
+    discard_kv_checkpoint,
+    make_agent,
+    prepare_run,
+    restore_kv_checkpoint,
+    run_dirs,
+    save_kv_checkpoint,
+)
+from appliance.agent.state import RunState
+from appliance.config import Settings
+from appliance.errors import ApplianceError
+from appliance.llm.base import Backend
+from appliance.llm.factory import build_backend
+from appliance.policy import RunStatus
+from appliance.store.history import History
+from appliance.store.report import finish_report
+from appliance.store.resume import recorded_settings, resume_notes, resume_settings
+from appliance.store.sources import Source
+from appliance.tools.base import ToolBox
+
+Subscriber = Callable[[AgentEvent], None]
+log = logging.getLogger(__name__)
+
+
+class Backends:
+    """The model backends of one face, shared across its runs where that pays.
+
+    A local model stays loaded between runs (loading a large GGUF takes longer
+    than most users want to wait for each new question); only one is held at a
+    time. A replay script is read from its own start for each run: never shared.
+    Safe to use from several threads (the eval harness runs tasks concurrently).
+    """
+
+    def __init__(self) -> None:
+        self._held: Backend | None = None
+        self._held_key = ""
+        self._lock = threading.Lock()
+
+    def acquire(self, settings: Settings, *, replay_start: int = 0) -> tuple[Backend, Callable[[], None]]:
+        """(backend, release): release it when the run is over (a held model stays loaded)."""
+        if settings.model.backend == "replay":
+            backend = build_backend(settings, replay_start=replay_start)
+            return backend, backend.close
+        key = json.dumps(dataclasses.asdict(settings.model), sort_keys=True, default=str)
+        with self._lock:
+            if self._held is None or key != self._held_key:
+                self._close_held()
+                self._held = build_backend(settings)
+                self._held_key = key
+            return self._held, lambda: None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_held()
+
+    def __enter__(self) -> Backends:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _close_held(self) -> None:
+        held, self._held, self._held_key = self._held, None, ""
+        if held is not None:
+            try:
+                held.close()
+            except Exception:
+                log.warning("closing the %s backend failed", held.name, exc_info=True)
+
+
+class RunSession:
+    """One run, assembled and ready to drive; close it (or use `with`) when done."""
+
+    def __init__(
+        self,
+        history: History,
+        agent: Agent,
+        state: RunState,
+        settings: Settings,
+        toolbox: ToolBox,
+        release_backend: Callable[[], None],
+        *,
+        notes: Sequence[str] = (),
+        elapsed_before: float = 0.0,
+    ) -> None:
+        self.history = history
+        self.agent = agent
+        self.state = state
+        self.settings = settings
+        self.toolbox = toolbox
+        self.notes = list(notes)
+        self.elapsed_before = elapsed_before
+        self.kept_checkpoint = False
+        # The finished run's sources (its report is written into its directory with them).
+        self.sources: list[Source] = []
+        self._release_backend = release_backend
+        self._closed = False
+
+    @property
+    def run_id(self) -> str:
+        return self.state.run_id
+
+    def cancel(self) -> None:
+        """Stop the run at the next safe point (the current tool call is stopped too); safe from any thread."""
+        self.agent.cancel()
+
+    def agent_runs(self) -> Iterator[Iterable[AgentEvent]]:
+        """The agent runs this task makes, in order: one today (see the module's note on attempts)."""
+        yield self.agent.run(self.state)
+
+    def drive(self, *subscribers: Subscriber) -> RunFinished:
+        """Feed every event to the recorder, then to each subscriber; the last run's end is the result.
+
+        Ctrl-C (in the main thread) cancels the run and lets it finish cleanly; a
+        second one stops at once. A subscriber that fails stops the run, which
+        keeps its KV checkpoint, and its error goes to the caller.
+        """
+        recorder = self.history.recorder()
+        finished: RunFinished | None = None
+        for events in self.agent_runs():
+            try:
+                finished = drive_events(events, [recorder, *subscribers], self.cancel)
+            except BaseException:
+                self.cancel()
+                close = getattr(events, "close", None)
+                if close is not None:
+                    close()
+                self._keep_checkpoint()
+                raise
+        if finished is None:
+            raise ApplianceError("the run ended without a result", "report this as a bug")
+        if RunStatus.of(finished.status).resumable:
+            self._keep_checkpoint()
+        self.sources = finish_report(self.history, self.settings.dirs.run_dir(self.run_id), self.run_id)
+        return finished
+
+    def _keep_checkpoint(self) -> None:
+        # Best effort: a run that stops must not fail for its cache (the resume evaluates its prompt again).
+        try:
+            self.kept_checkpoint = save_kv_checkpoint(self.agent.backend, self.settings, self.run_id)
+        except Exception:
+            log.warning("keeping the model's cache of run %s failed", self.run_id, exc_info=True)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.toolbox.close()
+        finally:
+            self._release_backend()
+
+    def __enter__(self) -> RunSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def drive_events(
+    events: Iterable[AgentEvent], subscribers: Sequence[Subscriber], cancel: Callable[[], None]
+) -> RunFinished:
+    """Feed every event to every subscriber, in order; Ctrl-C cancels the run and drains it cleanly."""
+    iterator = iter(events)
+    finished: RunFinished | None = None
+    interrupted = False
+    while True:
+        try:
+            event = next(iterator)
+        except StopIteration:
+            break
+        except KeyboardInterrupt:
+            if interrupted:
+                raise
+            interrupted = True
+            cancel()
+            continue
+        for subscriber in subscribers:
+            try:
+                subscriber(event)
+            except KeyboardInterrupt:
+                interrupted = True
+                cancel()
+        if isinstance(event, RunFinished):
+            finished = event
+    if finished is None:
+        raise ApplianceError("the run ended without a result", "report this as a bug")
+    return finished
+
+
+def start_session(
+    history: History,
+    settings: Settings,
+    task: str,
+    *,
+    backends: Backends,
+    workspace: Path | None = None,
+    attachments: Sequence[Path] = (),
+    run_id: str | None = None,
+    today: dt.date | None = None,
+    reuse_runs: Sequence[str] = (),
+) -> RunSession:
+    """A new run of `task`, assembled from `settings` (`reuse_runs`: whose web archives answer first)."""
+    backend, release = backends.acquire(settings)
+    try:
+        toolbox = build_toolbox(settings, lambda: backend)
+    except BaseException:
+        release()
+        raise
+    try:
+        agent, state = prepare_run(
+            settings,
+            task,
+            backend=backend,
+            toolbox=toolbox,
+            run_id=run_id,
+            workspace=workspace,
+            attachments=list(attachments),
+            today=today,
+            reuse_runs=reuse_runs,
+        )
+    except BaseException:
+        toolbox.close()
+        release()
+        raise
+    return RunSession(history, agent, state, settings, toolbox, release)
+
+
+def resume_session(
+    history: History,
+    run_id: str,
+    option_overrides: dict[str, Any] | None = None,
+    *,
+    backends: Backends,
+    profile: str | None = None,
+    workspace: Path | None = None,
+) -> RunSession:
+    """Continue a recorded run with its own settings (options given to resume override them).
+
+    The run's recorded workspace is used unless `workspace` names another (it was moved).
+    """
+    point = history.load_resume(run_id)
+    settings = resume_settings(point, option_overrides or {}, profile)
+    workspace, notes = resume_notes(point, settings, workspace)
+    dirs = run_dirs(settings, point.run.run_id, workspace)  # a refused workspace stops here, before the model loads
+    backend, release = backends.acquire(settings, replay_start=point.replay_position)
+    try:
+        restored = restore_kv_checkpoint(backend, settings, point.run.run_id)
+        if restored:
+            notes.append(f"restored the model's cache of the interrupted run ({restored} tokens)")
+        discard_kv_checkpoint(settings, point.run.run_id)  # used once; a later interruption writes a fresh one
+        toolbox = build_toolbox(settings, lambda: backend)
+    except BaseException:
+        release()
+        raise
+    attachments = tuple(Path(p) for p in point.attachments if Path(p).exists())
+    try:
+        agent = make_agent(settings, backend, toolbox, point.run.run_id, dirs, attachments)
+    except BaseException:
+        toolbox.close()
+        release()
+        raise
+    return RunSession(
+        history, agent, point.state, settings, toolbox, release, notes=notes, elapsed_before=point.run.elapsed_s
+    )
+
+
+def rerun_session(
+    history: History,
+    run_id: str,
+    option_overrides: dict[str, Any] | None = None,
+    *,
+    backends: Backends,
+    workspace: Path | None = None,
+    profile: str | None = None,
+) -> RunSession:
+    """A new run of a recorded run's task, with its settings and the attachments still on disk."""
+    original = history.get_run(run_id)
+    settings = recorded_settings(original.settings, option_overrides or {}, profile)
+    attachments = [Path(p) for p in original.attachments if Path(p).exists()]
+    return start_session(
+        history,
+        settings,
+        original.task,
+        backends=backends,
+        workspace=workspace,
+        attachments=attachments,
+        reuse_runs=[original.run_id],
+    )
