@@ -13,8 +13,9 @@ import pytest
 from appliance.agent import runtime
 from appliance.agent.context import OMITTED, build_view
 from appliance.agent.events import AgentEvent, Notice, ObservationAdded, RunFinished, RunStarted, TurnEnded
-from appliance.agent.loop import Agent, new_state
+from appliance.agent.loop import Agent
 from appliance.agent.runtime import build_toolbox, prepare_run
+from appliance.agent.state import new_state
 from appliance.config import AgentSettings
 from appliance.llm.base import ChatMessage, Completion
 from appliance.llm.factory import build_backend
