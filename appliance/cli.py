@@ -55,6 +55,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "bundle": ("appliance.install.cli:bundle", "create or install an air-gapped bundle"),
     "profiles": ("appliance.install.cli:profiles", "list the hardware profiles"),
     "eval": ("appliance.eval.cli:eval_command", "run a GAIA-format benchmark"),
+    "dataset": ("appliance.dataset.cli:dataset", "SFT and DPO fine-tuning data from past runs"),
     "mcp": ("appliance.tools.mcp.cli:mcp_group", "list MCP servers, or serve the built-in tools over MCP"),
 }
 
