@@ -56,6 +56,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "bundle": ("appliance.install.cli:bundle", "create or install an air-gapped bundle"),
     "profiles": ("appliance.install.cli:profiles", "list the hardware profiles"),
     "eval": ("appliance.eval.cli:eval_command", "run a GAIA-format benchmark"),
+    "dataset": ("appliance.dataset.cli:dataset", "SFT and DPO fine-tuning data from past runs"),
     "mcp": ("appliance.tools.mcp.cli:mcp_group", "list MCP servers, or serve the built-in tools over MCP"),
 }
 
@@ -179,7 +180,11 @@ def check_workspace_option(options: dict[str, Any], settings: Settings) -> None:
         check_workspace(options["workspace"], settings)
 
 
-def run_headless(options: dict[str, Any], task: str, *, as_json: bool, printer: HeadlessPrinter) -> int:
+def run_headless(
+    options: dict[str, Any], task: str, *, as_json: bool, printer: HeadlessPrinter, json_events: bool = False
+) -> int:
+    """Run `task` headless; with `json_events` stdout carries the live event stream (appliance/eventstream.py)."""
+    from appliance.eventstream import JsonEventStream
     from appliance.session import Backends, start_session
 
     settings = settings_from_options(options)
@@ -193,10 +198,14 @@ def run_headless(options: dict[str, Any], task: str, *, as_json: bool, printer: 
             workspace=options.get("workspace"),
             attachments=list(options.get("attach") or ()),
         )
+        stream = JsonEventStream(sys.stdout, cancel=session.cancel) if json_events else None
         with session:
-            finished = session.drive(printer)
+            finished = session.drive(printer) if stream is None else session.drive(stream, printer)
     report_checkpoint(session.kept_checkpoint, finished)
-    emit_result(finished, as_json=as_json, sources=session.sources, attempts=session.attempt_results)
+    if stream is not None:
+        stream.finish(result_json(finished, session.sources, session.attempt_results))
+    else:
+        emit_result(finished, as_json=as_json, sources=session.sources, attempts=session.attempt_results)
     return int(finished.exit_code)
 
 
@@ -266,17 +275,24 @@ def report_checkpoint(kept: bool, finished: RunFinished) -> None:
         click.echo(f"appliance: kept the model's cache for `appliance resume {finished.run_id}`", err=True)
 
 
+def result_json(
+    finished: RunFinished, sources: Sequence[Source] = (), attempts: Sequence[RunFinished] = ()
+) -> dict[str, Any]:
+    """The object --json prints (and --json-events ends with): the final run's, so `run_id` is the run
+    whose answer is final, with every attempt this command ran."""
+    payload = finished.as_json()
+    payload["sources"] = [source.as_json() for source in sources]
+    payload["attempts"] = [attempt_json(ended) for ended in attempts or [finished]]
+    if finished.error:
+        payload["error"] = finished.error
+    return payload
+
+
 def emit_result(
     finished: RunFinished, *, as_json: bool, sources: Sequence[Source] = (), attempts: Sequence[RunFinished] = ()
 ) -> None:
-    """The answer on stdout, or one JSON object: the final run's (`run_id` is the run whose answer is final)."""
     if as_json:
-        payload = finished.as_json()
-        payload["sources"] = [source.as_json() for source in sources]
-        payload["attempts"] = [attempt_json(ended) for ended in attempts or [finished]]
-        if finished.error:
-            payload["error"] = finished.error
-        click.echo(safe_json(payload))
+        click.echo(safe_json(result_json(finished, sources, attempts)))
     elif finished.answer is not None:
         click.echo(for_terminal(finished.answer))
     elif finished.status == "no_answer":
@@ -323,6 +339,12 @@ def read_task(task: str | None, task_file: Path | None) -> str | None:
     "--task-file", type=click.Path(path_type=Path, dir_okay=False), help="Run the task written in this file headless."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the answer.")
+@click.option(
+    "--json-events",
+    "json_events",
+    is_flag=True,
+    help="Print the run as it goes, one JSON object per line, ending with --json's object (docs/json-events.md).",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Stream the model's text to stderr.")
 @click.option("--debug", is_flag=True, help="Print the traceback of an internal error (a bug).")
 @common_options
@@ -334,6 +356,7 @@ def cli(
     task: str | None,
     task_file: Path | None,
     as_json: bool,
+    json_events: bool,
     verbose: bool,
     debug: bool,
     **options: Any,
@@ -342,12 +365,16 @@ def cli(
     ctx.obj = {k: v for k, v in options.items() if v not in (None, ())}
     if ctx.invoked_subcommand:
         return
+    if as_json and json_events:
+        raise ApplianceError("--json and --json-events were both given", "pass one (the stream ends with the result)")
     task = read_task(task, task_file)
+    if json_events and task is None:
+        raise ApplianceError("--json-events needs a task", 'pass it with --task "...", --task - or --task-file')
     if task is not None:
         if not task.strip():
             raise ApplianceError("the task is empty", 'pass the question with --task "...", --task - or --task-file')
         printer = HeadlessPrinter(verbose=verbose, debug=debug)
-        ctx.exit(run_headless(ctx.obj, task, as_json=as_json, printer=printer))
+        ctx.exit(run_headless(ctx.obj, task, as_json=as_json, printer=printer, json_events=json_events))
     check_workspace_option(ctx.obj, settings_from_options(ctx.obj))
     try:
         tui = importlib.import_module("appliance.tui.app")
@@ -423,15 +450,23 @@ def record_crash(details: str) -> Path | None:
     return None
 
 
-def fail(code: int, message: str, *, as_json: bool) -> NoReturn:
-    """End with one line on stderr (and, with --json, one JSON object on stdout) and the documented exit code."""
-    if as_json:
-        click.echo(safe_json({"run_id": None, "status": "error", "answer": None, "error": message, "exit_code": code}))
+def fail(code: int, message: str, *, as_json: bool, json_events: bool = False) -> NoReturn:
+    """End with one line on stderr (and, with --json, one JSON object on stdout) and the documented exit code.
+
+    With --json-events the object ends the stream as its `run_finished` line.
+    """
+    payload = {"run_id": None, "status": "error", "answer": None, "error": message, "exit_code": code}
+    if json_events:
+        from appliance.eventstream import finished_record
+
+        click.echo(safe_json(finished_record(payload)))
+    elif as_json:
+        click.echo(safe_json(payload))
     click.echo(f"appliance: error: {for_terminal(message)}", err=True)
     sys.exit(code)
 
 
-def crash(exc: BaseException, *, debug: bool, as_json: bool) -> NoReturn:
+def crash(exc: BaseException, *, debug: bool, as_json: bool, json_events: bool = False) -> NoReturn:
     """A bug: one line for the user, the traceback in a log file (and on stderr with --debug)."""
     details = "".join(traceback.format_exception(exc))
     if debug:
@@ -439,7 +474,7 @@ def crash(exc: BaseException, *, debug: bool, as_json: bool) -> NoReturn:
     log = record_crash(details)
     where = f"the traceback is in {log}" if log else "run it again with --debug for the traceback"
     message = f"internal error (a bug): {type(exc).__name__}: {exc}. Fix: report it; {where}"
-    fail(ExitCode.INTERNAL, message, as_json=as_json)
+    fail(ExitCode.INTERNAL, message, as_json=as_json, json_events=json_events)
 
 
 @cli.command("rerun")
@@ -459,6 +494,7 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     own = _before_separator(args)
     as_json, debug = "--json" in own, "--debug" in own
+    events = "--json-events" in own
     try:
         # Without standalone mode click returns the code of ctx.exit() instead of exiting.
         code = cli.main(args=args, prog_name="appliance", standalone_mode=False)
@@ -468,22 +504,23 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("appliance: aborted", err=True)
         sys.exit(ExitCode.INTERRUPTED)
     except click.ClickException as exc:
-        fail(ExitCode.USAGE, _usage_line(exc), as_json=as_json)
+        fail(ExitCode.USAGE, _usage_line(exc), as_json=as_json, json_events=events)
     except ApplianceError as exc:
-        fail(exc.exit_code, exc.one_line(), as_json=as_json)
+        fail(exc.exit_code, exc.one_line(), as_json=as_json, json_events=events)
     except KeyboardInterrupt:
         click.echo("appliance: interrupted", err=True)
         sys.exit(ExitCode.INTERRUPTED)
     except OSError as exc:
         if exc.filename is None:
-            crash(exc, debug=debug, as_json=as_json)
+            crash(exc, debug=debug, as_json=as_json, json_events=events)
         # A file or directory the user's setup points at (a read-only APPLIANCE_HOME, a full disk): not a bug.
         fail(
             ExitCode.USAGE,
             f"cannot use {exc.filename}: {exc.strerror or exc}. Fix: make it writable (or free space), "
             "or point APPLIANCE_HOME, --db or --workspace somewhere that is",
             as_json=as_json,
+            json_events=events,
         )
     except Exception as exc:
-        crash(exc, debug=debug, as_json=as_json)
+        crash(exc, debug=debug, as_json=as_json, json_events=events)
     sys.exit(code if isinstance(code, int) else 0)

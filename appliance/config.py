@@ -33,6 +33,10 @@ from appliance.textutil import did_you_mean
 from appliance.versions import VERSION_SETTINGS, canonical_version, version_from_metadata, version_from_names
 
 BACKENDS = ("llamacpp", "openai", "replay")
+EVICTION_MODES = ("exact", "blocks", "shift")
+# llama.cpp KV cache types offered by [model] kv_cache_type, most precise first.
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+FLASH_ATTN_MODES = ("auto", "on", "off")
 CONTINUATIONS = ("auto", "continue_final_message", "completions")
 DEFAULT_PROFILE = "cpu-8b"
 
@@ -74,6 +78,14 @@ class ModelSettings:
     # An interrupted run leaves its KV cache in its run directory when it is at
     # most this big, so `appliance resume` does not evaluate the prefix again (0: never).
     kv_checkpoint_mb: int = 4096
+    # llama.cpp's KV cache: f16, or q8_0 / q4_0 (about half / a quarter of the
+    # memory, so a longer context fits; the memory plan uses the same value).
+    kv_cache_type: str = "f16"
+    # Flash attention: "auto" turns it on where a quantized cache needs it; on; off.
+    flash_attn: str = "auto"
+    # Prompt-lookup decoding on llama.cpp: draft up to this many tokens by finding
+    # the last tokens earlier in the prompt, verify them in one batch (0: off).
+    prompt_lookup: int = 0
     # Optional GBNF grammars constraining normal turns and the summary turn
     # (file paths). Useful for small models that slip the format, and for
     # deterministic tests with random weights.
@@ -91,7 +103,9 @@ class AgentSettings:
     result_max_chars: int = 100_000
     # "exact" is the reference's last-K (the faithful default); "blocks" evicts
     # results `eviction_block` at a time (0 = 2K: K..3K-1 results visible) so
-    # the prompt prefix stays stable for the KV cache (see docs/performance.md).
+    # the prompt prefix stays stable for the KV cache; "shift" shows the exact
+    # view and splices evicted results out of llama.cpp's KV cache instead of
+    # re-evaluating what follows them (approximate; see docs/performance.md).
     eviction: str = "exact"
     eviction_block: int = 0
     # The v1.0 evaluation configuration hides this tool; offering it changes
@@ -772,8 +786,31 @@ def validate(settings: Settings) -> None:
             f"attempts ({agent.attempts}) need tool results to be dropped, but keep_last is -1 (keep every result)",
             "the reference never combines them: use --attempts 0 with --keep-last -1, or --keep-last K with K >= 0",
         )
-    if agent.eviction not in ("exact", "blocks"):
-        raise ConfigError(f"unknown eviction mode '{agent.eviction}'", "set [agent] eviction to exact or blocks")
+    if agent.eviction not in EVICTION_MODES:
+        raise ConfigError(
+            f"unknown eviction mode '{agent.eviction}'" + did_you_mean(agent.eviction, EVICTION_MODES),
+            f"set [agent] eviction to {', '.join(EVICTION_MODES)}",
+        )
+    model = settings.model
+    if model.kv_cache_type not in KV_CACHE_TYPES:
+        raise ConfigError(
+            f"unknown kv_cache_type '{model.kv_cache_type}'" + did_you_mean(model.kv_cache_type, KV_CACHE_TYPES),
+            f"set [model] kv_cache_type to {', '.join(KV_CACHE_TYPES)}",
+        )
+    if model.flash_attn not in FLASH_ATTN_MODES:
+        raise ConfigError(
+            f"unknown flash_attn '{model.flash_attn}'" + did_you_mean(model.flash_attn, FLASH_ATTN_MODES),
+            f"set [model] flash_attn to {', '.join(FLASH_ATTN_MODES)}",
+        )
+    if model.prompt_lookup < 0:
+        raise ConfigError(
+            f"prompt_lookup must be >= 0, got {model.prompt_lookup}", "set [model] prompt_lookup = 0 (off) or 10"
+        )
+    if model.kv_cache_type != "f16" and model.flash_attn == "off":
+        raise ConfigError(
+            f"kv_cache_type {model.kv_cache_type} needs flash attention (llama.cpp quantizes the V cache only with it)",
+            'set [model] flash_attn = "auto", or kv_cache_type = "f16"',
+        )
     if agent.eviction_block < 0:
         raise ConfigError(
             f"eviction_block must be >= 0, got {agent.eviction_block}", "use 0 (= 2 x keep_last) or a size"

@@ -10,11 +10,13 @@ reports how many prompt tokens it really evaluated (the rest came from the KV ca
           placeholder every turn, so everything after it is evaluated again.
 - blocks: results leave the context a block at a time (block K: K..2K-1 kept; block 2K: K..3K-1),
           so the prefix changes once per block of turns.
+- shift:  the exact last-K view, with each evicted result spliced out of llama.cpp's KV cache and the
+          tokens after it shifted back (appliance.llm.kvshift): each token is evaluated once.
 - all:    nothing is evicted (K = -1): each token is evaluated once, but the prompt grows without bound.
 
 Also reports wall time per turn for each mode, measured in the same run.
 
-    python bench/bench_eviction.py [--turns 100] [--keep 5]
+    python bench/bench_eviction.py [--turns 100] [--keep 5] [--skip-all] [--threads N]
 """
 
 from __future__ import annotations
@@ -77,10 +79,18 @@ def trajectory(backend: LlamaCppBackend, turns: int) -> tuple[str, list[tuple[st
 
 
 def run_mode(
-    model: Path, system: str, steps: list[tuple[str, str]], keep: int, mode: str, block: int = 0
+    model: Path, system: str, steps: list[tuple[str, str]], keep: int, mode: str, block: int = 0, threads: int = 0
 ) -> tuple[int, int, float, int]:
     clear_model_cache()
-    backend = LlamaCppBackend(model, context_length=262_144, n_batch=2048, temperature=0.0, seed=1)
+    backend = LlamaCppBackend(
+        model,
+        context_length=262_144,
+        n_batch=2048,
+        n_threads=threads,
+        temperature=0.0,
+        seed=1,
+        kv_shift=mode == "shift",
+    )
     messages = [ChatMessage("user", "Task: " + "find the answer " * 60)]
     evaluated = prompt_total = largest = 0
     durations = []
@@ -92,7 +102,7 @@ def run_mode(
             if isinstance(event, Completion):
                 completion = event
         durations.append(time.perf_counter() - started)
-        assert completion is not None
+        assert completion is not None and not completion.kv_shift_fallback
         evaluated += completion.evaluated_tokens
         prompt_total += completion.prompt_tokens
         largest = max(largest, completion.prompt_tokens)
@@ -105,6 +115,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=100)
     parser.add_argument("--keep", type=int, default=5)
+    parser.add_argument("--skip-all", action="store_true", help="leave out keep-everything (the slowest mode)")
+    parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (1 on a busy shared machine)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = write_tiny_gguf(Path(tmp) / "tiny.gguf", context_length=262_144)
@@ -115,19 +127,28 @@ def main() -> None:
             ("exact last-K", k, "exact", 0),
             (f"blocks {k}..{2 * k - 1}", k, "blocks", k),
             (f"blocks {k}..{3 * k - 1}", k, "blocks", 2 * k),
-            ("keep everything", -1, "exact", 0),
+            ("shift", k, "shift", 0),
         ]
-        results = {label: run_mode(model, system, steps, keep, mode, block) for label, keep, mode, block in modes}
+        if not args.skip_all:
+            modes.append(("keep everything", -1, "exact", 0))
+        results = {
+            label: run_mode(model, system, steps, keep, mode, block, args.threads) for label, keep, mode, block in modes
+        }
         base = results["exact last-K"][0]
         print(f"{args.turns} turns, K={args.keep}, ~300-token replies, ~2,000-token results, tiny GGUF on llama.cpp")
         print(f"{'mode':<18}{'evaluated':>12}{'vs exact':>10}{'largest prompt':>16}{'s/turn':>10}")
         for label, (evaluated, _total, per_turn, largest) in results.items():
             print(f"{label:<18}{evaluated:>12,}{base / evaluated:>9.2f}x{largest:>16,}{per_turn:>10.3f}")
         for label, _keep, mode, _block in modes:
-            if mode == "blocks":
+            if mode in ("blocks", "shift"):
                 evaluated, _total, per_turn, _largest = results[label]
                 print(f"{label}: {base / evaluated:.2f}x fewer prompt tokens evaluated than exact last-K; "
                       f"wall time per turn exact/{label} = {results['exact last-K'][2] / per_turn:.2f}")  # fmt: skip
+        shift = results["shift"]
+        for label, _keep, mode, _block in modes:
+            if mode == "blocks":
+                print(f"shift vs {label}: {results[label][0] / shift[0]:.2f}x fewer tokens evaluated, "
+                      f"wall time per turn {label}/shift = {results[label][2] / shift[2]:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -61,7 +61,9 @@ def test_dry_run_without_the_hub_still_plans_from_the_profile(appliance_home: Pa
     assert proc.returncode == 0, proc.stderr
     assert "Profile: cpu-8b (auto" in proc.stdout
     assert "cannot reach the hub" in proc.stdout
-    assert "context 32,768" in proc.stdout or "32,768 tokens" in proc.stdout
+    # The whole 256K window asked of each cache type; f16 would cut it most, q8_0 is chosen.
+    assert "context by KV cache type: f16 57,344, q8_0 107,520, q4_0 204,800 (of 262,144 requested)" in proc.stdout
+    assert "chosen: q8_0 (107,520 tokens)" in proc.stdout
 
 
 def test_a_profile_that_does_not_fit_is_refused_with_the_fix(appliance_home: Path, tmp_path: Path) -> None:
@@ -99,6 +101,7 @@ def test_doctor_on_a_fresh_machine_fails_with_fixes(appliance_home: Path) -> Non
     assert "[ok  ] sandbox (bwrap)" in out
     assert "[ok  ] llama-cpp-python" in out
     assert "Plan: profile " in out
+    assert "context by KV cache type: f16 " in out and "q8_0" in out and "q4_0" in out
 
 
 def _start_searxng(venv: Path, src: Path, port: int, tmp: Path) -> dict[str, str]:

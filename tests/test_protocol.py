@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.protocol.answer import extract_boxed
+from appliance.protocol.answer import extract_boxed, unbox
 from appliance.protocol.parsing import (
     fix_server_names,
     has_mcp_tags,
@@ -216,3 +216,19 @@ def test_extract_boxed(text: str, answer: str) -> None:
 
 def test_extract_boxed_from_the_golden_final_answer() -> None:
     assert extract_boxed((GOLDEN / "replies" / "final_answer.txt").read_text(encoding="utf-8")) == "2"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("The answer is \\boxed{2}.", "The answer is 2."),
+        ("\\boxed{ a {b} } then \\boxed {c}", "a {b} then c"),
+        ("no box at all", "no box at all"),
+        ("\\boxed without brace", "\\boxed without brace"),
+        ("cut off \\boxed{Pho", "cut off Pho"),
+        ("Two moons.\n\n\\boxed{2}\n", "Two moons."),  # alone on its line: the answer panel shows it
+        ("Two moons.\n  \\boxed{2}  \nSources below.", "Two moons.\n    \nSources below."),
+    ],
+)
+def test_unbox_writes_each_box_as_its_content(text: str, shown: str) -> None:
+    assert unbox(text) == shown

@@ -177,6 +177,8 @@ async def test_a_broken_config_file_is_shown_in_place(appliance_home: Path, tmp_
     async with app.run_test(size=(80, 24)) as pilot:
         panel = app.main.query_one(ErrorPanel)
         assert "is not valid TOML" in str(panel.render())
+        first_line = screen_text(app).splitlines()[0]
+        assert "● error" in first_line and "ready" not in first_line  # nothing can run: not "ready"
         await pilot.press(*"a task", "ctrl+s")
         await pilot.pause()
         assert app.main.phase == "idle" and app.is_running

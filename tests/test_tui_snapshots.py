@@ -80,13 +80,15 @@ def open_run(run_id: str, *, expand: bool = False, home: bool = False) -> Callab
     return run_before
 
 
-def test_main_screen_at_start(home: Path, snap_compare: Snap) -> None:
-    assert snap_compare(app_for(), terminal_size=(80, 24), run_before=no_blink)
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_main_screen_at_start(home: Path, snap_compare: Snap, size: tuple[int, int]) -> None:
+    assert snap_compare(app_for(), terminal_size=size, run_before=no_blink)
 
 
-def test_main_screen_past_run(home: Path, snap_compare: Snap) -> None:
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_main_screen_past_run(home: Path, snap_compare: Snap, size: tuple[int, int]) -> None:
     record_fixed_run(home / "history.db", RUN_ID, "How many moons does Mars have?")
-    assert snap_compare(app_for(), terminal_size=(80, 24), run_before=open_run(RUN_ID))
+    assert snap_compare(app_for(), terminal_size=size, run_before=open_run(RUN_ID))
 
 
 def test_main_screen_past_run_wide_light(home: Path, snap_compare: Snap) -> None:
@@ -112,7 +114,8 @@ def test_main_screen_missing_model(home: Path, snap_compare: Snap) -> None:
     assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
 
 
-def test_history_screen(home: Path, snap_compare: Snap) -> None:
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_history_screen(home: Path, snap_compare: Snap, size: tuple[int, int]) -> None:
     db = home / "history.db"
     record_fixed_run(db, RUN_ID, "How many moons does Mars have?", started_at="2025-01-01T09:45:00.000+00:00")
     record_fixed_run(
@@ -132,10 +135,11 @@ def test_history_screen(home: Path, snap_compare: Snap) -> None:
         await pilot.press("down")
         await no_blink(pilot)
 
-    assert snap_compare(app_for(), terminal_size=(80, 24), run_before=run_before)
+    assert snap_compare(app_for(), terminal_size=size, run_before=run_before)
 
 
-def test_status_screen(home: Path, snap_compare: Snap) -> None:
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_status_screen(home: Path, snap_compare: Snap, size: tuple[int, int]) -> None:
     app = app_for(backend=None, replay=None, model="/models/absent.gguf")
 
     async def run_before(pilot: Pilot[Any]) -> None:
@@ -143,4 +147,29 @@ def test_status_screen(home: Path, snap_compare: Snap) -> None:
         await wait_for(lambda: bool(pilot.app.screen.query(".check")), what="the checks")
         await no_blink(pilot)
 
-    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+def test_command_palette(home: Path, snap_compare: Snap) -> None:
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await pilot.press("/")
+        await wait_for(lambda: bool(pilot.app.screen.query("CommandList")), what="the palette")
+        await pilot.press(*"switch")
+        await wait_for(
+            lambda: pilot.app.screen.query_one("CommandList").option_count > 3,  # type: ignore[attr-defined]
+            what="the profiles",
+        )
+        await no_blink(pilot)
+
+    # No model flags: each profile is offered as it stands here (none has its model installed).
+    app = app_for(backend=None, replay=None)
+    assert snap_compare(app, terminal_size=(100, 24), run_before=run_before)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_main_screen_that_could_not_start(
+    home: Path, snap_compare: Snap, size: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (home / "home" / "config.toml").write_text("[model\nbackend = 'replay'\n", encoding="utf-8")
+    monkeypatch.setenv("APPLIANCE_HOME", "home")  # relative to the test's directory: the same path on every machine
+    assert snap_compare(app_for(), terminal_size=size, run_before=no_blink)

@@ -238,3 +238,12 @@ async def test_a_quiet_collapsible_keeps_the_scroll_when_changed_from_code() -> 
         await pilot.pause()
         await pilot.pause()
         assert scroll.scroll_y < bottom
+
+
+def test_status_values_take_the_width_the_terminal_gives() -> None:
+    from appliance.tui.status_screen import config_widths
+
+    assert config_widths(80) == (25, 26, 19)  # narrow: the value keeps its minimum
+    key, value, origin = config_widths(160)
+    assert (key, origin) == (25, 26) and value == 160 - key - origin - 10
+    assert config_widths(200)[1] > config_widths(160)[1]

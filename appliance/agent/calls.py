@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from appliance.agent.events import (
     AgentEvent,
+    Notice,
     ReplyContinued,
     TextDelta,
     TurnEnded,
@@ -199,4 +200,8 @@ def _stream(
         raise RunCancelled()
     if completion is None:
         raise ApplianceError(f"the {backend.name} backend returned no completion", "check the model server")
+    if completion.kv_shift_fallback:
+        yield Notice(
+            "warning", f"turn {turn}: the KV cache after the shift did not match the prompt; it was evaluated again"
+        )
     return completion

@@ -25,6 +25,9 @@ def kept_result_positions(
     visible and old results change to the placeholder only once per block of
     turns; everything before that point stays byte-identical, so the engine
     evaluates only the new tokens on the other turns.
+
+    "shift" shows exactly what "exact" shows; the llama.cpp backend splices the
+    evicted result out of its KV cache instead (appliance.llm.kvshift).
     """
     user_positions = [i for i, m in enumerate(messages) if m.role == "user"]
     results = user_positions[1:]

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from appliance.config import Settings, load_settings
+from appliance.config import EVICTION_MODES, Settings, load_settings
 from appliance.errors import ConfigError, ExitCode
 from appliance.eval.dataset import EvalTask, RowError, parse_dataset
 from appliance.eval.judge import Judge
@@ -84,6 +84,11 @@ def _progress(total: int, already: int) -> Any:
 @click.option("--name", help="Eval name, used in run tags and the default report directory.")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N tasks.")
 @click.option(
+    "--compare",
+    metavar="MODE,MODE",
+    help="Run the same tasks under each eviction mode (e.g. exact,shift) and report them side by side.",
+)
+@click.option(
     "--web-archive", type=click.Path(path_type=Path, file_okay=False),
     help="Record each task's web into DIR/TASK_ID.warc.gz on the first pass; replay it (offline) on later passes.",
 )  # fmt: skip
@@ -101,6 +106,7 @@ def eval_command(
     out: Path | None,
     name: str | None,
     limit: int | None,
+    compare: str | None,
     web_archive: Path | None,
     **options: Any,
 ) -> None:
@@ -138,7 +144,59 @@ def eval_command(
     if replay is not None and replay.is_dir():
         # One script per task (DIR/TASK_ID.jsonl): the runner gives each run its own.
         extra["model.replay"] = str(replay / f"{tasks[0].task_id}.jsonl")
-    settings = _settings(options, extra)
+    modes = _compare_modes(compare)
+    compared: list[tuple[str, Path]] = []
+    for mode in modes or [""]:
+        # Each compared eviction mode is an eval of its own (own name, directory and resume), same tasks.
+        mode_name, mode_dir = (f"{eval_name}-{mode}", out_dir / mode) if mode else (eval_name, out_dir)
+        mode_dir.mkdir(parents=True, exist_ok=True)
+        settings = _settings(options, {**extra, "agent.eviction": mode} if mode else extra)
+        complete = _run_eval(settings, options, mode_name, mode_dir, tasks, errors, runs, concurrency,
+                             replay, judge_url, judge_model, web_archive)  # fmt: skip
+        if not complete:
+            click.echo(f"appliance eval: stopped; run the same command again to continue ({mode_dir})", err=True)
+            ctx.exit(ExitCode.INTERRUPTED)
+        compared.append((mode, mode_dir))
+    if modes:
+        click.echo(render_comparison(compared, tasks, runs))
+
+
+def _compare_modes(compare: str | None) -> list[str]:
+    if not compare:
+        return []
+    modes = [m.strip() for m in compare.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in EVICTION_MODES]
+    if unknown or len(modes) < 2 or len(set(modes)) != len(modes):
+        raise ConfigError(
+            f"--compare {compare!r}: give two or more different eviction modes",
+            f"for example --compare exact,shift (modes: {', '.join(EVICTION_MODES)})",
+        )
+    return modes
+
+
+def render_comparison(compared: list[tuple[str, Path]], tasks: list[EvalTask], runs: int) -> str:
+    """The compared modes side by side: accuracy, and time and tokens per run."""
+    wanted = {t.task_id for t in tasks}
+    lines = [f"{'eviction':<10}{'avg@' + str(runs):>9}{'pass@' + str(runs):>9}{'s/run':>9}{'turns/run':>11}"
+             f"{'prompt tokens/run':>19}"]  # fmt: skip
+    for mode, mode_dir in compared:
+        results = [r for r in load_results(mode_dir) if r.task_id in wanted and r.run_index <= runs]
+        overall = scores(results)
+        count = max(1, len(results))
+        lines.append(
+            f"{mode:<10}{overall.avg_at_k:>8.1f}%{overall.pass_at_k:>8.1f}%"
+            f"{sum(r.elapsed_s for r in results) / count:>9.1f}{sum(r.turns for r in results) / count:>11.1f}"
+            f"{sum(r.prompt_tokens for r in results) / count:>19,.0f}"
+        )
+    return "\n".join(lines)
+
+
+def _run_eval(
+    settings: Settings, options: dict[str, Any], eval_name: str, out_dir: Path, tasks: list[EvalTask],
+    errors: list[RowError], runs: int, concurrency: int, replay: Path | None, judge_url: str | None,
+    judge_model: str | None, web_archive: Path | None,
+) -> bool:  # fmt: skip
+    """Run (or continue) one eval and write its report; whether every run finished."""
     db_path = Path(options["db"]) if options.get("db") else settings.dirs.default_db
     judge = _judge(settings, judge_url, judge_model)
     total = len(tasks) * runs
@@ -162,9 +220,7 @@ def eval_command(
         if judge is not None:
             judge.close()
     write_report(eval_name, out_dir, tasks, errors, runs, settings, judge)
-    if not complete:
-        click.echo(f"appliance eval: stopped; run the same command again to continue ({out_dir})", err=True)
-        ctx.exit(ExitCode.INTERRUPTED)
+    return complete
 
 
 def write_report(

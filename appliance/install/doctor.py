@@ -24,7 +24,8 @@ from appliance.errors import ApplianceError
 from appliance.ggufmeta import read_kv_shape
 from appliance.install import envs, weights
 from appliance.install.hardware import GIB, Hardware
-from appliance.install.profiles import ProfileSpec, load_spec, plan_for
+from appliance.install.memplan import describe_cache_choices
+from appliance.install.profiles import ProfileSpec, cache_type_plans, load_spec, plan_for
 
 MIN_FREE_DISK = 2 * GIB
 
@@ -201,10 +202,18 @@ def plan_text(settings: Settings, spec: ProfileSpec | None, hardware: Hardware) 
     except ApplianceError:
         kv = None
     size = path.stat().st_size if path and path.is_file() else None
-    plan = plan_for(spec, hardware, kv=kv, weights_bytes=size, requested_context=settings.model.context_length)
+    plan = plan_for(
+        spec,
+        hardware,
+        kv=kv,
+        weights_bytes=size,
+        requested_context=settings.model.context_length,
+        cache_type=settings.model.kv_cache_type,
+    )
     if plan is None:
         return f"profile {spec.name}: no KV shape to plan with", None
     text = f"profile {spec.name}: {plan.describe()}"
+    text += f"\n  {describe_cache_choices(cache_type_plans(spec, hardware, kv=kv, weights_bytes=size))}"
     if not plan.fits:
         return text, Check("memory", "fail", plan.describe(), "pick a smaller profile: `appliance profiles`")
     if plan.lowered:

@@ -20,8 +20,8 @@ from appliance.ggufmeta import read_kv_shape
 from appliance.install import envs, weights
 from appliance.install.configfile import update_config
 from appliance.install.hardware import GIB, Hardware, detect
-from appliance.install.memplan import MemoryPlan
-from appliance.install.profiles import Fit, ProfileSpec, pick_profile, plan_for
+from appliance.install.memplan import MemoryPlan, best_cache_plan, describe_cache_choices
+from appliance.install.profiles import Fit, ProfileSpec, cache_type_plans, pick_profile
 from appliance.paths import AppDirs, app_dirs
 
 # Room the two Python environments take once installed (measured on Linux x86_64, Python 3.11).
@@ -58,6 +58,8 @@ class InstallPlan:
     chosen_by: str
     fits: list[Fit]
     memory: MemoryPlan | None
+    # The plan of each KV cache type; `memory` is the best of them once the weights' size is known.
+    cache_plans: list[MemoryPlan] = field(default_factory=list)
     model_path: Path | None = None
     remote: weights.RemoteFile | None = None
     verified: bool = False
@@ -70,6 +72,15 @@ class InstallPlan:
     @property
     def disk_ok(self) -> bool:
         return self.disk_needed <= self.hardware.disk_free_bytes
+
+    def memory_choice(self) -> str:
+        return f"{self.memory.cache_type} ({self.memory.context:,} tokens)" if self.memory else "none"
+
+    def use_cache_plans(self, plans: list[MemoryPlan]) -> None:
+        """Plan with the KV cache type that gives the largest context (memplan.best_cache_plan)."""
+        self.cache_plans = plans
+        if plans:
+            self.memory = best_cache_plan(plans, self.spec.context_length)
 
     def render(self) -> str:
         spec = self.spec
@@ -94,6 +105,8 @@ class InstallPlan:
         )
         if self.memory is not None:
             lines.append(f"Memory: {self.memory.describe()}")
+        if self.cache_plans:
+            lines.append(f"  {describe_cache_choices(self.cache_plans)}; chosen: {self.memory_choice()}")
         else:
             lines.append("Memory: inference runs on the server at [model] base_url")
         if self.searxng_source:
@@ -164,11 +177,13 @@ def make_plan(options: InstallOptions) -> InstallPlan:
             plan.partial_bytes = part.stat().st_size if part.is_file() else 0
         plan.download_bytes = max(0, size - plan.partial_bytes)
         plan.disk_needed += plan.download_bytes
-        plan.memory = plan_for(spec, hardware, weights_bytes=size)
+        plan.use_cache_plans(cache_type_plans(spec, hardware, weights_bytes=size))
     if plan.verified:
         # The real numbers: the file's size and the KV shape from its own header.
-        plan.memory = plan_for(
-            spec, hardware, kv=read_kv_shape(plan.model_path), weights_bytes=plan.model_path.stat().st_size
+        plan.use_cache_plans(
+            cache_type_plans(
+                spec, hardware, kv=read_kv_shape(plan.model_path), weights_bytes=plan.model_path.stat().st_size
+            )
         )
     return plan
 
@@ -214,15 +229,19 @@ def run_install(plan: InstallPlan, options: InstallOptions, log: Log) -> Install
             )
             result.changed.append(f"model {spec.file} downloaded and verified")
         shape = read_kv_shape(plan.model_path)
-        memory = plan_for(spec, plan.hardware, kv=shape, weights_bytes=plan.model_path.stat().st_size)
-        if memory is not None:
-            plan.memory = memory
+        plan.use_cache_plans(
+            cache_type_plans(spec, plan.hardware, kv=shape, weights_bytes=plan.model_path.stat().st_size)
+        )
+        memory = plan.memory
+        if plan.cache_plans and memory is not None:
             if not memory.fits and not options.force:
                 raise ConfigError(
                     f"with the real file, {spec.name} does not fit: {memory.describe()}",
                     "pick a smaller profile (`appliance profiles`) or pass --force",
                 )
-            model_updates["context_length"] = memory.context if memory.lowered else None
+            # The window and cache type the plan chose; the profile's own values are left unwritten.
+            model_updates["context_length"] = memory.context if memory.context != spec.context_length else None
+            model_updates["kv_cache_type"] = memory.cache_type if memory.cache_type != spec.kv_cache_type else None
     if model_updates:
         updates["model"] = model_updates
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.config import available_profiles, find_profile, read_toml
+from appliance.config import KV_CACHE_TYPES, available_profiles, find_profile, read_toml
 from appliance.errors import ConfigError
 from appliance.ggufmeta import KvShape
 from appliance.install.hardware import Hardware
@@ -93,7 +93,8 @@ def parse_profile(name: str, data: dict[str, Any]) -> ProfileSpec:
         size_bytes=int(model.get("size_bytes", 0)),
         weights_size_estimate=_int(meta, "weights_size_estimate", 0, name),
         kv=kv,
-        kv_cache_type=str(meta.get("kv_cache_type", "f16")),
+        # [model] kv_cache_type is what the runtime uses; [profile] kv_cache_type is the older spelling.
+        kv_cache_type=str(model.get("kv_cache_type", meta.get("kv_cache_type", "f16"))),
         data=data,
         auto=bool(meta.get("auto", True)),
     )
@@ -132,20 +133,40 @@ def plan_for(
     kv: KvShape | None = None,
     weights_bytes: int | None = None,
     requested_context: int | None = None,
+    cache_type: str | None = None,
 ) -> MemoryPlan | None:
     """The memory plan of a local profile; `kv`/`weights_bytes` replace the profile's numbers once known."""
     shape = kv or spec.kv
     if not spec.local or shape is None:
         return None
+    cache_type = cache_type or spec.kv_cache_type
     return plan_memory(
         device=spec.device,
         budget_bytes=memory_budget(hardware, spec.device),
         weights_bytes=weights_bytes if weights_bytes is not None else spec.weights_bytes,
-        kv_per_token=kv_bytes_per_token(shape, spec.kv_cache_type),
+        kv_per_token=kv_bytes_per_token(shape, cache_type),
         requested_context=requested_context or spec.context_length,
         min_context=spec.min_context,
         trained_context=shape.context_length,
+        cache_type=cache_type,
     )
+
+
+def cache_type_plans(
+    spec: ProfileSpec, hardware: Hardware, *, kv: KvShape | None = None, weights_bytes: int | None = None
+) -> list[MemoryPlan]:
+    """One plan per KV cache type (most precise first), each asking for the whole window the model was trained for.
+
+    Empty for a remote profile or one without a KV shape. The installer keeps
+    best_cache_plan() of these; doctor and `install --dry-run` show them all.
+    """
+    shape = kv or spec.kv
+    if shape is None:
+        return []
+    window = shape.context_length or spec.context_length
+    plans = [plan_for(spec, hardware, kv=shape, weights_bytes=weights_bytes, requested_context=window, cache_type=t)
+             for t in KV_CACHE_TYPES]  # fmt: skip
+    return [p for p in plans if p is not None]
 
 
 def assess(spec: ProfileSpec, hardware: Hardware) -> Fit:

@@ -37,6 +37,9 @@ class Completion:
     # Prompt tokens the engine actually evaluated (the rest came from its
     # prefix cache); equal to prompt_tokens when the engine cannot tell.
     evaluated_tokens: int
+    # The shift eviction mode's KV surgery did not check out and the prompt was
+    # evaluated again from scratch (llama.cpp backend only).
+    kv_shift_fallback: bool = False
 
 
 StreamEvent = TextChunk | Completion

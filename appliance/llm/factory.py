@@ -70,6 +70,10 @@ def build_backend(settings: Settings, *, replay_start: int = 0) -> Backend:
         grammar=model.grammar,
         summary_grammar=model.summary_grammar,
         extract_grammar=settings.extraction.output_grammar,
+        kv_cache_type=model.kv_cache_type,
+        flash_attn=model.flash_attn,
+        kv_shift=settings.agent.eviction == "shift",
+        prompt_lookup=model.prompt_lookup,
     )
 
 
@@ -106,5 +110,7 @@ def build_extraction_backend(settings: Settings, get_agent_backend: Callable[[],
             top_p=0.95,
             repeat_penalty=1.0,
             extract_grammar=ext.output_grammar,
+            kv_cache_type=settings.model.kv_cache_type,
+            flash_attn=settings.model.flash_attn,
         )
     raise ConfigError(f"unknown [extraction] backend '{ext.backend}'", "use same, llamacpp or openai")

@@ -5,6 +5,15 @@ cache keeps the prompt prefix and each turn evaluates only what is new. The
 prompt is rendered with the chat template stored in the GGUF (what a server
 would do with the same weights) and passed to llama.cpp as tokens, which lets
 us report how many prompt tokens were really evaluated.
+
+With `kv_shift` (the `shift` eviction mode), a change in the middle of the
+prompt (an old tool result becoming the placeholder) is spliced into the KV
+cache instead of re-evaluating everything after it (appliance.llm.kvshift).
+`kv_cache_type` stores the cache quantized (q8_0 halves it), with flash
+attention, which llama.cpp needs for a quantized V cache. `prompt_lookup`
+drafts the next tokens from the prompt itself (replies quote URLs, names and
+numbers from tool results) and verifies the draft in one batch: the output is
+sampled exactly as without it.
 """
 
 from __future__ import annotations
@@ -12,13 +21,16 @@ from __future__ import annotations
 import ctypes
 import json
 import threading
+import types
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from appliance.config import KV_CACHE_TYPES
 from appliance.errors import ComponentUnavailable, ConfigError
 from appliance.llm.base import Backend, ChatMessage, Completion, Purpose, StreamEvent, TextChunk
 from appliance.llm.factory import read_grammar
+from appliance.llm.kvshift import Splice, apply_splice, common_prefix, plan_splices
 
 CHATML_FALLBACK = (
     "{% for message in messages %}"
@@ -27,8 +39,9 @@ CHATML_FALLBACK = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-# (path, n_ctx, n_gpu_layers) -> (Llama, lock): backends sharing weights share the lock.
-_MODELS: dict[tuple[str, int, int], tuple[Any, threading.Lock]] = {}
+# (path, n_ctx, n_gpu_layers, cache type, flash attention, draft tokens) -> (Llama, lock):
+# backends sharing weights share the lock.
+_MODELS: dict[tuple[str, int, int, str, bool, int], tuple[Any, threading.Lock]] = {}
 _MODELS_LOCK = threading.Lock()
 
 
@@ -50,6 +63,10 @@ class LlamaCppBackend(Backend):
         grammar: str = "",
         summary_grammar: str = "",
         extract_grammar: str = "",
+        kv_cache_type: str = "f16",
+        flash_attn: str = "auto",
+        kv_shift: bool = False,
+        prompt_lookup: int = 0,
     ) -> None:
         if not model_path.is_file():
             raise ComponentUnavailable(
@@ -70,7 +87,19 @@ class LlamaCppBackend(Backend):
         self.top_p = top_p
         self.repeat_penalty = repeat_penalty
         self.seed = seed
+        if kv_cache_type not in KV_CACHE_TYPES:
+            raise ConfigError(f"unknown kv_cache_type '{kv_cache_type}'", f"use one of {', '.join(KV_CACHE_TYPES)}")
+        self.kv_cache_type = kv_cache_type
+        self.flash_attn = use_flash_attn(kv_cache_type, flash_attn)
+        self.kv_shift = kv_shift
+        self.prompt_lookup = max(0, prompt_lookup)
         self.llm, self._lock = self._load(model_path, context_length, n_gpu_layers, n_threads, n_batch, seed)
+        if kv_shift and not llama_cpp.llama_memory_can_shift(llama_cpp.llama_get_memory(self.llm._ctx.ctx)):
+            # llama.cpp aborts the process on a shift this model's cache cannot do.
+            raise ConfigError(
+                f"{model_path.name}: llama.cpp cannot shift this model's KV cache ([agent] eviction = shift needs it)",
+                "set [agent] eviction = exact or blocks",
+            )
         self.context_length = int(self.llm.n_ctx())
         metadata: dict[str, str] = dict(self.llm.metadata)
         template = metadata.get("tokenizer.chat_template") or CHATML_FALLBACK
@@ -90,16 +119,23 @@ class LlamaCppBackend(Backend):
         self.message_overhead = max(
             0, len(self.render_tokens([ChatMessage("user", "x")], generation_prompt=False)) - self.count_tokens("x")
         )
+        # Splices end at control tokens (<|im_end|> and the like): message boundaries in any template.
+        self._control_tokens = (
+            frozenset(t for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_control(vocab.vocab, t))
+            if kv_shift
+            else frozenset()
+        )
 
     def _load(
         self, path: Path, n_ctx: int, n_gpu_layers: int, n_threads: int, n_batch: int, seed: int
     ) -> tuple[Any, threading.Lock]:
         # One model per (file, context, offload) per process: a second run in the
         # same process (TUI, eval) reuses the weights and the KV cache.
-        key = (str(path.resolve()), n_ctx, n_gpu_layers)
+        key = (str(path.resolve()), n_ctx, n_gpu_layers, self.kv_cache_type, self.flash_attn, self.prompt_lookup)
         with _MODELS_LOCK:
             if key in _MODELS:
                 return _MODELS[key]
+            cache_type = getattr(self._llama_cpp, f"GGML_TYPE_{self.kv_cache_type.upper()}")
             try:
                 llm = self._llama_cpp.Llama(
                     model_path=str(path),
@@ -109,17 +145,38 @@ class LlamaCppBackend(Backend):
                     last_n_tokens_size=n_ctx,
                     n_gpu_layers=n_gpu_layers,
                     n_threads=n_threads or None,
+                    # Prompt batches too: llama-cpp-python would use every core there, whatever n_threads says.
+                    n_threads_batch=n_threads or None,
                     n_batch=n_batch,
                     seed=seed if seed >= 0 else self._llama_cpp.LLAMA_DEFAULT_SEED,
+                    type_k=cache_type,
+                    type_v=cache_type,
+                    flash_attn=self.flash_attn,
                     verbose=False,
                 )
             except (ValueError, RuntimeError) as exc:
+                if "context" in str(exc) and (self.kv_cache_type != "f16" or self.flash_attn):
+                    # The weights loaded; the cache type or flash attention is what this build or model refuses.
+                    raise ConfigError(
+                        f"llama.cpp could not create a context for {path.name} with kv_cache_type "
+                        f"{self.kv_cache_type} and flash attention {'on' if self.flash_attn else 'off'}: {exc}",
+                        "set [model] kv_cache_type = f16 and flash_attn = off (a quantized cache needs flash "
+                        "attention and head sizes that are multiples of 32), or reinstall llama-cpp-python "
+                        "built for this hardware (installer/install.sh)",
+                    ) from exc
                 raise ComponentUnavailable(
                     "model",
                     f"llama.cpp could not load {path}: {exc}",
                     "check that the file is a complete GGUF (appliance install verifies sha256) "
                     "and that it fits in memory (appliance doctor)",
                 ) from exc
+            if self.prompt_lookup:
+                from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+                # Set after loading, not passed to Llama(): passed, it forces logits_all, an n_ctx x vocabulary
+                # array of floats (tens of GB for a 256K window); _eval_with_draft_logits needs none of it.
+                llm.draft_model = LlamaPromptLookupDecoding(num_pred_tokens=self.prompt_lookup)
+                llm.eval = types.MethodType(_eval_with_draft_logits, llm)  # type: ignore[method-assign]
             _MODELS[key] = (llm, threading.Lock())
             return _MODELS[key]
 
@@ -202,7 +259,8 @@ class LlamaCppBackend(Backend):
         with self._lock:
             continuing = len(messages) > 1 and messages[-1].role == "assistant"
             prompt = self.continuation_tokens(messages) if continuing else self.render_tokens(messages)
-            reused = self.cached_prefix(prompt)
+            spliced, fell_back = self._splice_cache(prompt) if self.kv_shift else (0, False)
+            reused = self.cached_prefix(prompt) - spliced
             grammar_text = self._grammars.get(purpose)
             grammar = LlamaGrammar.from_string(grammar_text, verbose=False) if grammar_text else None
             stream = self.llm.create_completion(
@@ -241,9 +299,66 @@ class LlamaCppBackend(Backend):
                     close()
             # A prefix hit that consumes the whole prompt re-evaluates one token.
             evaluated = max(len(prompt) - reused, 1 if reused == len(prompt) else 0)
-            # Every generated token but the last is evaluated into the cache.
-            generated = max(completion_tokens, int(self.llm.n_tokens) - len(prompt) + 1)
-            yield Completion("".join(parts), finish, len(prompt), generated, evaluated)
+            # Every generated token but the last is evaluated into the cache (with a draft, also
+            # draft tokens past the end: then the stream's count is the one to trust).
+            cached = int(self.llm.n_tokens) - len(prompt) + 1
+            generated = completion_tokens if self.prompt_lookup else max(completion_tokens, cached)
+            yield Completion("".join(parts), finish, len(prompt), generated, evaluated, kv_shift_fallback=fell_back)
+
+    # ------------------------------------------------------------ the shift eviction mode
+
+    def _splice_cache(self, prompt: list[int]) -> tuple[int, bool]:
+        """Splice the KV cache toward `prompt` (kvshift.plan_splices); returns (tokens evaluated, fell back).
+
+        llama.cpp only appends at the end of a sequence, so each replacement is
+        evaluated after the cached tokens and moved into place: the old span is
+        removed, the tokens after it shift to their new positions, the
+        replacement is evaluated at the end and shifted back before them.
+        Afterwards the record (what llama-cpp-python believes is cached) must
+        agree with the fresh render and llama.cpp's positions with the record;
+        if not, the cache is cleared and the prompt evaluated again.
+        """
+        llama_cpp, llm = self._llama_cpp, self.llm
+        record = [int(t) for t in llm.input_ids[: llm.n_tokens]]
+        splices = plan_splices(record, prompt, self._control_tokens.__contains__)
+        if not splices:
+            return 0, False
+        memory = llama_cpp.llama_get_memory(llm._ctx.ctx)
+        evaluated = 0
+        try:
+            for splice in splices:
+                self._apply_splice(memory, len(record), splice)
+                record = apply_splice(record, splice)
+                evaluated += len(splice.inserted)
+        except RuntimeError:
+            record = []
+        consistent = (
+            bool(record)
+            and common_prefix(record, prompt) >= splices[-1].end
+            and llama_cpp.llama_memory_seq_pos_min(memory, 0) == 0
+            and llama_cpp.llama_memory_seq_pos_max(memory, 0) == len(record) - 1
+        )
+        if not consistent:
+            llm.reset()
+            llama_cpp.llama_memory_clear(memory, True)
+            return 0, True
+        llm.input_ids[: len(record)] = record
+        llm.n_tokens = len(record)
+        # The logits of the last decode belong to the moved replacement, not to the end of the record.
+        llm._requires_eval = True
+        return evaluated, False
+
+    def _apply_splice(self, memory: Any, length: int, splice: Splice) -> None:
+        llama_cpp, llm = self._llama_cpp, self.llm
+        removed_end = splice.start + splice.removed
+        llama_cpp.llama_memory_seq_rm(memory, 0, splice.start, removed_end)
+        llama_cpp.llama_memory_seq_add(memory, 0, removed_end, -1, splice.shift)
+        top = length + splice.shift  # the first free position after the moved tail
+        tokens = list(splice.inserted)
+        for offset in range(0, len(tokens), llm.n_batch):
+            llm._batch.set_batch(batch=tokens[offset : offset + llm.n_batch], n_past=top + offset, logits_all=False)
+            llm._ctx.decode(llm._batch)
+        llama_cpp.llama_memory_seq_add(memory, 0, top, -1, splice.start - top)
 
     # ------------------------------------------------------------ KV checkpoints
 
@@ -305,8 +420,36 @@ class LlamaCppBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update({"path": str(self.model_path), "template": self.template_source})
+        info.update({"path": str(self.model_path), "template": self.template_source,
+                     "kv_cache_type": self.kv_cache_type, "flash_attn": self.flash_attn,
+                     "kv_shift": self.kv_shift, "prompt_lookup": self.prompt_lookup})  # fmt: skip
         return info
+
+
+def _eval_with_draft_logits(llm: Any, tokens: Sequence[int]) -> None:
+    """`Llama.eval` for prompt-lookup decoding, bound to one Llama.
+
+    llama-cpp-python's generate() verifies a draft by sampling at every token of
+    the batch [sampled token, draft...], so those batches need logits for every
+    token; prompt batches only for their last. Nothing is copied to `llm.scores`.
+    """
+    llm._ctx.kv_cache_seq_rm(-1, llm.n_tokens, -1)
+    draft_batch = llm.draft_model.num_pred_tokens + 1
+    for start in range(0, len(tokens), llm.n_batch):
+        batch = list(tokens[start : start + llm.n_batch])
+        n_past = llm.n_tokens
+        llm._batch.set_batch(batch=batch, n_past=n_past, logits_all=len(batch) <= draft_batch)
+        llm._ctx.decode(llm._batch)
+        llm.input_ids[n_past : n_past + len(batch)] = batch
+        llm.n_tokens += len(batch)
+        llm._requires_eval = False
+
+
+def use_flash_attn(kv_cache_type: str, flash_attn: str) -> bool:
+    """Whether llama.cpp runs with flash attention: "auto" turns it on where a quantized cache needs it."""
+    if flash_attn == "auto":
+        return kv_cache_type != "f16"
+    return flash_attn == "on"
 
 
 def clear_model_cache() -> None:

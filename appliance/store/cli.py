@@ -54,7 +54,7 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * 1024**power)
 
 
-def _db_path(ctx: click.Context, db: Path | None) -> Path:
+def db_path(ctx: click.Context, db: Path | None) -> Path:
     root = ctx.find_root().obj or {}
     chosen = db or root.get("db")
     return Path(chosen) if chosen else app_dirs().default_db
@@ -62,7 +62,7 @@ def _db_path(ctx: click.Context, db: Path | None) -> Path:
 
 @contextmanager
 def _history(ctx: click.Context, *, create: bool = False) -> Iterator[History]:
-    path = _db_path(ctx, ctx.obj.get("history_db") if isinstance(ctx.obj, dict) else None)
+    path = db_path(ctx, ctx.obj.get("history_db") if isinstance(ctx.obj, dict) else None)
     history = open_history(path, create=create)
     try:
         yield history
@@ -337,7 +337,7 @@ def prune_command(
 @click.option("--remove", is_flag=True, help="Remove the tag instead.")
 @click.pass_context
 def tag_command(ctx: click.Context, run_id: str, tag: str, remove: bool) -> None:
-    """Tag a run (tagged runs survive prune)."""
+    """Tag a run (tagged runs survive prune). The tags correct and incorrect label its answer for `dataset build`."""
     with _history(ctx) as store:
         if remove:
             store.untag_run(run_id, tag)

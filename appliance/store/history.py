@@ -173,6 +173,19 @@ class History:
         result: list[RunSummary] = self._guarded(query)
         return result
 
+    def recent_tasks(self, limit: int = 200) -> list[str]:
+        """The tasks of past runs, newest first, each once (the TUI's prompt recall)."""
+
+        def query() -> list[str]:
+            rows = self.db.conn.execute(
+                "SELECT task FROM runs GROUP BY task ORDER BY MAX(started_at) DESC, MAX(id) DESC LIMIT ?",
+                (max(0, int(limit)),),
+            ).fetchall()
+            return [str(row[0]) for row in rows]
+
+        result: list[str] = self._guarded(query)
+        return result
+
     def get_run(self, run_id: str) -> RunRecord:
         run_id = self.resolve(run_id)
 

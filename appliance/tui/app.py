@@ -15,13 +15,17 @@ from typing import Any, ClassVar
 
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.command import Provider
 
 from appliance.config import Settings
 from appliance.errors import ApplianceError
 from appliance.options import settings_from_options
 from appliance.store import History, open_history
+from appliance.tui.commands import Command, ProfileChoice
+from appliance.tui.dialogs import HelpDialog
 from appliance.tui.history_screen import HistoryScreen, RunDeleted
 from appliance.tui.main_screen import MainScreen
+from appliance.tui.palette import ApplianceCommands
 from appliance.tui.runs import RunFactory
 from appliance.tui.status_screen import Diagnose, StatusScreen, doctor_diagnosis
 
@@ -42,7 +46,9 @@ class ApplianceApp(App[int]):
     # Absolute: a relative path would be read beside the file of any subclass.
     CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "appliance"
+    COMMANDS: ClassVar[set[type[Provider] | Callable[[], type[Provider]]]] = App.COMMANDS | {ApplianceCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("f1", "help", "Help", show=False),
         Binding("f2", "history", "History"),
         Binding("f3", "status", "Status"),
         Binding("f4", "toggle_theme", "Theme", show=False),
@@ -116,6 +122,33 @@ class ApplianceApp(App[int]):
     def action_status(self) -> None:
         if not isinstance(self.screen, StatusScreen):
             self.push_screen(StatusScreen(self.diagnose))
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpDialog):
+            self.push_screen(HelpDialog())
+
+    async def run_ui_command(self, command: Command) -> None:
+        """A command chosen in the palette: the same action its key runs."""
+        if command.action.startswith("app."):
+            await self.run_action(command.action.removeprefix("app."))
+            return
+        if self.screen is not self.main:
+            self.notify(f"{command.title}: go back to the main screen first (escape).", severity="warning")
+            return
+        await self.main.run_action(command.action)
+
+    def switch_profile(self, choice: ProfileChoice) -> None:
+        """Use another profile for the next run (the one going on keeps its own)."""
+        if not choice.usable or self.factory is None:
+            self.notify(f"Profile {choice.name} cannot run here: {choice.reason}", severity="error", timeout=10)
+            return
+        self.options["profile"] = self.factory.options["profile"] = choice.name
+        self.settings = self.factory.settings()
+        main = self.main
+        if main.phase != "running":
+            main.meter.profile, main.meter.model = self.profile_name, self.model_label
+            main.status_bar.refresh_meter()
+        self.notify(f"The next run uses profile {choice.name} ({choice.reason}).")
 
     def action_toggle_theme(self) -> None:
         self.theme = "textual-light" if self.current_theme.dark else "textual-dark"

@@ -16,6 +16,7 @@ from textual.widgets.option_list import Option
 
 from appliance.store.sources import Source
 from appliance.tui.base import literal
+from appliance.tui.commands import help_text
 
 
 class ConfirmDialog(ModalScreen[bool]):
@@ -169,6 +170,24 @@ class SourcesDialog(ModalScreen[None]):
     @property
     def shown_text(self) -> str:
         return str(self.query_one("#archived-text", Static).content)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class HelpDialog(ModalScreen[None]):
+    """Every command and its key (the palette, `/` in the task box and ctrl+p, lists the same)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,f1", "close", "Close")]
+
+    def __init__(self) -> None:
+        super().__init__(classes="dialog-screen")
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(Content.styled("Keys and commands", "bold"), classes="dialog-title")
+            yield Static(literal(help_text()), classes="dialog-text", id="help-text")
+            yield Static(Content.styled("escape closes", "$text-muted"), classes="dialog-hint")
 
     def action_close(self) -> None:
         self.dismiss(None)

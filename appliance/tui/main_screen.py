@@ -14,9 +14,9 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
@@ -33,11 +33,13 @@ from appliance.store import RESUMABLE
 from appliance.store.export import markdown_report
 from appliance.store.report import finish_report
 from appliance.store.sources import Source, run_sources
+from appliance.textutil import for_terminal
 from appliance.tui.base import literal
 from appliance.tui.batching import EventBatcher
 from appliance.tui.dialogs import AttachDialog, ExportDialog, SourcesDialog
 from appliance.tui.messages import RunClosed, RunEvents, RunFailed, RunNotes
 from appliance.tui.meter import RunMeter
+from appliance.tui.recall import PromptRecall
 from appliance.tui.runs import archived_copy
 from appliance.tui.statusbar import StatusBar
 from appliance.tui.toolcall import ToolCallView
@@ -49,8 +51,54 @@ if TYPE_CHECKING:
 
 WELCOME = (
     "Type a research task below and press ctrl+s to run it.\n"
-    "ctrl+o attaches local files · f2 past runs · f3 configuration and health · ctrl+q quits"
+    "/ or ctrl+p commands · f1 keys · f2 past runs · f3 status · ctrl+q quits"
 )
+
+
+class TaskArea(TextArea):
+    """The task box: several lines; ↑/↓ recall earlier tasks while it holds at most one line.
+
+    A recalled task of several lines keeps the walk going from its first line (↑) and
+    its last line (↓) as long as it is unedited; inside it, the arrows move the cursor.
+    """
+
+    def __init__(self, recall: PromptRecall, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.recall = recall
+        self._recalled: str | None = None
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.character == "/" and not self.text:
+            # `/` first in an empty box: the command palette, filtered as you type (ctrl+p opens it too).
+            event.stop()
+            event.prevent_default()
+            self.app.action_command_palette()
+            return
+        await super()._on_key(event)
+
+    def _walking(self, at_edge: bool) -> bool:
+        return self.document.line_count <= 1 or (self.text == self._recalled and at_edge)
+
+    def action_cursor_up(self, select: bool = False) -> None:
+        if not select and self._walking(self.cursor_location[0] == 0):
+            text = self.recall.older(self.text)
+            if text is not None:
+                self._show(text, at_end=False)
+                return
+        super().action_cursor_up(select)
+
+    def action_cursor_down(self, select: bool = False) -> None:
+        if not select and self._walking(self.cursor_location[0] == self.document.line_count - 1):
+            text = self.recall.newer()
+            if text is not None:
+                self._show(text, at_end=True)
+                return
+        super().action_cursor_down(select)
+
+    def _show(self, text: str, *, at_end: bool) -> None:
+        # A task from the history may hold control characters (it came from a pipe): shown visibly.
+        self.text = self._recalled = for_terminal(text)
+        self.move_cursor(self.document.end if at_end else (0, len(self.document.get_line(0))))
 
 
 class MainScreen(Screen[None]):
@@ -71,6 +119,7 @@ class MainScreen(Screen[None]):
         self.clock = clock
         self.attachments = list(attachments)
         self.meter = RunMeter()
+        self.recall = PromptRecall()  # filled from the history on mount and after each run
         self.phase = "idle"  # idle | running | done
         self.run_id: str | None = None
         self.run_status = ""
@@ -99,7 +148,8 @@ class MainScreen(Screen[None]):
         yield self._transcript
         with Vertical(id="composer"):
             yield Static("", id="attachments")
-            yield TextArea(
+            yield TaskArea(
+                self.recall,
                 id="task",
                 soft_wrap=True,
                 show_line_numbers=False,
@@ -113,9 +163,11 @@ class MainScreen(Screen[None]):
         self.meter.profile = app.profile_name
         self.meter.model = app.model_label
         self._show_attachments()
+        self._reload_recall()
         transcript = self.query_one(Transcript)
         if app.setup_error is not None:
             error = app.setup_error
+            self.meter.state = "error"  # nothing can run until the error is fixed: not "ready"
             await transcript.add_error(_title_for(error), error.message, error.fix or "")
         else:
             await transcript.mount(Static(Content.styled(WELCOME, "$text-muted"), classes="welcome"))
@@ -393,9 +445,14 @@ class MainScreen(Screen[None]):
         title = f"{message.component} is unavailable" if message.component else "The run could not go on"
         await self.transcript.add_error(title, message.message, message.fix)
 
+    def _reload_recall(self) -> None:
+        history = self.appliance.history
+        self.recall.reset(history.recent_tasks() if history is not None else [])
+
     @on(RunClosed)
     async def run_closed(self, message: RunClosed) -> None:
         transcript = self.transcript
+        self._reload_recall()
         if message.run_id is None:
             # Nothing ran: a new run stays unstarted, its task back in the box; a failed resume
             # leaves the run as it was.

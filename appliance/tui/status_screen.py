@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
@@ -74,6 +74,14 @@ def check_content(check: Check) -> Content:
     return Content.assemble(*parts)
 
 
+def config_widths(terminal_width: int) -> tuple[int, int, int]:
+    """Setting, value and origin column widths: the value takes what the other two leave (26 at least)."""
+    key_width, origin_width = 25, 19 if terminal_width < 120 else 26
+    # Each column pads one cell either side; the screen keeps two cells of margin and a scrollbar.
+    value_width = max(26, terminal_width - key_width - origin_width - 6 - 4)
+    return key_width, value_width, origin_width
+
+
 class StatusScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
@@ -83,6 +91,7 @@ class StatusScreen(Screen[None]):
     def __init__(self, diagnose: Diagnose) -> None:
         super().__init__(id="status-screen")
         self.diagnose = diagnose
+        self._widths = (0, 0, 0)
 
     @property
     def appliance(self) -> ApplianceApp:
@@ -110,16 +119,28 @@ class StatusScreen(Screen[None]):
         if app.history is not None:
             title.append((f"  history {fmt.clean(str(app.history.path))}", "$text-muted"))
         self.query_one("#status-title", Static).update(Content.assemble(*title))
+        self._fill_config(self.app.size.width)
+        self.query_one("#status-body").focus()
+        self.action_recheck()
+
+    def on_resize(self, event: events.Resize) -> None:
+        if config_widths(event.size.width) != self._widths:
+            self._fill_config(event.size.width)
+
+    def _fill_config(self, terminal_width: int) -> None:
+        """The settings table, its values as wide as the terminal allows (cut with … only beyond that)."""
+        self._widths = key_width, value_width, origin_width = config_widths(terminal_width)
         table = self.query_one("#config", DataTable)
-        table.add_column("Setting", key="key", width=25)
-        table.add_column("Value", key="value", width=26)
-        table.add_column("From", key="origin", width=19)
+        table.clear(columns=True)
+        table.add_column("Setting", key="key", width=key_width)
+        table.add_column("Value", key="value", width=value_width)
+        table.add_column("From", key="origin", width=origin_width)
+        settings = self.appliance.settings
         if settings is not None:
             # rich Text from plain strings: a str cell would be parsed as markup.
             for key, value, origin in config_rows(settings):
-                table.add_row(Text(key), Text(one_line(value, 26)), Text(one_line(origin, 19)), key=key)
-        self.query_one("#status-body").focus()
-        self.action_recheck()
+                row = (Text(key), Text(one_line(value, value_width)), Text(one_line(origin, origin_width)))
+                table.add_row(*row, key=key)
 
     def action_back(self) -> None:
         self.dismiss(None)

@@ -16,6 +16,7 @@ from textual.content import Content
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
+from appliance.protocol.answer import unbox
 from appliance.store import RESUMABLE
 from appliance.store.sources import Source
 from appliance.tui import format as fmt
@@ -177,7 +178,9 @@ class TurnView(Vertical):
         """The reply is complete: swap the block-per-widget Markdown for a single widget."""
         await self.close_stream()
         if self.markdown is not None:
-            frozen = FrozenMarkdown(self.said, classes="said")
+            # The answer panel below shows the final answer: here the \boxed{} markup around it would be noise.
+            said = unbox(self.said) if self.kind == "summary" else self.said
+            frozen = FrozenMarkdown(said, classes="said")
             await self.mount(frozen, after=self.markdown)
             await self.markdown.remove()
             self.markdown = None
