@@ -408,6 +408,11 @@ def prompt_command(ctx: click.Context, /, date_text: str | None, **options: Any)
         toolbox.close()
 
 
+def subcommand_printer(ctx: click.Context, *, verbose: bool) -> HeadlessPrinter:
+    """The progress printer of `resume` and `rerun`: --debug is an option of the root command."""
+    return HeadlessPrinter(verbose=verbose, debug=bool(ctx.find_root().params.get("debug")))
+
+
 @cli.command("resume")
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the answer.")
@@ -417,7 +422,7 @@ def prompt_command(ctx: click.Context, /, date_text: str | None, **options: Any)
 def resume_command(ctx: click.Context, /, run_id: str, as_json: bool, verbose: bool, **options: Any) -> None:
     """Continue an interrupted run from its last completed step."""
     options = collect_common(ctx, options)
-    printer = HeadlessPrinter(verbose=verbose, debug=bool(ctx.find_root().params.get("debug")))
+    printer = subcommand_printer(ctx, verbose=verbose)
     ctx.exit(resume_headless(options, run_id, as_json=as_json, printer=printer))
 
 
@@ -486,7 +491,7 @@ def crash(exc: BaseException, *, debug: bool, as_json: bool, json_events: bool =
 def rerun_command(ctx: click.Context, /, run_id: str, as_json: bool, verbose: bool, **options: Any) -> None:
     """Run a recorded run's task again: same settings, new samples, its searches and fetches from its archive."""
     options = collect_common(ctx, options)
-    printer = HeadlessPrinter(verbose=verbose, debug=bool(ctx.find_root().params.get("debug")))
+    printer = subcommand_printer(ctx, verbose=verbose)
     ctx.exit(rerun_headless(options, run_id, as_json=as_json, printer=printer))
 
 
