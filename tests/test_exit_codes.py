@@ -102,6 +102,12 @@ CASES: dict[str, Case] = {
     "prompt: empty date": Case(["prompt", "--date", ""], 2, "is not a date"),
     "profiles: bad hardware file": Case(["profiles", "--hardware", "{bad_json}"], 2, "is not a machine description"),
     "eval: no dataset": Case(["eval", "{missing}"], 2, "cannot read dataset"),
+    "eval: --out under a missing folder": Case(["eval", "--sample", "--out", "{missing}/a/out"], 2, "does not exist"),
+    "eval: --web-archive under a missing folder": Case(
+        ["eval", "--sample", "--web-archive", "{missing}/a/web"], 2, "does not exist"
+    ),
+    "bundle: OUT under a missing folder": Case(["bundle", "create", "{missing}/a/out"], 2, "does not exist"),
+    "dataset: OUT under a missing folder": Case(["dataset", "build", "{missing}/a/out"], 2, "does not exist"),
     "sandbox exec: nan timeout": Case(["sandbox", "exec", "--timeout", "nan", "--", "true"], 2, "--timeout must be"),
     "sandbox clean: no target": Case(["sandbox", "clean"], 2, "say which workspaces to remove"),
     # 3 a required component is unavailable
@@ -175,6 +181,7 @@ def test_exit_code(name: str, world: dict[str, str]) -> None:
         assert payload["status"] == ("answered" if case.code == 0 else "error"), payload
         if case.code != 0:
             assert case.says in payload["error"]
+    assert not Path(world["missing"]).exists()  # no folder a user named is created with its parents
     if name == "export over a file":
         assert Path(world["existing"]).read_text(encoding="utf-8") == "keep me\n"  # nothing was lost
     if name == "export with --force":

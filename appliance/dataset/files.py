@@ -155,7 +155,14 @@ def _view_words(view: str) -> str:
 
 
 def check_output(out: Path, *, force: bool) -> None:
-    """Refuse an existing path unless --force, and never anything but a directory."""
+    """Refuse an existing path unless --force, never anything but a directory, and never a missing parent.
+
+    Only OUT itself is created: folders a user did not ask for are not made on their host.
+    """
+    if not out.parent.is_dir():
+        raise ConfigError(
+            f"the folder {out.parent} does not exist", f"create it first (mkdir -p {out.parent}), or choose another OUT"
+        )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a directory", "choose a new directory for the dataset")
     if out.exists() and not force:
@@ -185,7 +192,6 @@ def write_dataset(out: Path, dataset: Dataset, meta: dict[str, Any], *, force: b
 
 
 def _new_directory(out: Path, files: dict[str, str]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for name, text in files.items():
