@@ -254,3 +254,25 @@ def test_a_read_only_home_is_one_line_and_doctor_reports_it(tmp_path: Path) -> N
     checks = {c["component"]: c for c in json.loads(doctor.stdout)["checks"]}
     assert checks["data directory"]["status"] == "fail"
     assert "not writable" in checks["data directory"]["detail"] and "APPLIANCE_HOME" in checks["data directory"]["fix"]
+
+
+@pytest.mark.parametrize("flag", ["--json", "--json-events"])
+def test_ctrl_c_before_the_run_still_prints_the_json_object(
+    flag: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while settings load or a model starts (before the session's own handler): exit 130 with the object."""
+    from appliance import cli
+
+    def interrupted_early(*args: object, **kwargs: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_headless", interrupted_early)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--task", "x", flag])
+    assert exited.value.code == 130
+    out, err = capsys.readouterr()
+    (line,) = out.splitlines()
+    record = json.loads(line)
+    result = record["result"] if flag == "--json-events" else record
+    assert result["status"] == "interrupted" and result["exit_code"] == 130, record
+    assert err.strip() == "appliance: interrupted"  # click puts a newline after the ^C
