@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -192,7 +192,10 @@ def write_dataset(out: Path, dataset: Dataset, meta: dict[str, Any], *, force: b
 
 
 def _new_directory(out: Path, files: dict[str, str]) -> None:
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    # Not mkdtemp: its 0700 would become OUT's mode; mkdir gives the user's umask like any folder they make.
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     try:
         for name, text in files.items():
             (staging / name).write_text(text, encoding="utf-8")
