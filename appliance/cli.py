@@ -23,6 +23,7 @@ import click
 from appliance import __version__
 from appliance.agent.events import (
     AgentEvent,
+    AttemptStarted,
     Notice,
     ReplyContinued,
     RunFinished,
@@ -156,6 +157,8 @@ class HeadlessPrinter:
             )
         elif isinstance(event, SummaryStarted):
             self._line(f"[summary] asking for the final answer ({event.reason.replace('_', ' ')})")
+        elif isinstance(event, AttemptStarted):
+            self._line(event.line)
         elif isinstance(event, Notice) and self._shows(event.level):
             self._line(f"{event.level}: {event.message.rstrip()}")
         elif isinstance(event, RunFinished) and event.error:
@@ -200,9 +203,9 @@ def run_headless(
             finished = session.drive(printer) if stream is None else session.drive(stream, printer)
     report_checkpoint(session.kept_checkpoint, finished)
     if stream is not None:
-        stream.finish(result_json(finished, session.sources))
+        stream.finish(result_json(finished, session.sources, session.attempt_results))
     else:
-        emit_result(finished, as_json=as_json, sources=session.sources)
+        emit_result(finished, as_json=as_json, sources=session.sources, attempts=session.attempt_results)
     return int(finished.exit_code)
 
 
@@ -236,7 +239,7 @@ def rerun_headless(options: dict[str, Any], run_id: str, *, as_json: bool, print
 
             finished = session.drive(tag, printer)
     report_checkpoint(session.kept_checkpoint, finished)
-    emit_result(finished, as_json=as_json, sources=session.sources)
+    emit_result(finished, as_json=as_json, sources=session.sources, attempts=session.attempt_results)
     return int(finished.exit_code)
 
 
@@ -263,7 +266,7 @@ def resume_headless(options: dict[str, Any], run_id: str, *, as_json: bool, prin
             )
             finished = session.drive(printer)
     report_checkpoint(session.kept_checkpoint, finished)
-    emit_result(finished, as_json=as_json, sources=session.sources)
+    emit_result(finished, as_json=as_json, sources=session.sources, attempts=session.attempt_results)
     return int(finished.exit_code)
 
 
@@ -272,22 +275,39 @@ def report_checkpoint(kept: bool, finished: RunFinished) -> None:
         click.echo(f"appliance: kept the model's cache for `appliance resume {finished.run_id}`", err=True)
 
 
-def result_json(finished: RunFinished, sources: Sequence[Source] = ()) -> dict[str, Any]:
-    """The object --json prints (and --json-events ends with)."""
+def result_json(
+    finished: RunFinished, sources: Sequence[Source] = (), attempts: Sequence[RunFinished] = ()
+) -> dict[str, Any]:
+    """The object --json prints (and --json-events ends with): the final run's, so `run_id` is the run
+    whose answer is final, with every attempt this command ran."""
     payload = finished.as_json()
     payload["sources"] = [source.as_json() for source in sources]
+    payload["attempts"] = [attempt_json(ended) for ended in attempts or [finished]]
     if finished.error:
         payload["error"] = finished.error
     return payload
 
 
-def emit_result(finished: RunFinished, *, as_json: bool, sources: Sequence[Source] = ()) -> None:
+def emit_result(
+    finished: RunFinished, *, as_json: bool, sources: Sequence[Source] = (), attempts: Sequence[RunFinished] = ()
+) -> None:
     if as_json:
-        click.echo(safe_json(result_json(finished, sources)))
+        click.echo(safe_json(result_json(finished, sources, attempts)))
     elif finished.answer is not None:
         click.echo(for_terminal(finished.answer))
     elif finished.status == "no_answer":
         click.echo("appliance: the run finished without a \\boxed{} answer", err=True)
+
+
+def attempt_json(ended: RunFinished) -> dict[str, Any]:
+    """One attempt of the task in --json: its run, how it ended, whether it left a failure summary."""
+    return {
+        "attempt": ended.attempt,
+        "run_id": ended.run_id,
+        "status": ended.status,
+        "answer": ended.answer,
+        "failure_summary": ended.failure_summary is not None,
+    }
 
 
 # ------------------------------------------------------------------ commands

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from appliance.agent.events import (
     AgentEvent,
+    AttemptStarted,
     Notice,
     ReplyContinued,
     RunStarted,
@@ -49,6 +50,14 @@ def event_record(event: AgentEvent) -> dict[str, Any] | None:
             "turn": event.turn,
             "backend": event.backend,
             "attachments": list(event.attachments),
+        }
+    if isinstance(event, AttemptStarted):
+        # The task starts again as a new run (its run_started follows), after this many failure summaries.
+        return {
+            "type": "attempt_started",
+            "attempt": event.number,
+            "attempts": event.total,
+            "failure_summaries": event.failure_summaries,
         }
     if isinstance(event, TurnStarted):
         return {

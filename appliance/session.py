@@ -8,11 +8,14 @@ committed before any face sees it. Whichever way a run stops early (Ctrl-C,
 a cancel from the UI or the harness, a broken subscriber), the session keeps
 the model's KV cache for the resume.
 
-A task is driven as a sequence of agent runs (`RunSession.agent_runs`): today
-the sequence has one element. The attempts of the reference agent (a failed
+A task is driven as a sequence of agent runs (`RunSession.agent_runs`): its
+attempts, as the reference agent makes them ([agent] attempts; a failed
 attempt writes a failure-experience summary and the next attempt starts from
-the task plus those summaries) belong there, above the single-run drive and
-below the faces, so they reach every face at once.
+the task plus those summaries, agent/attempts.py). Each attempt is a run of
+its own in the history, linked to the run of attempt 1 (`task_root`); the
+session's `run_id` is always the current attempt's, so after `drive` it is
+the run that produced the final answer. With attempts off the sequence has
+one run, today's behaviour.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from appliance.agent.events import AgentEvent, RunFinished
+from appliance.agent.attempts import TaskAttempts
+from appliance.agent.events import AgentEvent, AttemptStarted, RunFinished, RunStarted
 from appliance.agent.loop import Agent
 from appliance.agent.runtime import (
     build_toolbox,
@@ -44,6 +48,7 @@ from appliance.llm.base import Backend
 from appliance.llm.factory import build_backend
 from appliance.policy import RunStatus
 from appliance.store.history import History
+from appliance.store.records import RunRecord
 from appliance.store.report import finish_report
 from appliance.store.resume import recorded_settings, resume_notes, resume_settings
 from appliance.store.sources import Source
@@ -113,6 +118,8 @@ class RunSession:
         *,
         notes: Sequence[str] = (),
         elapsed_before: float = 0.0,
+        task_attempts: TaskAttempts | None = None,
+        next_attempt: Callable[[TaskAttempts], tuple[Agent, RunState]] | None = None,
     ) -> None:
         self.history = history
         self.agent = agent
@@ -124,20 +131,49 @@ class RunSession:
         self.kept_checkpoint = False
         # The finished run's sources (its report is written into its directory with them).
         self.sources: list[Source] = []
+        # The task's attempts, and how to assemble the run of the next one (None: one run).
+        self.task_attempts = task_attempts
+        self._next_attempt = next_attempt
+        # Every attempt's end, in order (one element without attempts).
+        self.attempt_results: list[RunFinished] = []
+        self._cancelled = False
         self._release_backend = release_backend
         self._closed = False
 
     @property
     def run_id(self) -> str:
+        """The current attempt's run (after `drive`: the one whose answer is final)."""
         return self.state.run_id
 
+    @property
+    def task_root(self) -> str:
+        """The run of the task's first attempt."""
+        return self.state.task_root or self.state.run_id
+
     def cancel(self) -> None:
-        """Stop the run at the next safe point (the current tool call is stopped too); safe from any thread."""
+        """Stop the run and every attempt after it (the current tool call is stopped too); safe from any thread."""
+        self._cancelled = True
         self.agent.cancel()
 
     def agent_runs(self) -> Iterator[Iterable[AgentEvent]]:
-        """The agent runs this task makes, in order: one today (see the module's note on attempts)."""
+        """The agent runs this task makes, in order: its attempts (see the module's note)."""
         yield self.agent.run(self.state)
+        while self._another_attempt():
+            attempts = self.task_attempts
+            assert attempts is not None and self._next_attempt is not None  # _another_attempt checked them
+            root = self.task_root
+            self.agent, self.state = self._next_attempt(attempts)
+            self.state.task_root = root
+            yield announced(self.agent.run(self.state), attempts.started())
+
+    def _another_attempt(self) -> bool:
+        """Record the attempt that just ended; True when the decision table starts another."""
+        if self.task_attempts is None or self._next_attempt is None or not self.attempt_results:
+            return False
+        ended = self.attempt_results[-1]
+        if self._cancelled or ended.status != "no_answer":
+            return False  # stopped, or failed in a way a new attempt would not mend
+        return self.task_attempts.finish(ended.answer, ended.failure_summary)
 
     def drive(self, *subscribers: Subscriber) -> RunFinished:
         """Feed every event to the recorder, then to each subscriber; the last run's end is the result.
@@ -151,6 +187,7 @@ class RunSession:
         for events in self.agent_runs():
             try:
                 finished = drive_events(events, [recorder, *subscribers], self.cancel)
+                self.attempt_results.append(finished)
             except BaseException:
                 self.cancel()
                 close = getattr(events, "close", None)
@@ -158,11 +195,12 @@ class RunSession:
                     close()
                 self._keep_checkpoint()
                 raise
+            # Each attempt's run gets its report; the last one's sources are the task's.
+            self.sources = finish_report(self.history, self.settings.dirs.run_dir(self.run_id), self.run_id)
         if finished is None:
             raise ApplianceError("the run ended without a result", "report this as a bug")
         if RunStatus.of(finished.status).resumable:
             self._keep_checkpoint()
-        self.sources = finish_report(self.history, self.settings.dirs.run_dir(self.run_id), self.run_id)
         return finished
 
     def _keep_checkpoint(self) -> None:
@@ -186,6 +224,14 @@ class RunSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def announced(events: Iterable[AgentEvent], started: AttemptStarted) -> Iterator[AgentEvent]:
+    """The run's events with `started` right after its RunStarted (so it is recorded in that run)."""
+    for event in events:
+        yield event
+        if isinstance(event, RunStarted):
+            yield started
 
 
 def drive_events(
@@ -238,8 +284,15 @@ def start_session(
     except BaseException:
         release()
         raise
-    try:
-        agent, state = prepare_run(
+    # Attempts off: one run, exactly as before attempts existed (no TaskAttempts at all).
+    task_attempts = (
+        TaskAttempts(task, attempts=settings.agent.attempts, retry_with_summary=settings.agent.retry_with_summary)
+        if settings.agent.attempts > 0
+        else None
+    )
+
+    def prepare(attempts: TaskAttempts | None, run_id: str | None = None) -> tuple[Agent, RunState]:
+        return prepare_run(
             settings,
             task,
             backend=backend,
@@ -249,12 +302,18 @@ def start_session(
             attachments=list(attachments),
             today=today,
             reuse_runs=reuse_runs,
+            attempts=attempts,
         )
+
+    try:
+        agent, state = prepare(task_attempts, run_id)
     except BaseException:
         toolbox.close()
         release()
         raise
-    return RunSession(history, agent, state, settings, toolbox, release)
+    return RunSession(
+        history, agent, state, settings, toolbox, release, task_attempts=task_attempts, next_attempt=prepare
+    )
 
 
 def resume_session(
@@ -270,11 +329,14 @@ def resume_session(
 
     The run's recorded workspace is used unless `workspace` names another (it was moved).
     """
+    explicit_workspace = workspace
     point = history.load_resume(run_id)
     settings = resume_settings(point, option_overrides or {}, profile)
     workspace, notes = resume_notes(point, settings, workspace)
     dirs = run_dirs(settings, point.run.run_id, workspace)  # a refused workspace stops here, before the model loads
-    backend, release = backends.acquire(settings, replay_start=point.replay_position)
+    # A replay script is the task's: its earlier attempts read their lines first.
+    replayed = history.replies_before(point.run.task_root, point.run.attempt) if point.run.task_root else 0
+    backend, release = backends.acquire(settings, replay_start=replayed + point.replay_position)
     try:
         restored = restore_kv_checkpoint(backend, settings, point.run.run_id)
         if restored:
@@ -291,9 +353,44 @@ def resume_session(
         toolbox.close()
         release()
         raise
+    task_attempts = resumed_attempts(history, point.run, point.state, settings)
+
+    def prepare(attempts: TaskAttempts) -> tuple[Agent, RunState]:
+        # The next attempt is a new run, in its own workspace unless one was named.
+        return prepare_run(
+            settings, attempts.task, backend=backend, toolbox=toolbox, workspace=explicit_workspace,
+            attachments=list(attachments), attempts=attempts,
+        )  # fmt: skip
+
     return RunSession(
-        history, agent, point.state, settings, toolbox, release, notes=notes, elapsed_before=point.run.elapsed_s
+        history,
+        agent,
+        point.state,
+        settings,
+        toolbox,
+        release,
+        notes=notes,
+        elapsed_before=point.run.elapsed_s,
+        task_attempts=task_attempts,
+        next_attempt=prepare,
     )
+
+
+def resumed_attempts(history: History, run: RunRecord, state: RunState, settings: Settings) -> TaskAttempts | None:
+    """The attempts of an interrupted run's task, at the attempt it was in, with the summaries before it."""
+    if settings.agent.attempts <= 0:
+        return None
+    root = run.task_root or run.run_id
+    original = history.get_run(root).task if run.task_root else run.task
+    attempts = TaskAttempts(
+        original,
+        attempts=settings.agent.attempts,
+        retry_with_summary=settings.agent.retry_with_summary,
+        number=run.attempt,
+        failure_summaries=history.failure_summaries(root, run.attempt),
+    )
+    state.attempt, state.attempts_total, state.task_root = attempts.number, attempts.total, run.task_root or ""
+    return attempts
 
 
 def rerun_session(

@@ -13,7 +13,8 @@ from tests.conftest import REPO_ROOT, cli_env, run_cli, tool_call, write_replay
 
 NO_TOOLS = {"APPLIANCE_TOOLS_ENABLED": ""}
 JSON_KEYS = [
-    "run_id", "status", "answer", "turns", "tool_calls", "prompt_tokens", "completion_tokens", "elapsed_s", "sources"
+    "run_id", "status", "answer", "turns", "tool_calls", "prompt_tokens", "completion_tokens", "elapsed_s", "sources",
+    "attempts",
 ]  # fmt: skip
 
 
@@ -48,7 +49,8 @@ def test_plain_output_is_the_answer(appliance_home: Path, tmp_path: Path) -> Non
 
 def test_no_boxed_answer_exits_1(appliance_home: Path, tmp_path: Path) -> None:
     replay = write_replay(tmp_path / "r.jsonl", ["hmm", "no idea", "still none", "nothing"])
-    result = run_cli(["--task", "?", "--replay", str(replay), "--json"], env=NO_TOOLS)
+    # One run (attempts off): with attempts, each would need a failure summary scripted.
+    result = run_cli(["--task", "?", "--replay", str(replay), "--json", "--attempts", "0"], env=NO_TOOLS)
     assert result.returncode == 1
     assert json.loads(result.stdout)["status"] == "no_answer"
 

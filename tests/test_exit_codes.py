@@ -38,8 +38,11 @@ CASES: dict[str, Case] = {
     "answered": Case(["--task", "x", "--replay", "{answer}", "--json"], 0, "[summary]"),
     "task from stdin": Case(["--task", "-", "--replay", "{answer}", "--json"], 0, "[summary]", stdin="Moons?\n"),
     "task from a file": Case(["--task-file", "{task_file}", "--replay", "{answer}", "--json"], 0, "[summary]"),
-    "no answer": Case(["--task", "x", "--replay", "{no_answer}"], 1, "without a \\boxed{} answer"),
-    "no answer, --json": Case(["--task", "x", "--replay", "{no_answer}", "--json"], 1, "reply discarded (no_boxed)"),
+    # One run (attempts off): with attempts, each would need a failure summary scripted.
+    "no answer": Case(["--task", "x", "--replay", "{no_answer}", "--attempts", "0"], 1, "without a \\boxed{} answer"),
+    "no answer, --json": Case(
+        ["--task", "x", "--replay", "{no_answer}", "--json", "--attempts", "0"], 1, "reply discarded (no_boxed)"
+    ),
     "history search, no match": Case(["history", "search", "zebra", "--json"], 1, "no matches for 'zebra'"),
     "history search, a match": Case(["history", "search", "Capital"], 0, ""),
     # 2 usage or configuration

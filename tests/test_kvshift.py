@@ -201,6 +201,7 @@ def test_a_shifted_run_resumes_in_the_same_process_evaluating_only_new_tokens(
             "model.backend": "llamacpp", "model.path": str(tiny_gguf), "model.context_length": 16384,
             "model.max_tokens": 200, "model.temperature": 0.0, "model.seed": 5, "model.grammar": str(grammar),
             "model.summary_grammar": str(summary), "agent.eviction": "shift", "agent.max_turns": 12,
+            "agent.attempts": 0,  # one run that answers when its turns are spent (attempts are tested elsewhere)
         },
     )  # fmt: skip
     # The first process stops (as if killed) right after the results of turn 6.
@@ -243,7 +244,9 @@ def test_eval_compare_runs_the_same_tasks_under_each_mode(appliance_home: Path, 
 
     env = {"APPLIANCE_MODEL_MAX_TOKENS": "48", "APPLIANCE_MODEL_CONTEXT_LENGTH": "16384",
            "APPLIANCE_SUMMARY_RETRIES": "1"}  # fmt: skip
-    args = ["eval", "--sample", "--backend", "llamacpp", "--model", str(tiny_gguf), "--max-turns", "2", "--limit", "2"]
+    # One run per task (--attempts 0): the random model never answers, and the comparison is about eviction.
+    args = ["eval", "--sample", "--backend", "llamacpp", "--model", str(tiny_gguf), "--max-turns", "2", "--limit", "2",
+            "--attempts", "0"]  # fmt: skip
     result = run_cli([*args, "--compare", "exact,shift"], env=env, timeout=600)
     assert result.returncode == 0, result.stderr
     rows = {

@@ -39,6 +39,7 @@ def llama_env(tiny_gguf: Path, tmp_path: Path, appliance_home: Path, monkeypatch
     env = grammar_env(tmp_path, WAIT_CALL, "\\boxed{42}", tools=specs.PYTHON_SERVER, context=8192)
     env.update({"APPLIANCE_MODEL_BACKEND": "llamacpp", "APPLIANCE_MODEL_PATH": str(tiny_gguf)})
     env["APPLIANCE_MAX_TURNS"] = "1"
+    env["APPLIANCE_AGENT_ATTEMPTS"] = "0"  # one run: out of turns, it answers (an attempt of several would not)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     clear_model_cache()

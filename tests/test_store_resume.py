@@ -76,11 +76,16 @@ CONTEXT_SCRIPT = [
     "Answer: \\boxed{short}",
 ]
 
+# Each scenario is one run (the ones that run out of room answer at once with attempts off;
+# a task's attempts across runs are tested in test_session_attempts.py).
 SCENARIOS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "main": (MAIN_SCRIPT, {}),
     "streak": (STREAK_SCRIPT, {"agent.max_rollbacks": 3}),
-    "max_turns": (MAX_TURNS_SCRIPT, {"agent.max_turns": 2}),
-    "context_full": (CONTEXT_SCRIPT, {"model.context_length": 3600, "model.max_tokens": 300}),
+    "max_turns": (MAX_TURNS_SCRIPT, {"agent.max_turns": 2, "agent.attempts": 0}),
+    "context_full": (
+        CONTEXT_SCRIPT,
+        {"model.context_length": 3600, "model.max_tokens": 300, "agent.attempts": 0},
+    ),
 }
 
 
@@ -241,7 +246,7 @@ def test_resume_refuses_finished_and_live_runs(history: History, tmp_path: Path)
 
 def test_resume_keeps_budget_and_flags_override(history: History, tmp_path: Path) -> None:
     script = [call("echo", text=str(i)) for i in range(5)] + ["\\boxed{done}"]
-    settings = settings_for(write_script(tmp_path / "b.jsonl", script), **{"agent.max_turns": 3})
+    settings = settings_for(write_script(tmp_path / "b.jsonl", script), **{"agent.max_turns": 3, "agent.attempts": 0})
     events = run_in_process(history, settings, TASK, "budget", stop_after=12)
     assert not isinstance(events[-1], RunFinished)
     simulate_dead_owner(history, "budget")

@@ -31,7 +31,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 
 from appliance.agent.calls import call_model, reply_ended
-from appliance.agent.events import AgentEvent, Notice
+from appliance.agent.events import AgentEvent, AttemptStarted, Notice
 from appliance.errors import ApplianceError
 from appliance.llm.base import Backend, ChatMessage
 from appliance.protocol.failure import (
@@ -142,9 +142,11 @@ class TaskAttempts:
         """What the faces say when an attempt starts: 'attempt 2/6: starting again with 1 failure summary'."""
         if self.number == 1:
             return f"attempt 1/{self.total}"
-        count = len(self.failure_summaries)
-        summaries = "no failure summary" if count == 0 else f"{count} failure summar{'y' if count == 1 else 'ies'}"
-        return f"attempt {self.number}/{self.total}: starting again with {summaries}"
+        return self.started().line
+
+    def started(self) -> AttemptStarted:
+        """The event that announces the current attempt."""
+        return AttemptStarted(self.number, self.total, len(self.failure_summaries))
 
 
 def failure_summary_messages(conversation: Sequence[ChatMessage]) -> list[ChatMessage]:

@@ -34,6 +34,9 @@ class RunStarted:
     tool_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Attempt `attempt` of its task, whose first attempt is run `task_root` ("" for attempt 1).
+    attempt: int = 1
+    task_root: str = ""
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,22 @@ class Notice:
 
 
 @dataclass(frozen=True)
+class AttemptStarted:
+    """A run that is attempt `number` (> 1) of its task began, with this many failure summaries in its task."""
+
+    number: int
+    total: int
+    failure_summaries: int
+
+    @property
+    def line(self) -> str:
+        """'attempt 2/6: starting again with 1 failure summary'."""
+        count = self.failure_summaries
+        summaries = "no failure summary" if count == 0 else f"{count} failure summar{'y' if count == 1 else 'ies'}"
+        return f"attempt {self.number}/{self.total}: starting again with {summaries}"
+
+
+@dataclass(frozen=True)
 class RunFinished:
     run_id: str
     status: RunStatus
@@ -182,6 +201,7 @@ class RunFinished:
     # A run of a task's attempt that ended without an answer: what it tells the next attempt
     # (agent/attempts.py); None when none was asked for or none came.
     failure_summary: str | None = None
+    attempt: int = 1  # the attempt of its task this run was
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -210,5 +230,6 @@ AgentEvent = (
     | ToolResultOmitted
     | SummaryStarted
     | Notice
+    | AttemptStarted
     | RunFinished
 )

@@ -106,6 +106,8 @@ class Agent:
             tool_calls=state.tool_calls,
             prompt_tokens=state.prompt_tokens,
             completion_tokens=state.completion_tokens,
+            attempt=state.attempt,
+            task_root=state.task_root,
         )
         for problem in self.toolbox.problems():
             yield Notice("warning", problem)
@@ -143,6 +145,7 @@ class Agent:
             error=error,
             exit_code=int(code),
             failure_summary=failure_summary,
+            attempt=state.attempt,
         )
 
     def answer_plan(self, state: RunState, loop_ended_by: str | None = None) -> AnswerPlan:

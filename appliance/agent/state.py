@@ -58,6 +58,8 @@ class RunState:
     # 1 of 1 is a task without attempts: today's single run.
     attempt: int = 1
     attempts_total: int = 1
+    # The run of attempt 1 of this task ("" for attempt 1 itself): the history links attempts by it.
+    task_root: str = ""
 
 
 def new_state(

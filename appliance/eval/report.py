@@ -7,7 +7,7 @@ import io
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from appliance.eval.dataset import EvalTask, RowError
 from appliance.eval.runner import RunResult
@@ -40,6 +40,11 @@ def scores(results: Sequence[RunResult]) -> Scores:
     exact = statistics.mean(statistics.mean(1.0 if r.exact_match else 0.0 for r in runs) for runs in by_task.values())
     passed = statistics.mean(1.0 if any(r.correct for r in runs) else 0.0 for runs in by_task.values())
     return Scores(len(by_task), len(results), 100 * avg, 100 * passed, 100 * exact)
+
+
+def first_attempt_only(results: Sequence[RunResult]) -> list[RunResult]:
+    """The results as if each task had one attempt: a task that needed more counts as not answered."""
+    return [r if r.attempts <= 1 else replace(r, correct=False, exact_match=False) for r in results]
 
 
 _WEB_MODES = {
@@ -101,6 +106,11 @@ def render_markdown(
     for result in results:
         statuses[result.status] += 1
     lines.append(f"| run endings | {', '.join(f'{k} {v}' for k, v in sorted(statuses.items())) or '-'} |")
+    retried = sum(1 for r in results if r.attempts > 1)
+    lines += [
+        f"| runs that needed more than one attempt | {retried} of {len(results)} |",
+        f"| avg@{runs} with only the first attempt | {scores(first_attempt_only(results)).avg_at_k:.1f}% |",
+    ]
 
     lines += ["", "## By level", "", f"| level | tasks | avg@{runs} | pass@{runs} | exact avg@{runs} |",
               "| --- | --- | --- | --- | --- |"]  # fmt: skip

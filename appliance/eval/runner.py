@@ -51,6 +51,9 @@ class RunResult:
     elapsed_s: float
     error: str | None = None
     web: str = "live"  # live | recorded (into --web-archive) | replayed (from it)
+    # The attempt whose end is the task's (agent/attempts.py): a task's attempts are one result,
+    # and run_id is that attempt's run (history show of it lists the others).
+    attempts: int = 1
 
 
 def load_results(out_dir: Path) -> list[RunResult]:
@@ -227,6 +230,7 @@ class EvalRunner:
             elapsed_s=round(finished.elapsed_s if finished.elapsed_s else time.monotonic() - started, 3),
             error=finished.error,
             web=web,
+            attempts=finished.attempt,
         )
         self._record(result)
         return result

@@ -156,15 +156,28 @@ def show_command(ctx: click.Context, run_id: str, full: bool, report: bool, as_j
     """A run as readable Markdown: task, each step, sources, answer (--report: the research report)."""
     with _history(ctx) as store:
         run = store.get_run(run_id)
+        attempts = store.task_attempts(run.run_id)
     if as_json:
         payload = chatml(run)
         payload["sources"] = [source.as_json() for source in run_sources(run)]
+        payload["attempts"] = [
+            {"attempt": a.attempt, "run_id": a.run_id, "status": a.status, "answer": a.answer} for a in attempts
+        ]
         click.echo(safe_json(payload))
         return
     if report:
         click.echo(for_terminal(research_report(run)), nl=False)
         return
-    click.echo(for_terminal(markdown_report(run, limit=None if full else 2000)), nl=False)
+    if len(attempts) == 1:
+        click.echo(for_terminal(markdown_report(run, limit=None if full else 2000)), nl=False)
+        return
+    # A task of several attempts: every one, in order, each under its own heading.
+    parts = [
+        f"# Attempt {a.attempt} of {len(attempts)} (run {a.run_id}, {a.status})\n\n"
+        + markdown_report(a, limit=None if full else 2000)
+        for a in attempts
+    ]
+    click.echo(for_terminal("\n---\n\n".join(parts)), nl=False)
 
 
 @history.command("search")
@@ -241,7 +254,8 @@ def export_command(
     if fmt == "html" and (all_runs or len(run_ids) > 1):
         raise click.UsageError("--format html writes one run per page: name one RUN_ID (and -o FILE for each)")
     with _history(ctx) as store:
-        ids = list(run_ids)
+        # A named run brings every attempt of its task (each its own sample in ChatML).
+        ids = list(dict.fromkeys(a.run_id for run_id in run_ids for a in store.task_attempts(run_id)))
         if all_runs:
             listed = store.list_runs(limit=0, status=status, tag=tag)
             ids += [r.run_id for r in listed if RunStatus.of(r.status) is not RunStatus.RUNNING]

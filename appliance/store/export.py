@@ -71,6 +71,9 @@ def chatml(run: RunRecord, view: View = "full") -> dict[str, Any]:
             "tool_calls": run.tool_calls,
             "started_at": run.started_at,
             "view": view,
+            # Each attempt of a task is a sample of its own; these tie the samples of one task together.
+            "attempt": run.attempt,
+            "task_root": run.task_root or run.run_id,
         },
     }
 

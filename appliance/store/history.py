@@ -295,7 +295,52 @@ class History:
             notices=tuple(notices),
             resumes=resumes,
             summary_reason=summary_reason,
+            attempt=r["attempt"],
+            task_root=r["task_root"],
         )
+
+    def task_attempts(self, run_id: str) -> list[RunRecord]:
+        """Every attempt of the task `run_id` belongs to, in order (the run alone when it had no others)."""
+        run = self.get_run(run_id)
+        root = run.task_root or run.run_id
+
+        def ids() -> list[str]:
+            rows = self._rows(
+                "SELECT run_id FROM runs WHERE run_id = ? OR task_root = ? ORDER BY attempt, id", (root, root)
+            )
+            return [r["run_id"] for r in rows]
+
+        found: list[str] = self._guarded(ids)
+        return [run if i == run.run_id else self.get_run(i) for i in found]
+
+    def failure_summaries(self, task_root: str, before: int) -> list[str]:
+        """The failure summaries the attempts of a task left before attempt `before`, in order."""
+
+        def read() -> list[str]:
+            rows = self._rows(
+                "SELECT e.data FROM runs r JOIN events e ON e.run_id = r.run_id AND e.type = 'RunFinished' "
+                "WHERE (r.run_id = ? OR r.task_root = ?) AND r.attempt < ? ORDER BY r.attempt, e.seq",
+                (task_root, task_root, before),
+            )
+            return [summary for row in rows if (summary := _recorded_failure_summary(row["data"]))]
+
+        result: list[str] = self._guarded(read)
+        return result
+
+    def replies_before(self, task_root: str, before: int) -> int:
+        """The model replies the attempts of a task made before attempt `before` (a replay script's lines)."""
+
+        def count() -> int:
+            rows = self._rows(
+                "SELECT count(*) AS n FROM messages m JOIN runs r ON r.run_id = m.run_id "
+                "WHERE (r.run_id = ? OR r.task_root = ?) AND r.attempt < ? "
+                "AND m.kind IN ('turn', 'summary', 'failure_summary') AND m.state != 'pending'",
+                (task_root, task_root, before),
+            )
+            return int(rows[0]["n"])
+
+        result: int = self._guarded(count)
+        return result
 
     def search(self, query: str, limit: int = 20, *, raw: bool = False) -> list[SearchHit]:
         """Full-text search over tasks, answers and tool results (arguments too). Best matches first.
@@ -522,3 +567,16 @@ def _message(m: dict[str, Any], content: str) -> MessageRecord:
         reply_id=m["reply_id"],
         created_at=m["created_at"],
     )
+
+
+def _recorded_failure_summary(data: str | None) -> str:
+    """The failure summary a RunFinished record holds; "" when it has none or cannot be read.
+
+    As in the reference, an attempt whose summary is missing or unreadable adds nothing to the
+    next attempt's task: a damaged record must not stop the task's later attempts.
+    """
+    try:
+        summary = parse_data(data).get("failure_summary")
+    except ValueError:
+        return ""
+    return summary.strip() if isinstance(summary, str) else ""

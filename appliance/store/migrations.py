@@ -183,5 +183,18 @@ CREATE INDEX archive_records_call ON archive_records (run_id, tool_call_id);
     )
 
 
+@migrations(name="m004_task_attempts")
+def m004_task_attempts(db: Database) -> None:
+    # A task's attempts (agent/attempts.py) are runs of their own, linked to the
+    # run of attempt 1 (task_root NULL on that run and on every run before attempts).
+    db.executescript(
+        """
+ALTER TABLE runs ADD COLUMN task_root TEXT;
+ALTER TABLE runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+CREATE INDEX runs_task_root ON runs (task_root);
+"""
+    )
+
+
 def known_names() -> list[str]:
     return [m.name for m in migrations._migrations]

@@ -16,6 +16,7 @@ from typing import Any
 
 from appliance.agent.events import (
     AgentEvent,
+    AttemptStarted,
     Notice,
     ObservationAdded,
     RunFinished,
@@ -174,6 +175,8 @@ def replay(run: RunRecord, log: Sequence[LogEntry]) -> Iterator[AgentEvent]:
             )
         elif entry.type == "Notice":
             yield Notice(data.get("level", "info"), str(data.get("message", "")))
+        elif entry.type == "AttemptStarted":
+            yield AttemptStarted(int(data["number"]), int(data["total"]), int(data["failure_summaries"]))
         elif entry.type == "RunFinished":
             yield RunFinished(
                 run_id=run.run_id,
@@ -187,4 +190,6 @@ def replay(run: RunRecord, log: Sequence[LogEntry]) -> Iterator[AgentEvent]:
                 elapsed_s=float(data.get("elapsed_s") or 0.0),
                 error=data.get("error"),
                 exit_code=int(data.get("exit_code") or 0),
+                failure_summary=data.get("failure_summary"),
+                attempt=run.attempt,
             )

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from appliance.agent.context import kept_result_positions, recorded_keep_rule
 from appliance.agent.events import (
     AgentEvent,
+    AttemptStarted,
     Notice,
     ObservationAdded,
     ReplyContinued,
@@ -126,6 +127,7 @@ class Recorder:
             ToolResultOmitted: self._tool_result_omitted,
             SummaryStarted: self._summary_started,
             Notice: self._notice,
+            AttemptStarted: self._attempt_started,
             RunFinished: self._run_finished,
         }
 
@@ -241,8 +243,8 @@ class Recorder:
         try:
             self._execute(
                 "INSERT INTO runs (run_id, task, task_message, system_prompt, status, profile, model, backend, "
-                "backend_info, settings, workspace, attachments, started_at, updated_at, pid, process_start, host) "
-                "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "backend_info, settings, workspace, attachments, started_at, updated_at, pid, process_start, host, "
+                "task_root, attempt) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     e.run_id,
                     e.task,
@@ -260,6 +262,8 @@ class Recorder:
                     pid,
                     process_start(pid),
                     host_name(),
+                    e.task_root or None,
+                    e.attempt,
                 ),
             )
         except sqlite3.IntegrityError as exc:
@@ -555,6 +559,11 @@ class Recorder:
     def _notice(self, e: Notice) -> None:
         self._log("Notice", data={"level": e.level, "message": e.message})
 
+    def _attempt_started(self, e: AttemptStarted) -> None:
+        self._log(
+            "AttemptStarted", data={"number": e.number, "total": e.total, "failure_summaries": e.failure_summaries}
+        )
+
     def _run_finished(self, e: RunFinished) -> None:
         self._decide_pending()
         if self._state is not None:  # the loop's final totals stand
@@ -581,5 +590,12 @@ class Recorder:
         self._elapsed_before = e.elapsed_s
         self._clock_start = time.monotonic()
         data = e.as_json()
-        data.update({"final_text": e.final_text, "error": e.error, "exit_code": e.exit_code})
+        data.update(
+            {
+                "final_text": e.final_text,
+                "error": e.error,
+                "exit_code": e.exit_code,
+                "failure_summary": e.failure_summary,
+            }
+        )
         self._log("RunFinished", data=data)

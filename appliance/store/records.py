@@ -144,6 +144,9 @@ class RunRecord:
     notices: tuple[tuple[str, str], ...]  # (level, message)
     resumes: int
     summary_reason: str | None = None
+    # Attempt `attempt` of its task; task_root: the run of attempt 1 (None on that run itself).
+    attempt: int = 1
+    task_root: str | None = None
 
     def summary(self) -> RunSummary:
         return RunSummary(

@@ -9,6 +9,7 @@ from textual.containers import VerticalScroll
 
 from appliance.agent.events import (
     AgentEvent,
+    AttemptStarted,
     Notice,
     RunFinished,
     RunStarted,
@@ -93,6 +94,8 @@ class Transcript(VerticalScroll):
             await self.mount(NoteView(f"Asking for the final answer: {reason}."))
         elif isinstance(event, Notice) and event.level != "debug":  # a traceback: recorded, not shown
             await self.add_notice(event.level, event.message)
+        elif isinstance(event, AttemptStarted):
+            await self._attempt_started(event)
         elif isinstance(event, RunFinished):
             await self._finished(event)
 
@@ -167,10 +170,21 @@ class Transcript(VerticalScroll):
         if view.thinking is not None and not self.show_thinking:
             view.thinking.display = False
 
+    async def _attempt_started(self, event: AttemptStarted) -> None:
+        # A new attempt is a new run: its turns count from 1 again, in a section of their own.
+        self.turns, self.current, self.before_resume = {}, None, set()
+        await self.mount(NoteView(event.line[0].upper() + event.line[1:] + ".", "warning"))
+
     async def _finished(self, event: RunFinished) -> None:
         if self.current is not None:
             await self._show(self.current, self._splitter.finish())
             await self.current.freeze()
+        if event.failure_summary:
+            await self.mount(
+                NoteView(f"Failure summary of attempt {event.attempt}:\n{fmt.clean(event.failure_summary)}")
+            )
+        if event.attempt > 1 and event.answer is not None:
+            await self.mount(NoteView(f"The final answer comes from attempt {event.attempt}."))
         panel = AnswerPanel(event.status, event.answer, event.final_text, event.error, event.turns)
         self.answer = panel
         await self.mount(panel)
