@@ -26,6 +26,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +44,17 @@ from appliance.agent.runtime import (
 )
 from appliance.agent.state import RunState
 from appliance.config import Settings
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, ConfigError
 from appliance.llm.base import Backend
-from appliance.llm.factory import build_backend
-from appliance.policy import RunStatus
+from appliance.llm.factory import backend_problem, build_backend
+from appliance.policy import RunStatus, redacted_paths
 from appliance.store.history import History
-from appliance.store.records import RunRecord
+from appliance.store.records import ResumeTarget, RunRecord
 from appliance.store.report import finish_report
-from appliance.store.resume import recorded_settings, resume_notes, resume_settings
+from appliance.store.resume import recorded_settings, resume_notes, resume_workspace
 from appliance.store.sources import Source
 from appliance.tools.base import ToolBox
+from appliance.tools.sandbox.workspace import check_workspace
 
 Subscriber = Callable[[AgentEvent], None]
 log = logging.getLogger(__name__)
@@ -316,6 +318,76 @@ def start_session(
     )
 
 
+@dataclass(frozen=True)
+class ResumePlan:
+    """How a recorded run would resume now: its row, the settings it gets and the workspace it uses."""
+
+    target: ResumeTarget
+    settings: Settings
+    workspace: Path | None
+
+
+def plan_resume(
+    history: History,
+    run_id: str,
+    option_overrides: dict[str, Any] | None = None,
+    *,
+    profile: str | None = None,
+    workspace: Path | None = None,
+) -> ResumePlan:
+    """Everything a resume checks before the model loads, without loading it or creating anything.
+
+    Raises the error the resume itself would meet: the run is unknown, live or
+    finished; its profile or recorded settings no longer load; its workspace
+    is refused; its model, replay script or server address is not there.
+    """
+    target = history.resumable_run(run_id)
+    settings = recorded_settings(target.settings, option_overrides or {}, profile)
+    chosen, _notes = resume_workspace(target.run_id, target.workspace, settings, workspace)
+    if chosen is not None:
+        chosen = check_workspace(chosen, settings)
+    problem = hidden_setting_problem(target, settings) or backend_problem(settings)
+    if problem is not None:
+        raise problem
+    return ResumePlan(target, settings, chosen)
+
+
+def hidden_setting_problem(target: ResumeTarget, settings: Settings) -> ApplianceError | None:
+    """A server address or key the run recorded hidden (it held a credential) that nothing gives now.
+
+    The resume would otherwise talk to the built-in default address, or to the right one without its key.
+    """
+    if settings.model.backend != "openai":
+        return None
+    hidden = redacted_paths(target.settings)
+    for key in ("base_url", "api_key"):
+        dotted = f"model.{key}"
+        if dotted in hidden and dotted not in settings.origins:
+            variable = f"APPLIANCE_MODEL_{key.upper()}"
+            return ConfigError(
+                f"run {target.run_id}'s [model] {key} held a credential, so the history kept it hidden, "
+                "and nothing sets it now",
+                f"set {variable} (or [model] {key} in config.toml) to the run's value, then resume",
+            )
+    return None
+
+
+def resume_blocker(
+    history: History,
+    run_id: str,
+    option_overrides: dict[str, Any] | None = None,
+    *,
+    profile: str | None = None,
+    workspace: Path | None = None,
+) -> str | None:
+    """Why resuming the run would fail now, in one line with the fix (what `appliance resume` prints); None: it may."""
+    try:
+        plan_resume(history, run_id, option_overrides, profile=profile, workspace=workspace)
+    except ApplianceError as exc:
+        return exc.one_line()
+    return None
+
+
 def resume_session(
     history: History,
     run_id: str,
@@ -330,8 +402,9 @@ def resume_session(
     The run's recorded workspace is used unless `workspace` names another (it was moved).
     """
     explicit_workspace = workspace
-    point = history.load_resume(run_id)
-    settings = resume_settings(point, option_overrides or {}, profile)
+    plan = plan_resume(history, run_id, option_overrides, profile=profile, workspace=workspace)
+    point = history.load_resume(plan.target.run_id)
+    settings = plan.settings
     workspace, notes = resume_notes(point, settings, workspace)
     dirs = run_dirs(settings, point.run.run_id, workspace)  # a refused workspace stops here, before the model loads
     # A replay script is the task's: its earlier attempts read their lines first.

@@ -14,8 +14,18 @@ from appliance.tui.app import ApplianceApp
 from appliance.tui.main_screen import MainScreen
 from appliance.tui.toolcall import ToolCallView
 from appliance.tui.transcript import Transcript
-from appliance.tui.widgets import AnswerPanel, NoteView, ThinkingView, TurnView
-from tests.tui_support import answer, command, scrape, screen_text, search, use_scripted_tools, wait_for, write_script
+from appliance.tui.widgets import AnswerPanel, ThinkingView, TurnView
+from tests.tui_support import (
+    answer,
+    command,
+    scrape,
+    screen_text,
+    search,
+    transcript_outline,
+    use_scripted_tools,
+    wait_for,
+    write_script,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -137,15 +147,7 @@ async def test_cancel_stops_the_running_tool_and_resume_finishes_the_run(tools: 
         assert [v.finished.result for v in finished if v.finished] == ["released"]
         # Everything reads in the order it happened: the stopped call, the resume and its notes, then the
         # call run again (below the resume, not back in the first turn's box), the next turns, the answer.
-        lines = []
-        for child in main.transcript.children:
-            if isinstance(child, NoteView):
-                lines.append(str(child.render()))
-            elif isinstance(child, TurnView):
-                calls = list(child.query(ToolCallView))
-                lines += ["finished call" if v.finished else "stopped call" for v in calls] or ["turn"]
-            elif isinstance(child, AnswerPanel):
-                lines.append("answer")
+        lines = transcript_outline(main)
         resumed = lines.index("Resumed after turn 1.")
         assert lines[:resumed] == ["stopped call"], lines
         assert "did not finish and run again" in lines[resumed + 1], lines

@@ -135,6 +135,24 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: s
         await asyncio.sleep(0.02)
 
 
+def transcript_outline(main: Any) -> list[str]:
+    """The main screen's transcript, top to bottom: each note's text, each tool call as finished or
+    stopped (a turn without calls as "turn"), and "answer" for the answer panel."""
+    from appliance.tui.toolcall import ToolCallView
+    from appliance.tui.widgets import AnswerPanel, NoteView, TurnView
+
+    lines: list[str] = []
+    for child in main.transcript.children:
+        if isinstance(child, NoteView):
+            lines.append(str(child.render()))
+        elif isinstance(child, TurnView):
+            calls = list(child.query(ToolCallView))
+            lines += ["finished call" if v.finished else "stopped call" for v in calls] or ["turn"]
+        elif isinstance(child, AnswerPanel):
+            lines.append("answer")
+    return lines
+
+
 def screen_text(app: Any) -> str:
     """What the terminal shows now, as plain text lines (the compositor's render of the current screen)."""
     return "\n".join(strip.text for strip in app.screen._compositor.render_strips())

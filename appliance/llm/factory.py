@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from appliance.config import Settings
-from appliance.errors import ConfigError
+from appliance.errors import ApplianceError, ComponentUnavailable, ConfigError
 from appliance.llm.base import Backend
 
 
@@ -20,14 +20,55 @@ def read_grammar(path: str, what: str) -> str | None:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}", f"fix [model] {what}") from exc
 
 
+def backend_problem(settings: Settings) -> ApplianceError | None:
+    """Why the agent's model cannot be built from `settings`, found without loading it; None when it may be.
+
+    Instant checks only (a file that is gone, an address nobody gives): a server
+    that does not answer is found when the run asks it.
+    """
+    model = settings.model
+    if model.backend == "replay":
+        if not model.replay:
+            return ConfigError("the replay backend needs a script", "pass --replay FILE.jsonl")
+        script = Path(model.replay).expanduser()
+        if not script.exists():  # a directory or unreadable file: load_replay says exactly what
+            return ConfigError(
+                f"cannot read replay file {script}: it does not exist", "pass an existing JSONL file with --replay"
+            )
+        return None
+    if model.backend == "openai":
+        if not model.base_url.strip():
+            return ConfigError("the openai backend has no base_url", "pass --base-url URL or set [model] base_url")
+        return None
+    path = settings.model_path()
+    if path is None:
+        return ConfigError(
+            f"profile '{settings.profile}' names no model file",
+            "run `appliance install`, or pass --model PATH.gguf, or use --backend openai",
+        )
+    return missing_model(path)
+
+
+def missing_model(path: Path) -> ComponentUnavailable | None:
+    """The error for a GGUF file that is not there, or None when it is."""
+    if path.is_file():
+        return None
+    return ComponentUnavailable(
+        "model",
+        f"model file {path} not found",
+        "run `appliance install` to download the weights, or set [model] path / --model to a GGUF file",
+    )
+
+
 def build_backend(settings: Settings, *, replay_start: int = 0) -> Backend:
     """The agent's model. `replay_start` skips script lines already used (a resumed replay run)."""
+    problem = backend_problem(settings)
+    if problem is not None:
+        raise problem
     model = settings.model
     if model.backend == "replay":
         from appliance.llm.replay import ReplayBackend
 
-        if not model.replay:
-            raise ConfigError("the replay backend needs a script", "pass --replay FILE.jsonl")
         return ReplayBackend.from_file(
             Path(model.replay).expanduser(), context_length=model.context_length, start_at=replay_start
         )
@@ -52,11 +93,7 @@ def build_backend(settings: Settings, *, replay_start: int = 0) -> Backend:
     from appliance.llm.llamacpp import LlamaCppBackend
 
     path = settings.model_path()
-    if path is None:
-        raise ConfigError(
-            f"profile '{settings.profile}' names no model file",
-            "run `appliance install`, or pass --model PATH.gguf, or use --backend openai",
-        )
+    assert path is not None  # backend_problem said so
     return LlamaCppBackend(
         path,
         context_length=model.context_length,

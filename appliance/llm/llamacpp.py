@@ -29,7 +29,7 @@ from typing import Any
 from appliance.config import KV_CACHE_TYPES
 from appliance.errors import ComponentUnavailable, ConfigError
 from appliance.llm.base import Backend, ChatMessage, Completion, Purpose, StreamEvent, TextChunk
-from appliance.llm.factory import read_grammar
+from appliance.llm.factory import missing_model, read_grammar
 from appliance.llm.kvshift import Splice, apply_splice, common_prefix, plan_splices
 
 CHATML_FALLBACK = (
@@ -68,12 +68,9 @@ class LlamaCppBackend(Backend):
         kv_shift: bool = False,
         prompt_lookup: int = 0,
     ) -> None:
-        if not model_path.is_file():
-            raise ComponentUnavailable(
-                "model",
-                f"model file {model_path} not found",
-                "run `appliance install` to download the weights, or set [model] path / --model to a GGUF file",
-            )
+        missing = missing_model(model_path)
+        if missing is not None:
+            raise missing
         try:
             import llama_cpp
         except ImportError as exc:  # pragma: no cover - a broken install

@@ -31,6 +31,7 @@ from appliance.store.records import (
     MessageRecord,
     PruneReport,
     ResumePoint,
+    ResumeTarget,
     RunRecord,
     RunSummary,
     SearchHit,
@@ -427,23 +428,42 @@ class History:
         entries: list[LogEntry] = self._guarded(log)
         return entries
 
+    def resumable_run(self, run_id: str) -> ResumeTarget:
+        """The run's own row (not its turns), when it may resume; StoreUsageError when it is live or finished.
+
+        Cheap (one row): the TUI asks it for every run it offers to resume.
+        """
+        run_id = self.resolve(run_id)
+
+        def read() -> ResumeTarget:
+            row = self.db.conn.execute(
+                "SELECT status, pid, process_start, host, settings, workspace FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run {run_id!r} in {self.path}", "list runs with `appliance history list`")
+            status, pid, start, host, settings, workspace = row
+            where = standing(status, pid, start, host)
+            if where is Standing.LIVE:
+                raise StoreUsageError(
+                    f"run {run_id} is still running (pid {pid} on {host})",
+                    "wait for it to finish, or stop that process and resume then",
+                )
+            if where is Standing.FINISHED:
+                raise StoreUsageError(
+                    f"run {run_id} already finished ({status}); only interrupted or failed runs resume",
+                    'start a new run with --task "..."',
+                )
+            return ResumeTarget(run_id, parse_data(settings), workspace)
+
+        result: ResumeTarget = self._guarded(read)
+        return result
+
     def load_resume(self, run_id: str) -> ResumePoint:
         """Where an interrupted run stopped: the loop's state, its settings, workspace and attachments.
 
         Read-only; the recorder claims the run when the resumed loop starts.
         """
-        run = self.get_run(run_id)
-        where = standing(run.status, run.pid, self._process_start(run.run_id), run.host)
-        if where is Standing.LIVE:
-            raise StoreUsageError(
-                f"run {run.run_id} is still running (pid {run.pid} on {run.host})",
-                "wait for it to finish, or stop that process and resume then",
-            )
-        if where is Standing.FINISHED:
-            raise StoreUsageError(
-                f"run {run.run_id} already finished ({run.status}); only interrupted or failed runs resume",
-                'start a new run with --task "..."',
-            )
+        run = self.get_run(self.resumable_run(run_id).run_id)
         rebuilt = rebuild_state(run, self.event_log(run.run_id))
         return ResumePoint(
             run=run,
@@ -451,12 +471,6 @@ class History:
             replay_position=rebuilt.replay_position,
             redo_calls=rebuilt.redo_calls,
         )
-
-    def _process_start(self, run_id: str) -> str | None:
-        row = self._guarded(
-            lambda: self.db.conn.execute("SELECT process_start FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        )
-        return row[0] if row else None
 
     # ------------------------------------------------------------ changing
 

@@ -181,6 +181,15 @@ class SearchHit:
     tool: str | None = None
 
 
+@dataclass(frozen=True)
+class ResumeTarget:
+    """A run that may resume, as its own row records it: what deciding how to resume it needs."""
+
+    run_id: str
+    settings: dict[str, Any] = field(hash=False)  # the run's settings snapshot (secrets redacted)
+    workspace: str | None
+
+
 @dataclass
 class ResumePoint:
     """What `appliance resume` needs to continue a run where it stopped."""

@@ -51,21 +51,28 @@ def recorded_settings(
     )
 
 
-def resume_notes(point: ResumePoint, settings: Settings, workspace: Path | None) -> tuple[Path | None, list[str]]:
-    """(the workspace to use, what the user should know): the recorded workspace unless another is named.
+def resume_workspace(
+    run_id: str, recorded: str | None, settings: Settings, workspace: Path | None
+) -> tuple[Path | None, list[str]]:
+    """(the workspace a resume uses, what the user should know): the recorded one unless another is named.
 
     A workspace the user named that is gone is not made again (a user's directory is theirs to create).
     """
     notes: list[str] = []
-    own_workspace = settings.dirs.run_dir(point.run.run_id) / "workspace"
-    if workspace is None and point.workspace and Path(point.workspace) != own_workspace.expanduser().resolve():
-        recorded = Path(point.workspace)
-        if recorded.is_dir():
-            workspace = recorded
+    own_workspace = settings.dirs.run_dir(run_id) / "workspace"
+    if workspace is None and recorded and Path(recorded) != own_workspace.expanduser().resolve():
+        if Path(recorded).is_dir():
+            workspace = Path(recorded)
         else:  # never made again: a user's directory is theirs to create
             notes.append(f"the workspace {recorded} is gone; the resumed run uses an empty one of its own")
     elif workspace is None and not own_workspace.is_dir():
         notes.append("the run's workspace is gone; the resumed run starts with an empty one")
+    return workspace, notes
+
+
+def resume_notes(point: ResumePoint, settings: Settings, workspace: Path | None) -> tuple[Path | None, list[str]]:
+    """(the workspace to use, what the user should know): the workspace's, the attachments', the redone calls'."""
+    workspace, notes = resume_workspace(point.run.run_id, point.workspace, settings, workspace)
     missing = [p for p in point.attachments if not Path(p).exists()]
     if missing:
         notes.append(f"attachments no longer on disk: {', '.join(missing)}")

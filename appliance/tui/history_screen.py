@@ -66,6 +66,8 @@ class HistoryScreen(Screen[tuple[str, str] | None]):
         Binding("escape", "back", "Back"),
         Binding("enter", "open", "Open", priority=False),
         Binding("r", "resume", "Resume"),
+        # The same key when resume is shown disabled: says why instead of doing nothing.
+        Binding("r", "why_no_resume", show=False),
         Binding("d", "delete", "Delete"),
         Binding("slash", "search", "Search"),
         Binding("s", "filter", "Filter"),
@@ -74,6 +76,8 @@ class HistoryScreen(Screen[tuple[str, str] | None]):
     def __init__(self) -> None:
         super().__init__(id="history")
         self.rows: dict[str, RunSummary | SearchHit] = {}
+        # Why each run seen, stopped early, cannot resume now (None: it can); asked once per load.
+        self.resume_blockers: dict[str, str | None] = {}
         self.status_filter: str | None = None
         self.query_text = ""
         self._debounce: Timer | None = None
@@ -155,6 +159,7 @@ class HistoryScreen(Screen[tuple[str, str] | None]):
         cursor = table.cursor_row
         table.clear()
         self.rows = {}
+        self.resume_blockers = {}
         # Cells are rich Text built from plain strings: a str cell would be parsed as markup.
         room = max(20, self.size.width - TASK_COLUMN_OFFSET)
         for row in found:
@@ -192,9 +197,21 @@ class HistoryScreen(Screen[tuple[str, str] | None]):
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._show_detail(str(event.row_key.value) if event.row_key.value is not None else None)
 
+    def resume_blocker(self, run_id: str) -> str | None:
+        """Why the run cannot resume now (appliance.session.resume_blocker: finished, live, its model gone...)."""
+        if run_id not in self.rows:
+            return None
+        if run_id not in self.resume_blockers:
+            app = self.appliance
+            if app.history is None or app.factory is None:
+                return None
+            self.resume_blockers[run_id] = app.factory.resume_blocker(app.history, run_id)
+        return self.resume_blockers[run_id]
+
     def _show_detail(self, run_id: str | None) -> None:
         detail = self.query_one("#history-detail", Static)
         row = self.rows.get(run_id or "")
+        self.refresh_bindings()
         if row is None:
             detail.update("")
             return
@@ -206,6 +223,9 @@ class HistoryScreen(Screen[tuple[str, str] | None]):
                 parts += [("\nError: ", "bold $error"), one_line(row.error, 200)]
         else:
             parts += [("\nMatch: ", "bold"), one_line(row.snippet, 200)]
+        blocker = self.resume_blocker(row.run_id) if row.status in RESUMABLE else None  # a surprise: say it
+        if blocker is not None:
+            parts += [("\nCannot resume: ", "bold $warning"), one_line(blocker, 300)]
         detail.update(Content.assemble(*parts))
 
     # ------------------------------------------------------------ search
@@ -232,14 +252,19 @@ class HistoryScreen(Screen[tuple[str, str] | None]):
     # ------------------------------------------------------------ actions
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("open", "resume", "delete"):
+        if action in ("open", "resume", "why_no_resume", "delete"):
             if not self.is_mounted or not self.query_one("#runs", DataTable).has_focus:
                 return False
             run_id = self.selected()
             if run_id is None:
                 return False
-            if action == "resume":
-                return self.rows[run_id].status in RESUMABLE
+            if action in ("resume", "why_no_resume"):
+                blocked = self.resume_blocker(run_id) is not None
+                if action == "why_no_resume":
+                    return blocked
+                if self.rows[run_id].status not in RESUMABLE:  # finished or live: not a resume candidate
+                    return False
+                return None if blocked else True  # None: shown disabled
         return True
 
     def on_descendant_focus(self) -> None:
@@ -270,8 +295,19 @@ class HistoryScreen(Screen[tuple[str, str] | None]):
 
     def action_resume(self) -> None:
         run_id = self.selected()
-        if run_id is not None and self.rows[run_id].status in RESUMABLE:
+        if run_id is None:
+            return
+        if self.resume_blocker(run_id) is not None:
+            self.action_why_no_resume()
+            return
+        if self.rows[run_id].status in RESUMABLE:
             self.dismiss(("resume", run_id))
+
+    def action_why_no_resume(self) -> None:
+        run_id = self.selected()
+        blocker = self.resume_blocker(run_id) if run_id is not None else None
+        if blocker is not None:
+            self.notify(f"Run {run_id} cannot resume now: {one_line(blocker, 300)}", severity="warning", markup=False)
 
     def action_delete(self) -> None:
         run_id = self.selected()

@@ -9,6 +9,7 @@ shown, exactly as in a headless run.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import traceback
@@ -33,7 +34,7 @@ from appliance.store import RESUMABLE
 from appliance.store.export import markdown_report
 from appliance.store.report import finish_report
 from appliance.store.sources import Source, run_sources
-from appliance.textutil import for_terminal
+from appliance.textutil import for_terminal, one_line
 from appliance.tui.base import literal
 from appliance.tui.batching import EventBatcher
 from appliance.tui.dialogs import AttachDialog, ExportDialog, SourcesDialog
@@ -48,6 +49,8 @@ from appliance.tui.widgets import AnswerPanel
 
 if TYPE_CHECKING:
     from appliance.tui.app import ApplianceApp
+
+log = logging.getLogger(__name__)
 
 WELCOME = (
     "Type a research task below and press ctrl+s to run it.\n"
@@ -106,6 +109,8 @@ class MainScreen(Screen[None]):
         Binding("ctrl+s", "run", "Run"),
         Binding("escape", "cancel", "Cancel"),
         Binding("ctrl+r", "resume", "Resume"),
+        # The same key when resume is shown disabled: says why instead of doing nothing.
+        Binding("ctrl+r", "why_no_resume", show=False),
         Binding("ctrl+n", "new", "New"),
         Binding("ctrl+o", "attach", "Attach"),
         Binding("ctrl+g", "copy", "Copy"),
@@ -123,6 +128,8 @@ class MainScreen(Screen[None]):
         self.phase = "idle"  # idle | running | done
         self.run_id: str | None = None
         self.run_status = ""
+        # Why the shown run cannot resume now (appliance.session.resume_blocker); None: it can.
+        self.resume_blocked: str | None = None
         self._session: RunSession | None = None
         self._cancel_requested = threading.Event()
         # Clear while a run's thread works (set again as its last act).
@@ -207,8 +214,13 @@ class MainScreen(Screen[None]):
             return not running
         if action == "cancel":
             return running
-        if action == "resume":
-            return not running and self.run_id is not None and self.run_status in RESUMABLE
+        if action in ("resume", "why_no_resume"):
+            shown = not running and self.run_id is not None
+            if action == "why_no_resume":
+                return shown and self.resume_blocked is not None
+            if not shown or self.run_status not in RESUMABLE:  # finished or live: not a resume candidate
+                return False
+            return None if self.resume_blocked is not None else True  # None: shown disabled
         if action == "new":
             return self.phase == "done"
         if action == "attach":
@@ -249,9 +261,21 @@ class MainScreen(Screen[None]):
         app = self.appliance
         if self.phase == "running" or self.run_id is None or app.history is None or app.factory is None:
             return
+        if self.resume_blocked is not None:
+            self.action_why_no_resume()
+            return
         history, factory, run_id = app.history, app.factory, self.run_id
         self._submitted_task = ""
         self._begin(lambda: self._drive(lambda: factory.resume(history, run_id)), live=True)
+
+    def action_why_no_resume(self) -> None:
+        if self.resume_blocked is not None:
+            self.notify(
+                f"This run cannot resume now: {one_line(self.resume_blocked, 300)}",
+                severity="warning",
+                timeout=10,
+                markup=False,
+            )
 
     def action_cancel(self) -> None:
         if self.phase != "running":
@@ -268,7 +292,7 @@ class MainScreen(Screen[None]):
             return
         await self.transcript.reset()
         await self.transcript.mount(Static(Content.styled(WELCOME, "$text-muted"), classes="welcome"))
-        self.run_id, self.run_status = None, ""
+        self.run_id, self.run_status, self.resume_blocked = None, "", None
         self.meter.begin(live=True, now=self.clock())
         self.meter.state, self.meter.started = "idle", None
         self.attachments = []
@@ -385,7 +409,9 @@ class MainScreen(Screen[None]):
         run_id = session.run_id
         # A finished run's report and sources came with its end (RunSession.drive); a broken one's are read here.
         found = session.sources if finished is not None else self._sources(run_id)
-        self.post_message(RunClosed(run_id, finished, finished.status if finished else "error", found, replay=False))
+        status = finished.status if finished else "error"
+        blocker = self._resume_blocker(run_id)
+        self.post_message(RunClosed(run_id, finished, status, found, replay=False, resume_blocker=blocker))
 
     def _replay(self, run_id: str) -> None:
         history = self.appliance.history
@@ -405,7 +431,23 @@ class MainScreen(Screen[None]):
             self.post_message(RunClosed(None, None, "error", [], replay=True))
             return
         batcher.close()
-        self.post_message(RunClosed(record.run_id, finished, record.status, run_sources(record), replay=True))
+        blocker = self._resume_blocker(record.run_id)
+        self.post_message(
+            RunClosed(record.run_id, finished, record.status, run_sources(record), replay=True, resume_blocker=blocker)
+        )
+
+    def _resume_blocker(self, run_id: str) -> str | None:
+        """Why the run cannot resume now (finished, live elsewhere, its model gone...); asked in the run's
+        thread, once, as it closes, so that ctrl+r can say it."""
+        app = self.appliance
+        if app.history is None or app.factory is None:
+            return None
+        try:
+            return app.factory.resume_blocker(app.history, run_id)
+        except Exception:
+            # A bug in the check must not keep the run's end from the screen; the resume itself reports it.
+            log.warning("checking whether run %s can resume failed", run_id, exc_info=True)
+            return None
 
     def _sources(self, run_id: str) -> list[Source]:
         """The finished run's sources, its report written into its directory on the way."""
@@ -452,6 +494,7 @@ class MainScreen(Screen[None]):
     @on(RunClosed)
     async def run_closed(self, message: RunClosed) -> None:
         transcript = self.transcript
+        then_resume, self._then_resume = self._then_resume, False  # asked for this run only
         self._reload_recall()
         if message.run_id is None:
             # Nothing ran: a new run stays unstarted, its task back in the box; a failed resume
@@ -466,6 +509,7 @@ class MainScreen(Screen[None]):
             self._set_phase("done" if self.run_id else "idle")
             return
         self.run_id, self.run_status = message.run_id, message.status
+        self.resume_blocked = message.resume_blocker
         self._submitted_task = ""
         for view in transcript.query(ToolCallView):
             if view.finished is None:
@@ -483,8 +527,7 @@ class MainScreen(Screen[None]):
         if message.finished is None and self.meter.started is not None:
             self.meter.final_elapsed = self.meter.elapsed(self.clock())
         self._set_phase("done")
-        if self._then_resume and message.status in RESUMABLE:
-            self._then_resume = False
+        if then_resume and message.status in RESUMABLE:
             await self.action_resume()
 
     def on_unmount(self) -> None:

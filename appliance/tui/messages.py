@@ -38,13 +38,21 @@ class RunFailed(Message):
 class RunClosed(Message):
     """The run (or the replay of a past one) is over and its resources are released.
 
-    `run_id` is None when no run started (it failed while being prepared).
+    `run_id` is None when no run started (it failed while being prepared). `resume_blocker` says
+    why the run cannot be resumed now (appliance.session.resume_blocker); None: it can.
     """
 
     def __init__(
-        self, run_id: str | None, finished: RunFinished | None, status: str, sources: list[Source], replay: bool
+        self,
+        run_id: str | None,
+        finished: RunFinished | None,
+        status: str,
+        sources: list[Source],
+        replay: bool,
+        resume_blocker: str | None = None,
     ) -> None:
         super().__init__()
+        self.resume_blocker = resume_blocker
         self.run_id = run_id
         self.finished = finished
         self.status = status

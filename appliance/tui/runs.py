@@ -15,7 +15,7 @@ from typing import Any
 from appliance.config import Settings
 from appliance.errors import ApplianceError
 from appliance.options import option_overrides, settings_from_options
-from appliance.session import Backends, RunSession, resume_session, start_session
+from appliance.session import Backends, RunSession, resume_blocker, resume_session, start_session
 from appliance.store import History
 from appliance.store.sources import Source
 from appliance.tools.archive import archived_text
@@ -70,6 +70,16 @@ class RunFactory:
             run_id,
             option_overrides(self.options),  # options not given are None: resume_settings skips them
             backends=self.backends,
+            profile=self.options.get("profile"),
+            workspace=self.options.get("workspace"),
+        )
+
+    def resume_blocker(self, history: History, run_id: str) -> str | None:
+        """Why `resume` would fail now with these options (one line with the fix), or None; loads no model."""
+        return resume_blocker(
+            history,
+            run_id,
+            option_overrides(self.options),
             profile=self.options.get("profile"),
             workspace=self.options.get("workspace"),
         )
