@@ -64,6 +64,7 @@ def test_dry_run_without_the_hub_still_plans_from_the_profile(appliance_home: Pa
     # The whole 256K window asked of each cache type; f16 would cut it most, q8_0 is chosen.
     assert "context by KV cache type: f16 57,344, q8_0 107,520, q4_0 204,800 (of 262,144 requested)" in proc.stdout
     assert "chosen: q8_0 (107,520 tokens)" in proc.stdout
+    assert "why: f16 would cut the window to 57,344; q4_0 would give 204,800 at a cost in quality" in proc.stdout
 
 
 def test_a_profile_that_does_not_fit_is_refused_with_the_fix(appliance_home: Path, tmp_path: Path) -> None:

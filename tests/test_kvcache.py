@@ -10,7 +10,7 @@ import pytest
 from appliance.config import load_settings
 from appliance.errors import ConfigError
 from appliance.install.hardware import GIB, Hardware
-from appliance.install.memplan import best_cache_plan, plan_memory
+from appliance.install.memplan import best_cache_plan, cache_choice_reason, plan_memory
 from appliance.install.profiles import cache_type_plans, load_spec, plan_for
 from appliance.llm.base import ChatMessage
 from appliance.llm.llamacpp import LlamaCppBackend, clear_model_cache
@@ -113,6 +113,7 @@ def test_the_installer_keeps_f16_while_it_gives_the_whole_window() -> None:
     ]  # fmt: skip
     assert all(p.context == 262_144 for p in plans)
     assert best_cache_plan(plans, 32768).cache_type == "f16"
+    assert cache_choice_reason(plans, 32768) == "f16 gives the whole 262,144-token window"
 
 
 @pytest.mark.parametrize(
@@ -147,7 +148,33 @@ def test_q4_0_is_the_last_resort() -> None:
     tight = plans(7.5)
     assert tight[1].fits and tight[1].context < 32768 <= tight[2].context
     assert best_cache_plan(tight, 32768) == tight[2]
+    assert cache_choice_reason(tight, 32768) == (
+        "q8_0 would cut the window to 20,480; no more precise type fits the profile's 32,768-token window"
+    )
     assert best_cache_plan(tight, 16384) == tight[1]
+    # Below the profile's minimum context q8_0 does not fit at all: q4_0, which does, is taken.
+    tighter = plans(6.5)
+    assert not tighter[1].fits and tighter[2].fits
+    assert best_cache_plan(tighter, 16384) == tighter[2]
+    assert cache_choice_reason(tighter, 16384).startswith("q8_0 does not fit;")
+    # Nothing fits: the plan says so rather than naming a type.
+    assert not any(p.fits for p in plans(5.5)) and cache_choice_reason(plans(5.5), 32768) == "no cache type fits"
+
+
+def test_the_installer_says_why_it_passed_over_q4_0_and_how_to_take_it(appliance_home: Path) -> None:
+    # cpu-8b on 16 GiB: q8_0 cuts the 256K window to 107,520, q4_0 would give 204,800. q8_0 still gives
+    # the profile's own 32K window many times over, so q4_0's quality cost is not paid without asking.
+    spec = load_spec("cpu-8b", load_settings(environ={"APPLIANCE_HOME": str(appliance_home)}).dirs)
+    plans = cache_type_plans(spec, machine(16))
+    assert cache_choice_reason(plans, spec.context_length) == (
+        "f16 would cut the window to 57,344; q4_0 would give 204,800 at a cost in quality (~5% perplexity): "
+        "not taken, q8_0 gives the profile's 32,768-token window (to take it anyway, set "
+        '[model] kv_cache_type = "q4_0" and context_length = 204800 in config.toml)'
+    )
+    # Whole window in q8_0 (32 GiB): nothing longer to pass over.
+    assert cache_choice_reason(cache_type_plans(spec, machine(32)), spec.context_length) == (
+        "f16 would cut the window to 155,648; q8_0 gives the whole 262,144-token window"
+    )
 
 
 # ------------------------------------------------------------------ prompt-lookup decoding

@@ -169,6 +169,37 @@ def test_a_cache_that_disagrees_with_its_record_falls_back_to_a_full_evaluation(
     assert llama_positions(shifting) == (0, completion.prompt_tokens - 1)
 
 
+@pytest.mark.parametrize("wrong", ["replacement left at the end", "tail moved one too few"])
+def test_a_wrong_surgery_is_caught_by_the_check_and_evaluated_again(
+    shifting: LlamaCppBackend, monkeypatch: pytest.MonkeyPatch, wrong: str
+) -> None:
+    import llama_cpp
+
+    messages = [ChatMessage("user", "Task: " + filler(2, 40))]
+    for turn in range(3):
+        messages += [ChatMessage("assistant", f"reply {turn}"), ChatMessage("user", filler(500 + turn, 80))]
+    run_turn(shifting, build_view(messages, 3, "shift"))
+    moves: list[tuple[int, int, int]] = []
+    right_move = llama_cpp.llama_memory_seq_add
+
+    def wrong_move(memory: Any, seq: int, p0: int, p1: int, delta: int) -> None:
+        # The splice's two moves: the tail after the removed result, then the replacement evaluated at the end.
+        moves.append((p0, p1, delta))
+        if wrong == "replacement left at the end" and p1 == -1:
+            return
+        right_move(memory, seq, p0, p1, delta + (1 if wrong == "tail moved one too few" and p1 != -1 else 0))
+
+    monkeypatch.setattr(llama_cpp, "llama_memory_seq_add", wrong_move)
+    messages += [ChatMessage("assistant", "reply 3"), ChatMessage("user", filler(600, 80))]
+    view = build_view(messages, 3, "shift")
+    completion = run_turn(shifting, view)
+    assert len(moves) == 2  # one splice happened, and went wrong
+    assert completion.kv_shift_fallback
+    assert completion.evaluated_tokens == completion.prompt_tokens
+    assert held_tokens(shifting) == shifting.render_tokens(view)
+    assert llama_positions(shifting) == (0, completion.prompt_tokens - 1)
+
+
 # ------------------------------------------------------------------ the loop, interrupted and resumed
 
 REPEAT_CALL = (

@@ -20,7 +20,7 @@ from appliance.ggufmeta import read_kv_shape
 from appliance.install import envs, weights
 from appliance.install.configfile import update_config
 from appliance.install.hardware import GIB, Hardware, detect
-from appliance.install.memplan import MemoryPlan, best_cache_plan, describe_cache_choices
+from appliance.install.memplan import MemoryPlan, best_cache_plan, cache_choice_reason, describe_cache_choices
 from appliance.install.profiles import Fit, ProfileSpec, cache_type_plans, pick_profile
 from appliance.paths import AppDirs, app_dirs
 
@@ -107,6 +107,7 @@ class InstallPlan:
             lines.append(f"Memory: {self.memory.describe()}")
         if self.cache_plans:
             lines.append(f"  {describe_cache_choices(self.cache_plans)}; chosen: {self.memory_choice()}")
+            lines.append(f"  why: {cache_choice_reason(self.cache_plans, self.spec.context_length)}")
         else:
             lines.append("Memory: inference runs on the server at [model] base_url")
         if self.searxng_source:

@@ -6,7 +6,7 @@ three hours into a research run. Below the profile's minimum context the
 profile does not fit this machine at all. A quantized KV cache (q8_0 takes
 about half of f16's memory) buys a longer context: the installer plans each
 type and keeps the one with the largest context (best_cache_plan), q4_0 only
-as a last resort.
+when q8_0 falls short of the profile's own window (cache_choice_reason says why).
 """
 
 from __future__ import annotations
@@ -146,14 +146,44 @@ LAST_RESORT_CACHE_TYPES = ("q4_0",)
 def best_cache_plan(plans: Sequence[MemoryPlan], default_window: int = 0) -> MemoryPlan:
     """The plan with the largest context; among equals the first (plans come most precise cache first).
 
-    So f16 is kept while it gives the whole window and q8_0 is taken when f16
-    would cut it; q4_0 only when neither reaches `default_window` (the
-    profile's own context length) and q4_0 gives more.
+    The rule (issue 16): f16 is kept while it gives the whole window and q8_0 is
+    taken when f16 would cut it. q4_0 is not taken merely because q8_0 cuts the
+    model's 256K window: it costs quality on every token of every run, while the
+    window past the profile's own context length (`default_window`, the one its
+    defaults are set for) only lengthens runs already past that budget. So q4_0
+    only when neither precise type fits with `default_window` and q4_0 gives more.
     """
     precise = [p for p in plans if p.cache_type not in LAST_RESORT_CACHE_TYPES]
     enough = any(p.fits and p.context >= default_window for p in precise)
     pool = precise if precise and enough else list(plans)
     return max(pool, key=lambda plan: (plan.fits, plan.context, -pool.index(plan)))
+
+
+def cache_choice_reason(plans: Sequence[MemoryPlan], default_window: int = 0) -> str:
+    """Why best_cache_plan() chose its type, and how to take a longer window it passed over, in one line."""
+    chosen = best_cache_plan(plans, default_window)
+    if not chosen.fits:
+        return "no cache type fits"
+    at = plans.index(chosen)
+    reasons = []
+    if at:
+        before = plans[at - 1]
+        reasons.append(f"{before.cache_type} " + (f"would cut the window to {before.context:,}" if before.fits
+                                                  else "does not fit"))  # fmt: skip
+    if not chosen.lowered:
+        reasons.append(f"{chosen.cache_type} gives the whole {chosen.requested_context:,}-token window")
+    reason = "; ".join(reasons) or f"{chosen.cache_type} gives the longest window that fits"
+    if chosen.cache_type in LAST_RESORT_CACHE_TYPES:
+        return f"{reason}; no more precise type fits the profile's {default_window:,}-token window"
+    longer = [p for p in plans if p.fits and p.context > chosen.context]
+    if longer:
+        best = max(longer, key=lambda p: p.context)
+        reason += (
+            f"; {best.cache_type} would give {best.context:,} at a cost in quality (~5% perplexity): not taken, "
+            f"{chosen.cache_type} gives the profile's {default_window:,}-token window (to take it anyway, set "
+            f'[model] kv_cache_type = "{best.cache_type}" and context_length = {best.context} in config.toml)'
+        )
+    return reason
 
 
 def describe_cache_choices(plans: Sequence[MemoryPlan]) -> str:

@@ -309,8 +309,9 @@ class LlamaCppBackend(Backend):
 
         llama.cpp only appends at the end of a sequence, so each replacement is
         evaluated after the cached tokens and moved into place: the old span is
-        removed, the tokens after it shift to their new positions, the
-        replacement is evaluated at the end and shifted back before them.
+        removed, the replacement is evaluated at the end, then the tokens after
+        the old span shift back to their new positions and the replacement
+        before them.
         Afterwards the record (what llama-cpp-python believes is cached) must
         agree with the fresh render and llama.cpp's positions with the record;
         if not, the cache is cleared and the prompt evaluated again.
@@ -349,13 +350,15 @@ class LlamaCppBackend(Backend):
         llama_cpp, llm = self._llama_cpp, self.llm
         removed_end = splice.start + splice.removed
         llama_cpp.llama_memory_seq_rm(memory, 0, splice.start, removed_end)
-        llama_cpp.llama_memory_seq_add(memory, 0, removed_end, -1, splice.shift)
-        top = length + splice.shift  # the first free position after the moved tail
+        # The replacement is evaluated before anything moves: a move only marks the cells, and the
+        # next decode rotates every cell of the cache (a K-shift, as costly as the whole cache is
+        # large), so both moves below share the one K-shift of the next decode.
         tokens = list(splice.inserted)
         for offset in range(0, len(tokens), llm.n_batch):
-            llm._batch.set_batch(batch=tokens[offset : offset + llm.n_batch], n_past=top + offset, logits_all=False)
+            llm._batch.set_batch(batch=tokens[offset : offset + llm.n_batch], n_past=length + offset, logits_all=False)
             llm._ctx.decode(llm._batch)
-        llama_cpp.llama_memory_seq_add(memory, 0, top, -1, splice.start - top)
+        llama_cpp.llama_memory_seq_add(memory, 0, removed_end, length, splice.shift)
+        llama_cpp.llama_memory_seq_add(memory, 0, length, -1, splice.start - length)
 
     # ------------------------------------------------------------ KV checkpoints
 
