@@ -460,15 +460,27 @@ def fail(code: int, message: str, *, as_json: bool, json_events: bool = False) -
 
     With --json-events the object ends the stream as its `run_finished` line.
     """
-    payload = {"run_id": None, "status": "error", "answer": None, "error": message, "exit_code": code}
+    _print_outcome("error", message, code, as_json=as_json, json_events=json_events)
+    click.echo(f"appliance: error: {for_terminal(message)}", err=True)
+    sys.exit(code)
+
+
+def interrupted(*, as_json: bool, json_events: bool = False) -> NoReturn:
+    """Ctrl-C outside a run's drive (while settings load or a model starts): a script still gets its object."""
+    message = "interrupted before the run could record anything"
+    _print_outcome("interrupted", message, ExitCode.INTERRUPTED, as_json=as_json, json_events=json_events)
+    click.echo("appliance: interrupted", err=True)
+    sys.exit(ExitCode.INTERRUPTED)
+
+
+def _print_outcome(status: str, message: str, code: int, *, as_json: bool, json_events: bool) -> None:
+    payload = {"run_id": None, "status": status, "answer": None, "error": message, "exit_code": int(code)}
     if json_events:
         from appliance.eventstream import finished_record
 
         click.echo(safe_json(finished_record(payload)))
     elif as_json:
         click.echo(safe_json(payload))
-    click.echo(f"appliance: error: {for_terminal(message)}", err=True)
-    sys.exit(code)
 
 
 def crash(exc: BaseException, *, debug: bool, as_json: bool, json_events: bool = False) -> NoReturn:
@@ -505,16 +517,12 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=args, prog_name="appliance", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("appliance: aborted", err=True)
-        sys.exit(ExitCode.INTERRUPTED)
     except click.ClickException as exc:
         fail(ExitCode.USAGE, _usage_line(exc), as_json=as_json, json_events=events)
     except ApplianceError as exc:
         fail(exc.exit_code, exc.one_line(), as_json=as_json, json_events=events)
-    except KeyboardInterrupt:
-        click.echo("appliance: interrupted", err=True)
-        sys.exit(ExitCode.INTERRUPTED)
+    except (KeyboardInterrupt, click.Abort):
+        interrupted(as_json=as_json, json_events=events)
     except OSError as exc:
         if exc.filename is None:
             crash(exc, debug=debug, as_json=as_json, json_events=events)

@@ -72,3 +72,29 @@ def confined(base: Path, name: str) -> Path | None:
     root = Path(os.path.realpath(base))
     full = Path(os.path.realpath(root / name))
     return full if full != root and full.is_relative_to(root) else None
+
+
+def make_named_dir(path: Path, option: str) -> Path:
+    """Create a directory the user named for output: the last component only, never its parents.
+
+    The appliance changes nothing on the host outside its own directories, so a
+    mistyped `--out /srv/reprots/x` is an error naming the missing folder, not a
+    tree of new folders wherever the typo pointed.
+    """
+    path = path.expanduser()
+    if path.is_dir():
+        return path
+    if not path.parent.is_dir():
+        raise ConfigError(
+            f"{option}: the folder {path.parent} does not exist",
+            f"create it first (mkdir -p {path.parent}), or choose another {option}",
+        )
+    try:
+        path.mkdir()
+    except FileExistsError as exc:
+        raise ConfigError(f"{option}: {path} exists and is not a directory", f"choose another {option}") from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"{option}: cannot create {path}: {exc.strerror or exc}", f"choose a writable {option}"
+        ) from exc
+    return path

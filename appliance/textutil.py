@@ -77,4 +77,3 @@ def did_you_mean(word: str, choices: Iterable[str], form: str = "'{}'") -> str:
     """ " (did you mean 'x'?)" for the closest of `choices` (the names valid at that place), or ""."""
     hint = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {form.format(hint[0])}?)" if hint else ""
-

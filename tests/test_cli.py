@@ -107,12 +107,17 @@ def test_ctrl_c_ends_the_run_as_interrupted(appliance_home: Path, tmp_path: Path
         [sys.executable, "-m", "appliance", "--task", "x", "--replay", str(slow), "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(NO_TOOLS), cwd=REPO_ROOT,
     )  # fmt: skip
-    time.sleep(2.0)
+    # Signal once the run is recorded as running, so this is the in-run path (not the one before it started).
+    deadline = time.monotonic() + 60
+    while '"status": "running"' not in run_cli(["history", "list", "--json"]).stdout:
+        assert process.poll() is None and time.monotonic() < deadline, "the run never started"
+        time.sleep(0.3)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
     payload = json.loads(stdout)
-    assert payload["status"] == "interrupted"
+    assert payload["status"] == "interrupted" and payload["run_id"] is not None
+    assert f'"run_id": "{payload["run_id"]}", "status": "interrupted"' in run_cli(["history", "list", "--json"]).stdout
 
 
 def test_prompt_command_without_tools_has_no_listing(appliance_home: Path) -> None:

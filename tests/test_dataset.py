@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,8 +99,10 @@ BETA: dict[str, list[Any]] = {
     # Cut by max_tokens, continued nine times and still cut: the turn stands truncated.
     "sample-05": [
         {"content": "<think>\nThe amounts are 12, 30 and 7, so the sum", "finish_reason": "length"},
-        *({"content": f" {word}", "finish_reason": "length"}
-          for word in ("is", "forty-nine", "unless", "the", "fourth", "row", "adds", "fifteen", "more")),
+        *(
+            {"content": f" {word}", "finish_reason": "length"}
+            for word in ("is", "forty-nine", "unless", "the", "fourth", "row", "adds", "fifteen", "more")
+        ),
         "\\boxed{49}",
     ],
     "sample-06": ALPHA["sample-06"],
@@ -306,6 +310,10 @@ def test_unscored_runs_give_sft_only_then_labels_make_a_pair(labelled: dict[str,
     assert result.returncode == 0, result.stderr
     assert "no run in the selection has a score" in result.stderr and "appliance history tag" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "manifest.json", "sft.jsonl"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask  # a folder like any the user makes, not 0700
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ds")] == []  # no staging left behind
     assert len(read_jsonl(out / "sft.jsonl")) == 2
     assert "dpo.jsonl`: not written: no run in the selection has a score" in (out / "README.md").read_text()
 

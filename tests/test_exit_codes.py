@@ -105,6 +105,12 @@ CASES: dict[str, Case] = {
     "prompt: empty date": Case(["prompt", "--date", ""], 2, "is not a date"),
     "profiles: bad hardware file": Case(["profiles", "--hardware", "{bad_json}"], 2, "is not a machine description"),
     "eval: no dataset": Case(["eval", "{missing}"], 2, "cannot read dataset"),
+    "eval: --out under a missing folder": Case(["eval", "--sample", "--out", "{missing}/a/out"], 2, "does not exist"),
+    "eval: --web-archive under a missing folder": Case(
+        ["eval", "--sample", "--web-archive", "{missing}/a/web"], 2, "does not exist"
+    ),
+    "bundle: OUT under a missing folder": Case(["bundle", "create", "{missing}/a/out"], 2, "does not exist"),
+    "dataset: OUT under a missing folder": Case(["dataset", "build", "{missing}/a/out"], 2, "does not exist"),
     "sandbox exec: nan timeout": Case(["sandbox", "exec", "--timeout", "nan", "--", "true"], 2, "--timeout must be"),
     "sandbox clean: no target": Case(["sandbox", "clean"], 2, "say which workspaces to remove"),
     # 3 a required component is unavailable
@@ -178,6 +184,7 @@ def test_exit_code(name: str, world: dict[str, str]) -> None:
         assert payload["status"] == ("answered" if case.code == 0 else "error"), payload
         if case.code != 0:
             assert case.says in payload["error"]
+    assert not Path(world["missing"]).exists()  # no folder a user named is created with its parents
     if name == "export over a file":
         assert Path(world["existing"]).read_text(encoding="utf-8") == "keep me\n"  # nothing was lost
     if name == "export with --force":
@@ -250,3 +257,25 @@ def test_a_read_only_home_is_one_line_and_doctor_reports_it(tmp_path: Path) -> N
     checks = {c["component"]: c for c in json.loads(doctor.stdout)["checks"]}
     assert checks["data directory"]["status"] == "fail"
     assert "not writable" in checks["data directory"]["detail"] and "APPLIANCE_HOME" in checks["data directory"]["fix"]
+
+
+@pytest.mark.parametrize("flag", ["--json", "--json-events"])
+def test_ctrl_c_before_the_run_still_prints_the_json_object(
+    flag: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while settings load or a model starts (before the session's own handler): exit 130 with the object."""
+    from appliance import cli
+
+    def interrupted_early(*args: object, **kwargs: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_headless", interrupted_early)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--task", "x", flag])
+    assert exited.value.code == 130
+    out, err = capsys.readouterr()
+    (line,) = out.splitlines()
+    record = json.loads(line)
+    result = record["result"] if flag == "--json-events" else record
+    assert result["status"] == "interrupted" and result["exit_code"] == 130, record
+    assert err.strip() == "appliance: interrupted"  # click puts a newline after the ^C

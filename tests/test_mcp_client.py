@@ -233,7 +233,7 @@ def test_a_hanging_server_times_out_is_stopped_and_replaced(tmp_path: Path) -> N
         started = time.monotonic()
         hung = box.call("notes", "hang", {"seconds": 600}, context)
         assert hung.status == "timeout" and "1.5 seconds" in hung.text
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 20  # the 1.5 s timeout, not the 600 s hang (slack for a loaded machine)
         fresh = box.call("notes", "pid", {}, context)
         assert fresh.status == "ok" and int(fresh.text) != stuck_pid
         assert wait_gone(stuck_pid), "the stuck server process was left running"

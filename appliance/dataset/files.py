@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -155,7 +155,14 @@ def _view_words(view: str) -> str:
 
 
 def check_output(out: Path, *, force: bool) -> None:
-    """Refuse an existing path unless --force, and never anything but a directory."""
+    """Refuse an existing path unless --force, never anything but a directory, and never a missing parent.
+
+    Only OUT itself is created: folders a user did not ask for are not made on their host.
+    """
+    if not out.parent.is_dir():
+        raise ConfigError(
+            f"the folder {out.parent} does not exist", f"create it first (mkdir -p {out.parent}), or choose another OUT"
+        )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a directory", "choose a new directory for the dataset")
     if out.exists() and not force:
@@ -185,8 +192,10 @@ def write_dataset(out: Path, dataset: Dataset, meta: dict[str, Any], *, force: b
 
 
 def _new_directory(out: Path, files: dict[str, str]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    # Not mkdtemp: its 0700 would become OUT's mode; mkdir gives the user's umask like any folder they make.
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     try:
         for name, text in files.items():
             (staging / name).write_text(text, encoding="utf-8")

@@ -17,6 +17,7 @@ from appliance.eval.runner import EvalRunner, RunResult, load_results
 from appliance.llm.factory import read_grammar
 from appliance.llm.openai import OpenAIBackend
 from appliance.options import collect_common, common_options, option_overrides, settings_from_options
+from appliance.paths import make_named_dir
 from appliance.textutil import one_line
 
 
@@ -124,8 +125,13 @@ def eval_command(
     tasks, errors = parse_dataset(path)
     tasks = tasks[:limit] if limit else tasks
     base = settings_from_options(options)
-    out_dir = (out or base.dirs.data_dir / "evals" / eval_name).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out is not None:
+        out_dir = make_named_dir(out, "--out")
+    else:
+        out_dir = base.dirs.data_dir / "evals" / eval_name
+        out_dir.mkdir(parents=True, exist_ok=True)
+    if web_archive is not None:
+        web_archive = make_named_dir(web_archive, "--web-archive")
     for error in errors:
         click.echo(f"appliance eval: {path.name} line {error.line} skipped: {error.message}", err=True)
     if not tasks:
@@ -149,7 +155,7 @@ def eval_command(
     for mode in modes or [""]:
         # Each compared eviction mode is an eval of its own (own name, directory and resume), same tasks.
         mode_name, mode_dir = (f"{eval_name}-{mode}", out_dir / mode) if mode else (eval_name, out_dir)
-        mode_dir.mkdir(parents=True, exist_ok=True)
+        mode_dir.mkdir(exist_ok=True)
         settings = _settings(options, {**extra, "agent.eviction": mode} if mode else extra)
         complete = _run_eval(settings, options, mode_name, mode_dir, tasks, errors, runs, concurrency,
                              replay, judge_url, judge_model, web_archive)  # fmt: skip

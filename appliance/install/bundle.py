@@ -124,6 +124,10 @@ def create(options: CreateOptions, dirs: AppDirs, log: Log) -> str:
     out = options.out
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not empty", "choose a new directory for the bundle")
+    if not out.parent.is_dir():
+        raise ConfigError(
+            f"the folder {out.parent} does not exist", f"create it first (mkdir -p {out.parent}), or choose another OUT"
+        )
     source = options.source or source_checkout()
     if source is None:
         raise ConfigError("cannot find the appliance's source to build its wheel", "pass --source CHECKOUT")
@@ -132,7 +136,7 @@ def create(options: CreateOptions, dirs: AppDirs, log: Log) -> str:
     staging = out.with_name(out.name + ".partial")
     if staging.exists():
         shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    staging.mkdir()
 
     target = f"{source}[{','.join(options.extras)}]" if options.extras else str(source)
     log("wheels: the appliance and its dependencies (llama-cpp-python from pip's cache when built before)")
