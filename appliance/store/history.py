@@ -13,7 +13,8 @@ from typing import Any
 from sqlite_utils import Database
 
 from appliance.agent.events import AgentEvent
-from appliance.policy import STATUSES, Standing, standing
+from appliance.llm.base import ChatMessage
+from appliance.policy import STATUSES, RunStatus, Standing, standing
 from appliance.store.db import (
     RunNotFound,
     StoreError,
@@ -147,7 +148,8 @@ class History:
                 params.append(tag)
             sql = (
                 "SELECT run_id, task, status, answer, started_at, turns, tool_calls, model, finished_at, elapsed_s, "
-                "error, (SELECT group_concat(tag, char(31)) FROM tags t WHERE t.run_id = runs.run_id) AS tags "
+                "error, parent_run, "
+                "(SELECT group_concat(tag, char(31)) FROM tags t WHERE t.run_id = runs.run_id) AS tags "
                 "FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY started_at DESC, id DESC"
             )
             if limit > 0:
@@ -166,6 +168,7 @@ class History:
                     r["finished_at"],
                     r["elapsed_s"] or 0.0,
                     r["error"],
+                    r["parent_run"],
                 )
                 for r in self._rows(sql, params)
             ]
@@ -185,6 +188,21 @@ class History:
 
         result: list[str] = self._guarded(query)
         return result
+
+    def latest_finished(self) -> str:
+        """The run id of the latest run that finished (answered or not): what `--continue` follows up."""
+
+        def query() -> str | None:
+            row = self.db.conn.execute(
+                "SELECT run_id FROM runs WHERE status IN (?, ?) ORDER BY started_at DESC, id DESC LIMIT 1",
+                (RunStatus.ANSWERED.value, RunStatus.NO_ANSWER.value),
+            ).fetchone()
+            return str(row[0]) if row else None
+
+        found: str | None = self._guarded(query)
+        if found is None:
+            raise StoreUsageError(f"no finished run to continue in {self.path}", 'start one with --task "..."')
+        return found
 
     def get_run(self, run_id: str) -> RunRecord:
         run_id = self.resolve(run_id)
@@ -297,6 +315,9 @@ class History:
             summary_reason=summary_reason,
             attempt=r["attempt"],
             task_root=r["task_root"],
+            parent_run=r["parent_run"],
+            context_mode=r["context_mode"],
+            context=_context_messages(r["context"]),
         )
 
     def task_attempts(self, run_id: str) -> list[RunRecord]:
@@ -542,6 +563,12 @@ class History:
         if not dry_run and chosen:
             self._guarded(lambda: compact(self.db.conn))
         return PruneReport(tuple(chosen), before, before if dry_run else self.size_bytes(), dry_run)
+
+
+def _context_messages(text: str | None) -> tuple[ChatMessage, ...]:
+    """A follow-up's recorded starting context (JSON [{"role", "content"}, ...])."""
+    items = json.loads(text) if text else []
+    return tuple(ChatMessage(str(m["role"]), str(m["content"])) for m in items if isinstance(m, dict))  # type: ignore[arg-type]
 
 
 def _message(m: dict[str, Any], content: str) -> MessageRecord:
