@@ -285,3 +285,41 @@ def test_resume_and_rerun_stream_json_events_too(tmp_path: Path) -> None:
     lines = cli_lines(rerun.stdout)
     assert lines[0]["type"] == "run_started" and lines[0]["parent_run"] is None
     assert lines[-1]["type"] == "run_finished" and lines[-1]["result"]["answer"] == "Paris"
+
+
+def test_history_shows_the_thread_and_exports_follow_the_chain(tmp_path: Path) -> None:
+    db = tmp_path / "history.db"
+    with open_history(db) as history:
+        parent_id = run_parent(history, tmp_path)
+        first, _, _ = ask(history, tmp_path, parent_id, "And of Germany?", ["Berlin.", "\\boxed{Berlin}"], name="a")
+        second, _, _ = ask(history, tmp_path, first.run_id, "And of Italy?", ["Rome.", "\\boxed{Rome}"], name="b")
+        assert [r.run_id for r in history.thread(second.run_id)] == [parent_id, first.run_id, second.run_id]
+    listed = appliance(["history", "--db", str(db), "list"], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
+    assert f"↳ {first.run_id[-6:]}: And of Italy?" in rows[second.run_id]
+    assert f"↳ {parent_id[-6:]}: And of Germany?" in rows[first.run_id] and "↳" not in rows[parent_id]
+    as_json = appliance(["history", "--db", str(db), "list", "--json"], tmp_path)
+    parents = {r["run_id"]: r["parent_run"] for r in map(json.loads, as_json.stdout.splitlines())}
+    assert parents == {parent_id: None, first.run_id: parent_id, second.run_id: first.run_id}
+
+    shown = appliance(["history", "--db", str(db), "show", second.run_id], tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout
+    assert text.index(f"question 1 of 3 (run {parent_id}") < text.index(f"question 2 of 3 (run {first.run_id}")
+    assert text.index(f"Follow-up of:** run {first.run_id} (started from its conversation)") > text.index(
+        f"question 2 of 3 (run {first.run_id}"
+    )
+    payload = json.loads(appliance(["history", "--db", str(db), "show", second.run_id, "--json"], tmp_path).stdout)
+    assert [r["run_id"] for r in payload["thread"]] == [parent_id, first.run_id]
+    assert payload["metadata"]["parent_run"] == first.run_id
+    # The trajectory is what the model read: the system prompt, the whole thread, then this run's own turns.
+    contents = [m["content"] for m in payload["messages"]]
+    assert contents[1].startswith(TASK) and "And of Germany?" + TASK_SUFFIX in contents
+    assert contents[-1] == "\\boxed{Rome}"
+
+    exported = appliance(["history", "--db", str(db), "export", second.run_id], tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    samples = [json.loads(line)["metadata"] for line in exported.stdout.splitlines()]
+    assert [s["run_id"] for s in samples] == [parent_id, first.run_id, second.run_id]
+    assert [s["parent_run"] for s in samples] == [None, parent_id, first.run_id]

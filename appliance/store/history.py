@@ -334,6 +334,24 @@ class History:
         found: list[str] = self._guarded(ids)
         return [run if i == run.run_id else self.get_run(i) for i in found]
 
+    def thread(self, run_id: str) -> list[RunRecord]:
+        """The follow-up chain that ends at `run_id`: the first question's run first, then each follow-up.
+
+        Each earlier element is the run its successor follows (a task's final attempt). A parent
+        deleted since ends the chain there.
+        """
+        run = self.get_run(run_id)
+        chain = [run]
+        seen = {run.run_id}
+        while chain[0].parent_run and chain[0].parent_run not in seen:
+            try:
+                parent = self.get_run(chain[0].parent_run)
+            except RunNotFound:
+                break
+            seen.add(parent.run_id)
+            chain.insert(0, parent)
+        return chain
+
     def failure_summaries(self, task_root: str, before: int) -> list[str]:
         """The failure summaries the attempts of a task left before attempt `before`, in order."""
 
