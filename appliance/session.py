@@ -438,6 +438,7 @@ def followup_session(
     workspace: Path | None = None,
     profile: str | None = None,
     today: dt.date | None = None,
+    run_id: str | None = None,
 ) -> RunSession:
     """A follow-up question on a finished run: a new task (its own attempts) linked to the run it follows.
 
@@ -447,7 +448,14 @@ def followup_session(
     parent, source = followup_source(history, parent_id)
     settings = recorded_settings(parent.settings, option_overrides or {}, profile)
     return start_session(
-        history, settings, question, backends=backends, workspace=workspace, today=today, followup_from=source
+        history,
+        settings,
+        question,
+        backends=backends,
+        workspace=workspace,
+        today=today,
+        run_id=run_id,
+        followup_from=source,
     )
 
 

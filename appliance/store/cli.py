@@ -97,11 +97,6 @@ def _summary_json(run: RunSummary) -> dict[str, Any]:
     }
 
 
-def _thread_mark(run: RunSummary) -> str:
-    """How a follow-up shows in the list: an arrow and the end of its parent's id (the part that differs)."""
-    return f"↳ {run.parent_run[-6:]}: " if run.parent_run else ""
-
-
 @click.group("history")
 @click.option("--db", "history_db", type=click.Path(path_type=Path), help="History database (default: data dir).")
 @click.pass_context
@@ -147,7 +142,7 @@ def list_command(ctx: click.Context, limit: int, status: str | None, tag: str | 
         head = f"{run.run_id:<22}  {run.status:<11}  {started:<16}  {run.turns:>5}  {run.tool_calls:>5}  "
         room = max(20, width - len(head))
         answer_text = one_line(answer, max(8, room // 3))
-        task_text = _thread_mark(run) + one_line(run.task, max(10, room - len(answer_text) - 4))
+        task_text = run.thread_mark + one_line(run.task, max(10, room - len(answer_text) - 4))
         tags = f" [{', '.join(run.tags)}]" if run.tags else ""
         click.echo(f"{head}{task_text} -> {answer_text}{for_terminal(tags)}")
 

@@ -33,6 +33,11 @@ class RunSummary:
     error: str | None = None
     parent_run: str | None = None  # a follow-up's parent
 
+    @property
+    def thread_mark(self) -> str:
+        """How a follow-up shows in a list of runs: an arrow and the end of its parent's id (the part that differs)."""
+        return f"↳ {self.parent_run[-6:]}: " if self.parent_run else ""
+
 
 @dataclass(frozen=True)
 class ArchiveLink:
