@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from appliance.dataset.filters import ngram_repeat_ratio
+from appliance.protocol.failure import FAILURE_SUMMARY_ASSISTANT_PREFIX, render_enhanced_task
 from appliance.store import open_history
 from tests.conftest import run_cli, tool_call, write_replay
+from tests.store_support import write_script
 
 SEARCH = ("search_and_scrape_webpage", "google_search")
 PYTHON = "tool-python"
@@ -127,7 +129,10 @@ def evals(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     for name, scripts in (("alpha", ALPHA), ("beta", BETA)):
         replays = write_scripts(root / f"replays-{name}", scripts)
         result = run_cli(
-            ["eval", "--sample", "--backend", "replay", "--replay", str(replays), "--name", name], env=env, timeout=300
+            # One run per task (--attempts 0): the scripts are single runs; attempts have their own test.
+            ["eval", "--sample", "--backend", "replay", "--replay", str(replays), "--name", name, "--attempts", "0"],
+            env=env,
+            timeout=300,
         )
         assert result.returncode == 0, result.stderr
     with open_history(home / "history.db") as history:
@@ -452,3 +457,30 @@ def test_an_eval_written_elsewhere_scores_runs_with_eval_dir(evals: dict[str, An
     )
     scores = json.loads((tmp_path / "b" / "manifest.json").read_text())["scores"]
     assert scores == {"correct": 5, "incorrect": 1, "unscored": 0, "sources": {"eval alpha-out": 6}}
+
+
+def test_each_attempt_of_a_task_is_a_trajectory_of_its_own(appliance_home: Path, tmp_path: Path) -> None:
+    # Attempt 1 ends without a box and leaves a failure summary; attempt 2 starts from the enhanced task.
+    summary = "Failure type: format_missed"
+    turns: list[Any] = [
+        "Maybe.", "No idea.", "No idea.", "No idea.", {"content": summary, "prefix": FAILURE_SUMMARY_ASSISTANT_PREFIX},
+        "<think>\nTwo.\n</think>\n\nTwo moons.", "\\boxed{2}",
+    ]  # fmt: skip
+    replay = write_script(tmp_path / "r.jsonl", turns)
+    env = {"APPLIANCE_TOOLS_ENABLED": ""}
+    ran = run_cli(["--task", "How many moons has Mars?", "--replay", str(replay), "--attempts", "1", "--json"], env=env)
+    assert ran.returncode == 0, ran.stderr
+    first, second = (a["run_id"] for a in json.loads(ran.stdout)["attempts"])
+    out = tmp_path / "ds"
+    built = run_cli(["dataset", "build", str(out), "--no-filter", "no_answer"], env=env)
+    assert built.returncode == 0, built.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["sft"]["run_ids"]) == sorted([first, second])
+    rows = dict(zip(manifest["sft"]["run_ids"], read_jsonl(out / "sft.jsonl"), strict=True))
+    tasks = {run_id: rows[run_id]["messages"][1]["content"] for run_id in (first, second)}
+    assert tasks[first].startswith("How many moons has Mars?") and summary not in tasks[first]
+    assert tasks[second].startswith(render_enhanced_task("How many moons has Mars?", [summary]))
+    # Neither sample holds the other attempt's replies.
+    replies = {run_id: [m["content"] for m in rows[run_id]["messages"] if m["role"] == "assistant"] for run_id in rows}
+    assert not any("boxed{2}" in r or "Two moons" in r for r in replies[first])
+    assert replies[second][0] == "<think>\nTwo.\n</think>\n\nTwo moons." and "Maybe." not in replies[second]

@@ -19,11 +19,19 @@ from typing import Any
 import pytest
 
 from appliance.agent import runtime
-from appliance.agent.events import AgentEvent, AttemptStarted, Notice, RunFinished, ToolCallStarted
+from appliance.agent.events import (
+    AgentEvent,
+    AttemptStarted,
+    Notice,
+    RunFinished,
+    SummaryStarted,
+    ToolCallStarted,
+    TurnRolledBack,
+)
 from appliance.eval.report import first_attempt_only, scores
 from appliance.eval.runner import RunResult, load_results
 from appliance.protocol.failure import FAILURE_SUMMARY_ASSISTANT_PREFIX, render_enhanced_task
-from appliance.session import Backends, start_session
+from appliance.session import Backends, resume_session, start_session
 from appliance.store import open_history
 from tests.conftest import run_cli
 from tests.store_support import call, env_for, run_store_cli, settings_for, store_cli, write_script
@@ -94,6 +102,25 @@ def test_turns_run_out_then_attempt_two_answers_as_its_own_linked_run(tmp_path: 
     ]
 
 
+def test_the_context_fills_then_attempt_two_starts_from_the_enhanced_task(tmp_path: Path) -> None:
+    # In a 4,096-token window (the tools' system prompt is half of it) the second result leaves no room.
+    small, large = (call("repeat", text=f"line {n} of the archive ", times=n) for n in (20, 120))
+    summary = "Failure type: context_full\nWhat happened: read two archives."
+    turns: list[str | dict[str, Any]] = [small, large, failure(summary), "\\boxed{2}", "\\boxed{2}"]
+    results, events, rows, run_id = run_task(
+        tmp_path, turns, **{"agent.attempts": 1, "agent.keep_last": 5, "model.context_length": 4096,
+                            "model.max_tokens": 256}
+    )  # fmt: skip
+    assert [(r.status, r.answer) for r in results] == [("no_answer", None), ("answered", "2")]
+    first_events = events[: next(i for i, e in enumerate(events) if isinstance(e, AttemptStarted))]
+    # Not the final attempt and out of room: no answer turn is asked for (a guess), the failure summary is.
+    assert any(isinstance(e, TurnRolledBack) and e.reason == "context_full" for e in first_events)
+    assert not any(isinstance(e, SummaryStarted) for e in first_events)
+    assert any(isinstance(e, Notice) and "ran out of turns or context" in e.message for e in first_events)
+    assert results[0].failure_summary == summary
+    assert rows[1]["task"] == render_enhanced_task(TASK, [summary]) and run_id == rows[1]["run_id"]
+
+
 def test_no_box_after_the_summary_retries_and_no_earlier_box_is_used(tmp_path: Path) -> None:
     turns: list[str | dict[str, Any]] = [
         "I think it is \\boxed{3}.", "The answer is three.", "Still three.", "Three.",
@@ -140,6 +167,32 @@ def test_a_corrupt_failure_summary_is_used_as_written_and_the_task_goes_on(tmp_p
     assert [r.answer for r in results] == [None, "2"]
     assert results[0].failure_summary is not None
     assert rows[1]["task"] == render_enhanced_task(TASK, [results[0].failure_summary])
+
+
+def test_a_corrupt_recorded_failure_summary_leaves_it_out_of_the_resumed_tasks_next_attempt(tmp_path: Path) -> None:
+    turns: list[str | dict[str, Any]] = [
+        "Maybe.", "No idea.", "No idea.", "No idea.", failure("Failure type: first"),  # attempt 1
+        call("google_search", q="mars"), "Nothing found.", "No idea.", "No idea.", "No idea.",  # attempt 2
+        failure("Failure type: second"),
+        "\\boxed{2}", "\\boxed{2}",  # attempt 3
+    ]  # fmt: skip
+    results, _, rows, _ = run_task(tmp_path, turns, cancel_on_tool=True, **{"agent.attempts": 2})
+    assert [r.status for r in results] == ["no_answer", "interrupted"]
+    first, second = rows[0]["run_id"], rows[1]["run_id"]
+    with sqlite3.connect(tmp_path / "history.db") as conn:  # attempt 1's record of its summary is damaged
+        conn.execute("UPDATE events SET data = '{not json' WHERE run_id = ? AND type = 'RunFinished'", (first,))
+    with (
+        open_history(tmp_path / "history.db") as history,
+        Backends() as backends,
+        resume_session(history, second, backends=backends) as session,
+    ):
+        last = session.drive()
+        assert [r.attempt for r in session.attempt_results] == [2, 3] and last.answer == "2"
+        third = history.get_run(session.run_id)
+    # The resumed attempt 2 keeps the task it was given; attempt 3 starts without the unreadable summary.
+    assert rows[1]["task"] == render_enhanced_task(TASK, ["Failure type: first"])
+    assert (third.attempt, third.task_root) == (3, first)
+    assert third.task == render_enhanced_task(TASK, ["Failure type: second"])
 
 
 def test_cancel_stops_every_attempt(tmp_path: Path) -> None:
@@ -237,6 +290,45 @@ def test_a_process_killed_in_attempt_three_resumes_attempt_three_with_both_summa
         assert history.failure_summaries(runs[0].run_id, 3) == ["Failure type: first", "Failure type: second"]
 
 
+@pytest.mark.slow
+def test_a_process_killed_in_attempt_two_resumes_it_and_goes_on_to_attempt_three(
+    tmp_path: Path, appliance_home: Path
+) -> None:
+    turns: list[str | dict[str, Any]] = [
+        call("google_search", q="mars"), failure("Failure type: first"),  # attempt 1
+        call("wait", seconds=60, marker="waiting", release="go"), failure("Failure type: second"),  # attempt 2
+        "\\boxed{2}", "\\boxed{2}",  # attempt 3 (final)
+    ]  # fmt: skip
+    script = write_script(tmp_path / "script.jsonl", turns)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    env = env_for(appliance_home, APPLIANCE_MAX_TURNS="1")
+    proc = store_cli(["--task", TASK, "--replay", str(script), "--attempts", "2", "--workspace", str(ws)], env)
+    try:
+        wait_for(lambda: (ws / "waiting").exists())
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    with open_history(appliance_home / "history.db") as history:
+        first, second = sorted(history.list_runs(limit=0), key=lambda r: r.started_at)
+        assert (history.get_run(second.run_id).attempt, history.get_run(second.run_id).status) == (2, "interrupted")
+    (ws / "go").write_text("")
+    done = run_store_cli(["resume", second.run_id, "--json"], env)
+    assert done.returncode == 0, done.stderr
+    payload = json.loads(done.stdout)
+    # resume --json lists the attempts this command ran: attempt 2 (resumed) and attempt 3 (new).
+    assert [(a["attempt"], a["status"]) for a in payload["attempts"]] == [(2, "no_answer"), (3, "answered")]
+    assert payload["attempts"][0]["run_id"] == second.run_id and payload["answer"] == "2"
+    assert "attempt 3/3: starting again with 2 failure summaries" in done.stderr
+    with open_history(appliance_home / "history.db") as history:
+        runs = history.task_attempts(first.run_id)
+        assert [r.attempt for r in runs] == [1, 2, 3] and runs[2].run_id == payload["run_id"]
+        assert [c.tool for s in runs[0].steps for c in s.calls] == ["google_search"]  # attempt 1 not redone
+        assert runs[1].task == render_enhanced_task(TASK, ["Failure type: first"])  # resumed with its summary
+        assert [c.tool for s in runs[1].steps for c in s.calls] == ["wait"]
+        assert runs[2].task == render_enhanced_task(TASK, ["Failure type: first", "Failure type: second"])
+
+
 def test_history_show_and_export_carry_every_attempt_of_the_task(tmp_path: Path) -> None:
     no_box = ["Maybe \\boxed{3}.", "No idea.", "No idea.", "No idea."]
     turns: list[str | dict[str, Any]] = [*no_box, failure("Failure type: misdirected"), "\\boxed{2}", "\\boxed{2}"]
@@ -331,3 +423,40 @@ async def test_the_tui_shows_each_attempt_its_failure_summary_and_which_attempt_
         assert [t.turn for t in transcript.query(TurnView) if t.kind == "turn"][-1] == 1
         panels = list(transcript.query(AnswerPanel))
         assert len(panels) == 1 and panels[0].answer == "2"
+
+
+@pytest.mark.asyncio
+async def test_the_tui_replaying_an_old_attempt_shows_only_that_attempt(tmp_path: Path) -> None:
+    from appliance.tui.app import ApplianceApp
+    from appliance.tui.transcript import Transcript
+    from appliance.tui.widgets import AnswerPanel, NoteView, TurnView
+    from tests.tui_support import wait_for as wait_until
+
+    turns: list[str | dict[str, Any]] = [
+        "Maybe.", "No idea.", "No idea.", "No idea.", failure("Failure type: format_missed"),
+        "Two, I think.", "\\boxed{2}",
+    ]  # fmt: skip
+    _, _, rows, _ = run_task(tmp_path, turns, **{"agent.attempts": 1})
+    first, second = (r["run_id"] for r in rows)
+    app = ApplianceApp({"db": tmp_path / "history.db", "backend": "replay", "tools_enabled": ""})
+    async with app.run_test(size=(100, 60)) as pilot:
+        shown: dict[str, tuple[list[str], list[str], list[str | None]]] = {}
+        for run_id in (first, second):
+            await app.main.open_run(run_id)
+            await wait_until(lambda: app.main.phase == "done", what="the replay to finish")
+            await pilot.pause()
+            transcript = app.main.query_one(Transcript)
+            shown[run_id] = (
+                [str(n.render()) for n in transcript.query(NoteView)],
+                [t.said.strip() for t in transcript.query(TurnView) if t.kind == "turn"],
+                [p.answer for p in transcript.query(AnswerPanel)],
+            )
+    notes, replies, answers = shown[first]
+    assert any(n.startswith("Failure summary of attempt 1:") for n in notes)
+    assert not any(n.startswith("Attempt 2") for n in notes) and answers == [None]
+    assert replies == ["Maybe."]
+    notes, replies, answers = shown[second]
+    assert "Attempt 2/2: starting again with 1 failure summary." in notes
+    assert "The final answer comes from attempt 2." in notes
+    assert not any(n.startswith("Failure summary") for n in notes)
+    assert replies == ["Two, I think."] and answers == ["2"]

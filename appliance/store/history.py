@@ -361,8 +361,7 @@ class History:
                 "WHERE (r.run_id = ? OR r.task_root = ?) AND r.attempt < ? ORDER BY r.attempt, e.seq",
                 (task_root, task_root, before),
             )
-            summaries = [str(parse_data(row["data"]).get("failure_summary") or "").strip() for row in rows]
-            return [s for s in summaries if s]
+            return [summary for row in rows if (summary := _recorded_failure_summary(row["data"]))]
 
         result: list[str] = self._guarded(read)
         return result
@@ -613,3 +612,16 @@ def _message(m: dict[str, Any], content: str) -> MessageRecord:
         reply_id=m["reply_id"],
         created_at=m["created_at"],
     )
+
+
+def _recorded_failure_summary(data: str | None) -> str:
+    """The failure summary a RunFinished record holds; "" when it has none or cannot be read.
+
+    As in the reference, an attempt whose summary is missing or unreadable adds nothing to the
+    next attempt's task: a damaged record must not stop the task's later attempts.
+    """
+    try:
+        summary = parse_data(data).get("failure_summary")
+    except ValueError:
+        return ""
+    return summary.strip() if isinstance(summary, str) else ""

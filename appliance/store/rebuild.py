@@ -196,4 +196,6 @@ def replay(run: RunRecord, log: Sequence[LogEntry]) -> Iterator[AgentEvent]:
                 elapsed_s=float(data.get("elapsed_s") or 0.0),
                 error=data.get("error"),
                 exit_code=int(data.get("exit_code") or 0),
+                failure_summary=data.get("failure_summary"),
+                attempt=run.attempt,
             )
