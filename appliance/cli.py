@@ -14,7 +14,7 @@ import json
 import sys
 import tempfile
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -41,6 +41,7 @@ from appliance.options import collect_common, common_options, option_overrides, 
 from appliance.textutil import did_you_mean, for_terminal, one_line, safe_json
 
 if TYPE_CHECKING:
+    from appliance.session import RunSession
     from appliance.store.sources import Source
 
 # Subcommands live beside the code they drive and are imported on first use.
@@ -184,7 +185,6 @@ def run_headless(
     options: dict[str, Any], task: str, *, as_json: bool, printer: HeadlessPrinter, json_events: bool = False
 ) -> int:
     """Run `task` headless; with `json_events` stdout carries the live event stream (appliance/eventstream.py)."""
-    from appliance.eventstream import JsonEventStream
     from appliance.session import Backends, start_session
 
     settings = settings_from_options(options)
@@ -198,9 +198,30 @@ def run_headless(
             workspace=options.get("workspace"),
             attachments=list(options.get("attach") or ()),
         )
-        stream = JsonEventStream(sys.stdout, cancel=session.cancel) if json_events else None
-        with session:
-            finished = session.drive(printer) if stream is None else session.drive(stream, printer)
+        return drive_headless(session, printer, as_json=as_json, json_events=json_events)
+
+
+def drive_headless(
+    session: RunSession,
+    printer: HeadlessPrinter,
+    *,
+    as_json: bool,
+    json_events: bool,
+    announce: Sequence[str] = (),
+    subscribers: Sequence[Callable[[AgentEvent], None]] = (),
+) -> int:
+    """Drive an assembled session to its end and print its result (every headless command ends here).
+
+    `announce`: lines for stderr before the run starts; `subscribers` see each event before the printer.
+    """
+    from appliance.eventstream import JsonEventStream
+
+    stream = JsonEventStream(sys.stdout, cancel=session.cancel) if json_events else None
+    with session:
+        for line in announce:
+            printer.stream.write(f"appliance: {for_terminal(line)}\n")
+        faces: list[Callable[[AgentEvent], None]] = [*subscribers, *([stream] if stream is not None else []), printer]
+        finished = session.drive(*faces)
     report_checkpoint(session.kept_checkpoint, finished)
     if stream is not None:
         stream.finish(result_json(finished, session.sources, session.attempt_results))
@@ -209,7 +230,9 @@ def run_headless(
     return int(finished.exit_code)
 
 
-def rerun_headless(options: dict[str, Any], run_id: str, *, as_json: bool, printer: HeadlessPrinter) -> int:
+def rerun_headless(
+    options: dict[str, Any], run_id: str, *, as_json: bool, printer: HeadlessPrinter, json_events: bool = False
+) -> int:
     """The same task with the same settings and attachments as a recorded run, sampled anew.
 
     Searches and fetches the original made are answered from its archive; with
@@ -227,23 +250,20 @@ def rerun_headless(options: dict[str, Any], run_id: str, *, as_json: bool, print
             profile=options.get("profile"),
         )
         original = history.get_run(run_id)
-        with session:
-            printer.stream.write(
-                f"appliance: re-running run {original.run_id} as {session.run_id} "
-                f"(web: {session.settings.archive.web})\n"
-            )
 
-            def tag(event: AgentEvent) -> None:
-                if isinstance(event, RunStarted):
-                    history.tag_run(event.run_id, f"rerun-of:{original.run_id}")
+        def tag(event: AgentEvent) -> None:
+            if isinstance(event, RunStarted):
+                history.tag_run(event.run_id, f"rerun-of:{original.run_id}")
 
-            finished = session.drive(tag, printer)
-    report_checkpoint(session.kept_checkpoint, finished)
-    emit_result(finished, as_json=as_json, sources=session.sources, attempts=session.attempt_results)
-    return int(finished.exit_code)
+        line = f"re-running run {original.run_id} as {session.run_id} (web: {session.settings.archive.web})"
+        return drive_headless(
+            session, printer, as_json=as_json, json_events=json_events, announce=[line], subscribers=[tag]
+        )
 
 
-def resume_headless(options: dict[str, Any], run_id: str, *, as_json: bool, printer: HeadlessPrinter) -> int:
+def resume_headless(
+    options: dict[str, Any], run_id: str, *, as_json: bool, printer: HeadlessPrinter, json_events: bool = False
+) -> int:
     """Continue a recorded run with its own settings; flags given to `resume` override them."""
     from appliance.session import Backends, resume_session
 
@@ -256,18 +276,40 @@ def resume_headless(options: dict[str, Any], run_id: str, *, as_json: bool, prin
             profile=options.get("profile"),
             workspace=options.get("workspace"),
         )
-        with session:
-            for note in session.notes:
-                printer.stream.write(f"appliance: {for_terminal(note)}\n")
-            state = session.state
-            printer.stream.write(
-                f"appliance: resuming run {state.run_id} after turn {state.turn} "
-                f"({state.tool_calls} tool calls so far)\n"
-            )
-            finished = session.drive(printer)
-    report_checkpoint(session.kept_checkpoint, finished)
-    emit_result(finished, as_json=as_json, sources=session.sources, attempts=session.attempt_results)
-    return int(finished.exit_code)
+        state = session.state
+        lines = [
+            *session.notes,
+            f"resuming run {state.run_id} after turn {state.turn} ({state.tool_calls} tool calls so far)",
+        ]
+        return drive_headless(session, printer, as_json=as_json, json_events=json_events, announce=lines)
+
+
+def ask_headless(
+    options: dict[str, Any],
+    run_id: str | None,
+    question: str,
+    *,
+    as_json: bool,
+    printer: HeadlessPrinter,
+    json_events: bool = False,
+) -> int:
+    """A follow-up question on a finished run (None: the latest finished run), headless."""
+    from appliance.session import Backends, followup_session
+
+    check_workspace_option(options, settings_from_options(options))
+    with open_history(settings_from_options(options), options.get("db")) as history, Backends() as backends:
+        parent_id = run_id if run_id is not None else history.latest_finished()
+        session = followup_session(
+            history,
+            parent_id,
+            question,
+            option_overrides(options),
+            backends=backends,
+            workspace=options.get("workspace"),
+            profile=options.get("profile"),
+        )
+        line = f"follow-up of run {session.state.parent_run} as run {session.run_id}"
+        return drive_headless(session, printer, as_json=as_json, json_events=json_events, announce=[line])
 
 
 def report_checkpoint(kept: bool, finished: RunFinished) -> None:
@@ -313,6 +355,34 @@ def attempt_json(ended: RunFinished) -> dict[str, Any]:
 # ------------------------------------------------------------------ commands
 
 
+def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--json, --json-events and --verbose: how a headless run reports (the root command, resume, rerun, ask)."""
+    func = click.option("--verbose", "-v", is_flag=True, help="Stream the model's text to stderr.")(func)
+    func = click.option(
+        "--json-events",
+        "json_events",
+        is_flag=True,
+        help="Print the run as it goes, one JSON object per line, ending with --json's object (docs/json-events.md).",
+    )(func)
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the answer.")(func)
+
+
+def check_output_flags(as_json: bool, json_events: bool) -> None:
+    if as_json and json_events:
+        raise ApplianceError("--json and --json-events were both given", "pass one (the stream ends with the result)")
+
+
+def followup_question(question: str | None, question_file: Path | None) -> str:
+    """A follow-up question from its argument ("-": standard input) or a file; empty is a usage error."""
+    text = read_task(question, question_file)
+    if text is None or not text.strip():
+        raise ApplianceError(
+            "the follow-up question is empty",
+            'ask it as an argument (appliance ask RUN_ID "..."), with "-" for standard input, or with --task-file',
+        )
+    return text
+
+
 def read_task(task: str | None, task_file: Path | None) -> str | None:
     """The task from --task TEXT, --task - (standard input) or --task-file PATH; None: neither was given."""
     if task is not None and task_file is not None:
@@ -338,14 +408,13 @@ def read_task(task: str | None, task_file: Path | None) -> str | None:
 @click.option(
     "--task-file", type=click.Path(path_type=Path, dir_okay=False), help="Run the task written in this file headless."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the answer.")
 @click.option(
-    "--json-events",
-    "json_events",
-    is_flag=True,
-    help="Print the run as it goes, one JSON object per line, ending with --json's object (docs/json-events.md).",
+    "--continue",
+    "continue_question",
+    metavar="QUESTION",
+    help='Ask the latest finished run a follow-up question ("-": read it from standard input); see `ask`.',
 )
-@click.option("--verbose", "-v", is_flag=True, help="Stream the model's text to stderr.")
+@output_options
 @click.option("--debug", is_flag=True, help="Print the traceback of an internal error (a bug).")
 @common_options
 @click.version_option(__version__, prog_name="appliance")
@@ -355,6 +424,7 @@ def cli(
     /,
     task: str | None,
     task_file: Path | None,
+    continue_question: str | None,
     as_json: bool,
     json_events: bool,
     verbose: bool,
@@ -365,8 +435,13 @@ def cli(
     ctx.obj = {k: v for k, v in options.items() if v not in (None, ())}
     if ctx.invoked_subcommand:
         return
-    if as_json and json_events:
-        raise ApplianceError("--json and --json-events were both given", "pass one (the stream ends with the result)")
+    check_output_flags(as_json, json_events)
+    if continue_question is not None:
+        if task is not None or task_file is not None:
+            raise ApplianceError("--continue and a task were both given", "pass the follow-up question one way")
+        question = followup_question(continue_question, None)
+        printer = HeadlessPrinter(verbose=verbose, debug=debug)
+        ctx.exit(ask_headless(ctx.obj, None, question, as_json=as_json, printer=printer, json_events=json_events))
     task = read_task(task, task_file)
     if json_events and task is None:
         raise ApplianceError("--json-events needs a task", 'pass it with --task "...", --task - or --task-file')
@@ -415,15 +490,48 @@ def subcommand_printer(ctx: click.Context, *, verbose: bool) -> HeadlessPrinter:
 
 @cli.command("resume")
 @click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the answer.")
-@click.option("--verbose", "-v", is_flag=True)
+@output_options
 @common_options
 @click.pass_context
-def resume_command(ctx: click.Context, /, run_id: str, as_json: bool, verbose: bool, **options: Any) -> None:
+def resume_command(
+    ctx: click.Context, /, run_id: str, as_json: bool, json_events: bool, verbose: bool, **options: Any
+) -> None:
     """Continue an interrupted run from its last completed step."""
+    check_output_flags(as_json, json_events)
     options = collect_common(ctx, options)
     printer = subcommand_printer(ctx, verbose=verbose)
-    ctx.exit(resume_headless(options, run_id, as_json=as_json, printer=printer))
+    ctx.exit(resume_headless(options, run_id, as_json=as_json, printer=printer, json_events=json_events))
+
+
+@cli.command("ask")
+@click.argument("run_id")
+@click.argument("question", required=False)
+@click.option(
+    "--task-file", type=click.Path(path_type=Path, dir_okay=False), help="Read the follow-up question from this file."
+)
+@output_options
+@common_options
+@click.pass_context
+def ask_command(
+    ctx: click.Context,
+    /,
+    run_id: str,
+    question: str | None,
+    task_file: Path | None,
+    as_json: bool,
+    json_events: bool,
+    verbose: bool,
+    **options: Any,
+) -> None:
+    """Ask a finished run a follow-up question: a new run that starts from its conversation (docs/history.md).
+
+    QUESTION "-" reads it from standard input. `appliance --continue "..."` asks the latest finished run.
+    """
+    check_output_flags(as_json, json_events)
+    text = followup_question(question, task_file)
+    options = collect_common(ctx, options)
+    printer = subcommand_printer(ctx, verbose=verbose)
+    ctx.exit(ask_headless(options, run_id, text, as_json=as_json, printer=printer, json_events=json_events))
 
 
 def _before_separator(args: list[str]) -> list[str]:
@@ -496,15 +604,17 @@ def crash(exc: BaseException, *, debug: bool, as_json: bool, json_events: bool =
 
 @cli.command("rerun")
 @click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the answer.")
-@click.option("--verbose", "-v", is_flag=True)
+@output_options
 @common_options
 @click.pass_context
-def rerun_command(ctx: click.Context, /, run_id: str, as_json: bool, verbose: bool, **options: Any) -> None:
+def rerun_command(
+    ctx: click.Context, /, run_id: str, as_json: bool, json_events: bool, verbose: bool, **options: Any
+) -> None:
     """Run a recorded run's task again: same settings, new samples, its searches and fetches from its archive."""
+    check_output_flags(as_json, json_events)
     options = collect_common(ctx, options)
     printer = subcommand_printer(ctx, verbose=verbose)
-    ctx.exit(rerun_headless(options, run_id, as_json=as_json, printer=printer))
+    ctx.exit(rerun_headless(options, run_id, as_json=as_json, printer=printer, json_events=json_events))
 
 
 def main(argv: list[str] | None = None) -> None:

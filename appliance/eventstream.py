@@ -50,6 +50,9 @@ def event_record(event: AgentEvent) -> dict[str, Any] | None:
             "turn": event.turn,
             "backend": event.backend,
             "attachments": list(event.attachments),
+            # A follow-up (`appliance ask`): the run it follows and how it started; null otherwise.
+            "parent_run": event.parent_run or None,
+            "context_mode": event.context_mode or None,
         }
     if isinstance(event, AttemptStarted):
         # The task starts again as a new run (its run_started follows), after this many failure summaries.

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance.agent.attempts import TaskAttempts
-from appliance.agent.events import AgentEvent, AttemptStarted, RunFinished, RunStarted
+from appliance.agent.events import AgentEvent, RunFinished, RunStarted
+from appliance.agent.followup import ContextMode, FollowUp, FollowUpSource, choose_start
 from appliance.agent.loop import Agent
 from appliance.agent.runtime import (
     build_toolbox,
@@ -48,6 +49,7 @@ from appliance.errors import ApplianceError, ConfigError
 from appliance.llm.base import Backend
 from appliance.llm.factory import backend_problem, build_backend
 from appliance.policy import RunStatus, redacted_paths
+from appliance.store.followup import followup_source
 from appliance.store.history import History
 from appliance.store.records import ResumeTarget, RunRecord
 from appliance.store.report import finish_report
@@ -122,6 +124,7 @@ class RunSession:
         elapsed_before: float = 0.0,
         task_attempts: TaskAttempts | None = None,
         next_attempt: Callable[[TaskAttempts], tuple[Agent, RunState]] | None = None,
+        intro: Sequence[AgentEvent] = (),
     ) -> None:
         self.history = history
         self.agent = agent
@@ -138,6 +141,8 @@ class RunSession:
         self._next_attempt = next_attempt
         # Every attempt's end, in order (one element without attempts).
         self.attempt_results: list[RunFinished] = []
+        # Events each run reports right after it starts (how a follow-up starts), recorded with it.
+        self.intro = tuple(intro)
         self._cancelled = False
         self._release_backend = release_backend
         self._closed = False
@@ -159,14 +164,14 @@ class RunSession:
 
     def agent_runs(self) -> Iterator[Iterable[AgentEvent]]:
         """The agent runs this task makes, in order: its attempts (see the module's note)."""
-        yield self.agent.run(self.state)
+        yield announced(self.agent.run(self.state), *self.intro)
         while self._another_attempt():
             attempts = self.task_attempts
             assert attempts is not None and self._next_attempt is not None  # _another_attempt checked them
             root = self.task_root
             self.agent, self.state = self._next_attempt(attempts)
             self.state.task_root = root
-            yield announced(self.agent.run(self.state), attempts.started())
+            yield announced(self.agent.run(self.state), attempts.started(), *self.intro)
 
     def _another_attempt(self) -> bool:
         """Record the attempt that just ended; True when the decision table starts another."""
@@ -228,12 +233,12 @@ class RunSession:
         self.close()
 
 
-def announced(events: Iterable[AgentEvent], started: AttemptStarted) -> Iterator[AgentEvent]:
-    """The run's events with `started` right after its RunStarted (so it is recorded in that run)."""
+def announced(events: Iterable[AgentEvent], *after_start: AgentEvent) -> Iterator[AgentEvent]:
+    """The run's events with `after_start` right after its RunStarted (so they are recorded in that run)."""
     for event in events:
         yield event
         if isinstance(event, RunStarted):
-            yield started
+            yield from after_start
 
 
 def drive_events(
@@ -278,10 +283,20 @@ def start_session(
     run_id: str | None = None,
     today: dt.date | None = None,
     reuse_runs: Sequence[str] = (),
+    followup_from: FollowUpSource | None = None,
 ) -> RunSession:
-    """A new run of `task`, assembled from `settings` (`reuse_runs`: whose web archives answer first)."""
+    """A new run of `task`, assembled from `settings` (`reuse_runs`: whose web archives answer first).
+
+    With `followup_from`, `task` is a follow-up question on that parent (agent/followup.py):
+    every attempt starts from the same context, chosen here with the model's own token count.
+    """
     backend, release = backends.acquire(settings)
+    intro: list[AgentEvent] = []
+    followup: FollowUp | None = None
     try:
+        if followup_from is not None:
+            followup, notice = choose_start(followup_from, backend, task, settings.model.max_tokens)
+            intro.append(notice)
         toolbox = build_toolbox(settings, lambda: backend)
     except BaseException:
         release()
@@ -305,6 +320,7 @@ def start_session(
             today=today,
             reuse_runs=reuse_runs,
             attempts=attempts,
+            followup=followup,
         )
 
     try:
@@ -314,7 +330,15 @@ def start_session(
         release()
         raise
     return RunSession(
-        history, agent, state, settings, toolbox, release, task_attempts=task_attempts, next_attempt=prepare
+        history,
+        agent,
+        state,
+        settings,
+        toolbox,
+        release,
+        task_attempts=task_attempts,
+        next_attempt=prepare,
+        intro=intro,
     )
 
 
@@ -427,12 +451,14 @@ def resume_session(
         release()
         raise
     task_attempts = resumed_attempts(history, point.run, point.state, settings)
+    followup = recorded_followup(point.state)
 
     def prepare(attempts: TaskAttempts) -> tuple[Agent, RunState]:
-        # The next attempt is a new run, in its own workspace unless one was named.
+        # The next attempt is a new run, in its own workspace unless one was named (a follow-up's
+        # attempts all start from the context its first attempt started from).
         return prepare_run(
             settings, attempts.task, backend=backend, toolbox=toolbox, workspace=explicit_workspace,
-            attachments=list(attachments), attempts=attempts,
+            attachments=list(attachments), attempts=attempts, followup=followup,
         )  # fmt: skip
 
     return RunSession(
@@ -447,6 +473,15 @@ def resume_session(
         task_attempts=task_attempts,
         next_attempt=prepare,
     )
+
+
+def recorded_followup(state: RunState) -> FollowUp | None:
+    """How a recorded follow-up started (None for a task of its own)."""
+    if not state.parent_run:
+        return None
+    mode: ContextMode = "report" if state.context_mode == "report" else "conversation"
+    # A conversation continues the parent's system prompt; a report started with the one rendered for it.
+    return FollowUp(state.parent_run, mode, tuple(state.context), state.system_prompt)
 
 
 def resumed_attempts(history: History, run: RunRecord, state: RunState, settings: Settings) -> TaskAttempts | None:
@@ -464,6 +499,37 @@ def resumed_attempts(history: History, run: RunRecord, state: RunState, settings
     )
     state.attempt, state.attempts_total, state.task_root = attempts.number, attempts.total, run.task_root or ""
     return attempts
+
+
+def followup_session(
+    history: History,
+    parent_id: str,
+    question: str,
+    option_overrides: dict[str, Any] | None = None,
+    *,
+    backends: Backends,
+    workspace: Path | None = None,
+    profile: str | None = None,
+    today: dt.date | None = None,
+    run_id: str | None = None,
+) -> RunSession:
+    """A follow-up question on a finished run: a new task (its own attempts) linked to the run it follows.
+
+    It runs with the parent's recorded settings (options given here override them) and
+    starts from its conversation or its report (agent/followup.py). The parent is only read.
+    """
+    parent, source = followup_source(history, parent_id)
+    settings = recorded_settings(parent.settings, option_overrides or {}, profile)
+    return start_session(
+        history,
+        settings,
+        question,
+        backends=backends,
+        workspace=workspace,
+        today=today,
+        run_id=run_id,
+        followup_from=source,
+    )
 
 
 def rerun_session(

@@ -43,6 +43,11 @@ CASES: dict[str, Case] = {
     "no answer, --json": Case(
         ["--task", "x", "--replay", "{no_answer}", "--json", "--attempts", "0"], 1, "reply discarded (no_boxed)"
     ),
+    "ask a follow-up": Case(["ask", "{run_id}", "And of Spain?", "--replay", "{answer}", "--json"], 0, "follow-up of"),
+    "ask, question on stdin": Case(
+        ["ask", "{run_id}", "-", "--replay", "{answer}", "--json"], 0, "follow-up of", stdin="And of Spain?\n"
+    ),
+    "--continue the latest run": Case(["--continue", "And?", "--replay", "{answer}", "--json"], 0, "follow-up of"),
     "history search, no match": Case(["history", "search", "zebra", "--json"], 1, "no matches for 'zebra'"),
     "history search, a match": Case(["history", "search", "Capital"], 0, ""),
     # 2 usage or configuration
@@ -88,6 +93,15 @@ CASES: dict[str, Case] = {
     ),
     "resume a finished run": Case(["resume", "{run_id}", "--json"], 2, "already finished (answered)"),
     "resume an unknown run": Case(["resume", "nope", "--json"], 2, "no run 'nope'"),
+    "ask an unknown run": Case(["ask", "nope", "Why?", "--json"], 2, "no run 'nope'"),
+    "ask, empty question": Case(["ask", "{run_id}", " ", "--json"], 2, "the follow-up question is empty"),
+    "ask, no question": Case(["ask", "{run_id}", "--json"], 2, "the follow-up question is empty"),
+    "ask, empty question on stdin": Case(["ask", "{run_id}", "-", "--json"], 2, "question is empty", stdin=""),
+    "ask a run that failed": Case(["ask", "{failed_run}", "Why?", "--json"], 2, "resume it first: appliance resume"),
+    "ask, unknown profile": Case(
+        ["ask", "{run_id}", "Why?", "--profile", "cpu8b", "--json"], 2, "did you mean 'cpu-8b'"
+    ),
+    "--continue with a task": Case(["--continue", "And?", "--task", "x", "--json"], 2, "were both given"),
     "history list -n -1": Case(["history", "list", "-n", "-1", "--json"], 2, "Invalid value for '--limit'"),
     "history list -n huge": Case(["history", "list", "-n", "99999999999999999999"], 2, "Invalid value for '--limit'"),
     "history search -n 0": Case(["history", "search", "-n", "0", "x", "--json"], 2, "Invalid value for '--limit'"),
@@ -156,6 +170,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     done = run_cli(["--task", "Capital of France?", "--replay", files["answer"], "--json"], env=env)
     assert done.returncode == 0, done.stderr
     files["run_id"] = json.loads(done.stdout)["run_id"]
+    failed = run_cli(["--task", "Capital of Peru?", "--replay", files["too_short"], "--json"], env=env)
+    assert failed.returncode == 2, failed.stderr
+    files["failed_run"] = json.loads(failed.stdout)["run_id"]
     return files
 
 

@@ -138,6 +138,24 @@ def test_history_screen(home: Path, snap_compare: Snap, size: tuple[int, int]) -
     assert snap_compare(app_for(), terminal_size=size, run_before=run_before)
 
 
+def test_history_screen_with_a_thread(home: Path, snap_compare: Snap) -> None:
+    db = home / "history.db"
+    record_fixed_run(db, RUN_ID, "How many moons does Mars have?", started_at="2025-01-01T09:45:00.000+00:00")
+    child = "20250101-095000-d4e5f6"
+    record_fixed_run(db, child, "And Jupiter?", started_at="2025-01-01T09:50:00.000+00:00", parent_run=RUN_ID)
+    record_fixed_run(
+        db, "20250101-095500-0a0b0c", "Which is the largest?", started_at="2025-01-01T09:55:00.000+00:00",
+        parent_run=child,
+    )  # fmt: skip
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await pilot.press("f2")
+        await wait_for(lambda: bool(getattr(pilot.app.screen, "rows", None)), what="the list")
+        await no_blink(pilot)
+
+    assert snap_compare(app_for(), terminal_size=(100, 24), run_before=run_before)
+
+
 @pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
 def test_status_screen(home: Path, snap_compare: Snap, size: tuple[int, int]) -> None:
     app = app_for(backend=None, replay=None, model="/models/absent.gguf")

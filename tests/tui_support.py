@@ -229,9 +229,11 @@ def fixed_run_events(run_id: str, task: str, status: str = "answered") -> list[A
     return out
 
 
-def record_fixed_run(db: Path, run_id: str, task: str, status: str = "answered", started_at: str = "") -> None:
-    """Write a fixed run through the store's real recorder, with a fixed start time."""
-    from appliance.agent.events import TextDelta, TurnEnded
+def record_fixed_run(
+    db: Path, run_id: str, task: str, status: str = "answered", started_at: str = "", parent_run: str = ""
+) -> None:
+    """Write a fixed run through the store's real recorder, with a fixed start time (`parent_run`: a follow-up)."""
+    from appliance.agent.events import RunStarted, TextDelta, TurnEnded
     from appliance.store import open_history
 
     with open_history(db) as history:
@@ -243,6 +245,8 @@ def record_fixed_run(db: Path, run_id: str, task: str, status: str = "answered",
             if isinstance(event, TurnEnded):
                 # The reply as streamed (the events above leave `content` empty to keep them short).
                 event = dataclasses.replace(event, content=text.get(event.turn, ""))
+            if isinstance(event, RunStarted) and parent_run:
+                event = dataclasses.replace(event, parent_run=parent_run, context_mode="conversation")
             recorder(event)
         with history.lock:
             history.db.conn.execute(

@@ -73,6 +73,41 @@ def build_view(
     return view
 
 
+def run_view(
+    system_prompt: str,
+    context: Sequence[ChatMessage],
+    messages: Sequence[ChatMessage],
+    keep_rule: tuple[int, str, int],
+    *,
+    in_summary: bool = False,
+) -> list[ChatMessage]:
+    """What the model sees on a call: the system prompt, a follow-up's starting context, the run's own view.
+
+    `context` (a follow-up's parent conversation, as the model last saw it) is
+    shown as recorded: it was trimmed when it was made, and keeping it
+    byte-identical keeps the parent's KV prefix. `in_summary`: the run is in its
+    summary phase (its last user message, if any, is the summary prompt).
+    """
+    history = build_view(
+        messages, *keep_rule, ends_in_summary=in_summary and bool(messages) and messages[-1].role == "user"
+    )
+    return [ChatMessage("system", system_prompt), *context, *history]
+
+
+def last_seen_conversation(
+    system_prompt: str,
+    context: Sequence[ChatMessage],
+    messages: Sequence[ChatMessage],
+    keep_rule: tuple[int, str, int],
+    *,
+    in_summary: bool,
+) -> list[ChatMessage]:
+    """A finished run's conversation as the model last saw it: the view of its last call, then its reply."""
+    if messages and messages[-1].role == "assistant":
+        return [*run_view(system_prompt, context, messages[:-1], keep_rule, in_summary=in_summary), messages[-1]]
+    return run_view(system_prompt, context, messages, keep_rule, in_summary=in_summary)
+
+
 def recorded_keep_rule(settings: Mapping[str, Any]) -> tuple[int, str, int]:
     """(keep_last, eviction, eviction_block) of a run, from the settings recorded with it.
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from appliance.llm.base import ChatMessage
+
 # failure_summary: the reply that sums up a failed attempt for the next one (agent/attempts.py).
 TurnKind = Literal["turn", "summary", "failure_summary"]
 RunStatus = Literal["answered", "no_answer", "error", "interrupted"]
@@ -37,6 +39,11 @@ class RunStarted:
     # Attempt `attempt` of its task, whose first attempt is run `task_root` ("" for attempt 1).
     attempt: int = 1
     task_root: str = ""
+    # A follow-up of run `parent_run`, starting from its conversation or its report (`context_mode`);
+    # `context` is what the model sees between the system prompt and the task message.
+    parent_run: str = ""
+    context_mode: str = ""
+    context: tuple[ChatMessage, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 from appliance.agent.attempts import AnswerPlan, answer_plan, ran_out_of_room, run_failure_summary
 from appliance.agent.calls import Reply, RunCancelled, call_model, reply_ended
-from appliance.agent.context import build_view, kept_result_positions
+from appliance.agent.context import kept_result_positions, run_view
 from appliance.agent.events import (
     AgentEvent,
     Notice,
@@ -108,6 +108,9 @@ class Agent:
             completion_tokens=state.completion_tokens,
             attempt=state.attempt,
             task_root=state.task_root,
+            parent_run=state.parent_run,
+            context_mode=state.context_mode,
+            context=tuple(state.context),
         )
         for problem in self.toolbox.problems():
             yield Notice("warning", problem)
@@ -189,14 +192,8 @@ class Agent:
     def _view(self, state: RunState, messages: list[ChatMessage] | None = None) -> list[ChatMessage]:
         agent = self.settings
         shown = state.messages if messages is None else messages
-        history = build_view(
-            shown,
-            agent.keep_last,
-            agent.eviction,
-            agent.eviction_block,
-            ends_in_summary=state.phase == "summary" and shown[-1].role == "user",
-        )
-        return [ChatMessage("system", state.system_prompt), *history]
+        rule = (agent.keep_last, agent.eviction, agent.eviction_block)
+        return run_view(state.system_prompt, state.context, shown, rule, in_summary=state.phase == "summary")
 
     def _prompt_tokens(self, view: list[ChatMessage]) -> int:
         # The backend's own count: exact for a local model (its chat template, rendered and tokenized).

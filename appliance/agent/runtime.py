@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from appliance.agent.attempts import TaskAttempts
+from appliance.agent.followup import FollowUp
 from appliance.agent.loop import Agent
 from appliance.agent.state import RunState, new_state
 from appliance.config import Settings
@@ -50,6 +51,7 @@ def prepare_run(
     today: dt.date | None = None,
     reuse_runs: Sequence[str] = (),
     attempts: TaskAttempts | None = None,
+    followup: FollowUp | None = None,
 ) -> tuple[Agent, RunState]:
     """A ready-to-run agent and the initial state of a new run.
 
@@ -57,6 +59,7 @@ def prepare_run(
     With `attempts`, the run is its current attempt: the task is the enhanced task (the
     original plus every failure summary so far), as the reference passes it to the task
     message and the summary prompt alike, and the run ends by the attempts' decision table.
+    With `followup`, the run starts from its parent's conversation or report (agent/followup.py).
     """
     run_id = run_id or new_run_id()
     if attempts is not None:
@@ -64,13 +67,18 @@ def prepare_run(
     attached = check_attachments(attachments)
     web = run_web(settings, run_id, reuse_runs)  # a bad archive fails here, before any directory exists
     dirs = run_dirs(settings, run_id, workspace)
-    system_prompt = render_system_prompt(today or dt.date.today(), toolbox.server_specs())
+    system_prompt = (followup.system_prompt if followup is not None else "") or render_system_prompt(
+        today or dt.date.today(), toolbox.server_specs()
+    )
     # Attached files are inlined as the reference does, within a share of the context window.
     budget = settings.agent.attachment_tokens or backend.context_length // 4
     task_message = render_task_message(
         task, inline_attachments(attached, token_budget=budget, count_tokens=backend.count_tokens)
     )
-    state = new_state(run_id, task, task_message, system_prompt, tuple(str(p) for p in attached))
+    context = followup.context if followup is not None else ()
+    state = new_state(run_id, task, task_message, system_prompt, tuple(str(p) for p in attached), context)
+    if followup is not None:
+        state.parent_run, state.context_mode = followup.parent_run, followup.mode
     if attempts is not None:
         state.attempt, state.attempts_total = attempts.number, attempts.total
     return make_agent(settings, backend, toolbox, run_id, dirs, attached, web), state

@@ -13,6 +13,7 @@ loop's generators hold the one state object while they yield).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from appliance.agent.events import (
@@ -60,10 +61,20 @@ class RunState:
     attempts_total: int = 1
     # The run of attempt 1 of this task ("" for attempt 1 itself): the history links attempts by it.
     task_root: str = ""
+    # A follow-up (agent/followup.py) starts from its parent's conversation as the model last saw it:
+    # shown before `messages` exactly as recorded, never trimmed again (last-K applies to this run's own results).
+    context: list[ChatMessage] = field(default_factory=list)
+    parent_run: str = ""  # the run this one follows up ("" for a task of its own)
+    context_mode: str = ""  # "conversation" | "report" for a follow-up
 
 
 def new_state(
-    run_id: str, task: str, task_message: str, system_prompt: str, attachments: tuple[str, ...] = ()
+    run_id: str,
+    task: str,
+    task_message: str,
+    system_prompt: str,
+    attachments: tuple[str, ...] = (),
+    context: Sequence[ChatMessage] = (),
 ) -> RunState:
     return RunState(
         run_id=run_id,
@@ -72,6 +83,7 @@ def new_state(
         system_prompt=system_prompt,
         messages=[ChatMessage("user", task_message)],
         attachments=attachments,
+        context=list(context),
     )
 
 

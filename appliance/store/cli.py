@@ -93,6 +93,7 @@ def _summary_json(run: RunSummary) -> dict[str, Any]:
         "model": run.model,
         "tags": list(run.tags),
         "error": run.error,
+        "parent_run": run.parent_run,
     }
 
 
@@ -141,7 +142,7 @@ def list_command(ctx: click.Context, limit: int, status: str | None, tag: str | 
         head = f"{run.run_id:<22}  {run.status:<11}  {started:<16}  {run.turns:>5}  {run.tool_calls:>5}  "
         room = max(20, width - len(head))
         answer_text = one_line(answer, max(8, room // 3))
-        task_text = one_line(run.task, max(10, room - len(answer_text) - 4))
+        task_text = run.thread_mark + one_line(run.task, max(10, room - len(answer_text) - 4))
         tags = f" [{', '.join(run.tags)}]" if run.tags else ""
         click.echo(f"{head}{task_text} -> {answer_text}{for_terminal(tags)}")
 
@@ -157,26 +158,39 @@ def show_command(ctx: click.Context, run_id: str, full: bool, report: bool, as_j
     with _history(ctx) as store:
         run = store.get_run(run_id)
         attempts = store.task_attempts(run.run_id)
+        earlier = store.thread(run.run_id)[:-1]
     if as_json:
         payload = chatml(run)
         payload["sources"] = [source.as_json() for source in run_sources(run)]
         payload["attempts"] = [
             {"attempt": a.attempt, "run_id": a.run_id, "status": a.status, "answer": a.answer} for a in attempts
         ]
+        # The follow-up chain before this run, its first question first.
+        payload["thread"] = [
+            {"run_id": r.run_id, "task": r.task, "status": r.status, "answer": r.answer, "context_mode": r.context_mode}
+            for r in earlier
+        ]
         click.echo(safe_json(payload))
         return
     if report:
         click.echo(for_terminal(research_report(run)), nl=False)
         return
-    if len(attempts) == 1:
-        click.echo(for_terminal(markdown_report(run, limit=None if full else 2000)), nl=False)
-        return
-    # A task of several attempts: every one, in order, each under its own heading.
+    limit = None if full else 2000
+    # A follow-up: the runs it follows come first, each under its own heading.
     parts = [
-        f"# Attempt {a.attempt} of {len(attempts)} (run {a.run_id}, {a.status})\n\n"
-        + markdown_report(a, limit=None if full else 2000)
-        for a in attempts
+        f"# Thread, question {n} of {len(earlier) + 1} (run {r.run_id}, {r.status})\n\n"
+        + markdown_report(r, limit=limit)
+        for n, r in enumerate(earlier, 1)
     ]
+    if len(attempts) == 1:
+        parts.append(markdown_report(run, limit=limit))
+    else:
+        # A task of several attempts: every one, in order, each under its own heading.
+        parts += [
+            f"# Attempt {a.attempt} of {len(attempts)} (run {a.run_id}, {a.status})\n\n"
+            + markdown_report(a, limit=limit)
+            for a in attempts
+        ]
     click.echo(for_terminal("\n---\n\n".join(parts)), nl=False)
 
 
@@ -254,8 +268,10 @@ def export_command(
     if fmt == "html" and (all_runs or len(run_ids) > 1):
         raise click.UsageError("--format html writes one run per page: name one RUN_ID (and -o FILE for each)")
     with _history(ctx) as store:
-        # A named run brings every attempt of its task (each its own sample in ChatML).
-        ids = list(dict.fromkeys(a.run_id for run_id in run_ids for a in store.task_attempts(run_id)))
+        # A named run brings the runs it follows up (first question first), then every attempt of its
+        # task (each its own sample in ChatML).
+        named = [r.run_id for run_id in run_ids for r in store.thread(run_id)]
+        ids = list(dict.fromkeys(a.run_id for run_id in named for a in store.task_attempts(run_id)))
         if all_runs:
             listed = store.list_runs(limit=0, status=status, tag=tag)
             ids += [r.run_id for r in listed if RunStatus.of(r.status) is not RunStatus.RUNNING]

@@ -54,6 +54,8 @@ def chatml(run: RunRecord, view: View = "full") -> dict[str, Any]:
         messages = build_view(
             messages, *recorded_keep_rule(run.settings), ends_in_summary=run.summary_prompt is not None
         )
+    # A follow-up starts from its parent's conversation (or report) as recorded: the model read it first.
+    messages = [*run.context, *messages]
     final = final_reply(run)
     if final is not None:
         messages.append(ChatMessage("assistant", final.reply.content))
@@ -74,6 +76,9 @@ def chatml(run: RunRecord, view: View = "full") -> dict[str, Any]:
             # Each attempt of a task is a sample of its own; these tie the samples of one task together.
             "attempt": run.attempt,
             "task_root": run.task_root or run.run_id,
+            # A follow-up's parent run, and whether it started from that run's conversation or its report.
+            "parent_run": run.parent_run,
+            "context_mode": run.context_mode,
         },
     }
 
@@ -140,6 +145,9 @@ def markdown_report(run: RunRecord, *, limit: int | None = 2000, include_discard
         f"**tokens:** {run.prompt_tokens:,} prompt / {run.completion_tokens:,} completion, "
         f"**time:** {run.elapsed_s:.1f} s",
     ]
+    if run.parent_run:
+        started = run.context_mode or "conversation"
+        facts.append(f"- **Follow-up of:** run {run.parent_run} (started from its {started})")
     if run.resumes:
         facts.append(f"- **Resumed:** {run.resumes} time(s)")
     if run.tags:

@@ -13,7 +13,8 @@ from typing import Any
 from sqlite_utils import Database
 
 from appliance.agent.events import AgentEvent
-from appliance.policy import STATUSES, Standing, standing
+from appliance.llm.base import ChatMessage
+from appliance.policy import STATUSES, RunStatus, Standing, standing
 from appliance.store.db import (
     RunNotFound,
     StoreError,
@@ -148,7 +149,8 @@ class History:
                 params.append(tag)
             sql = (
                 "SELECT run_id, task, status, answer, started_at, turns, tool_calls, model, finished_at, elapsed_s, "
-                "error, (SELECT group_concat(tag, char(31)) FROM tags t WHERE t.run_id = runs.run_id) AS tags "
+                "error, parent_run, "
+                "(SELECT group_concat(tag, char(31)) FROM tags t WHERE t.run_id = runs.run_id) AS tags "
                 "FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY started_at DESC, id DESC"
             )
             if limit > 0:
@@ -167,6 +169,7 @@ class History:
                     r["finished_at"],
                     r["elapsed_s"] or 0.0,
                     r["error"],
+                    r["parent_run"],
                 )
                 for r in self._rows(sql, params)
             ]
@@ -186,6 +189,21 @@ class History:
 
         result: list[str] = self._guarded(query)
         return result
+
+    def latest_finished(self) -> str:
+        """The run id of the latest run that finished (answered or not): what `--continue` follows up."""
+
+        def query() -> str | None:
+            row = self.db.conn.execute(
+                "SELECT run_id FROM runs WHERE status IN (?, ?) ORDER BY started_at DESC, id DESC LIMIT 1",
+                (RunStatus.ANSWERED.value, RunStatus.NO_ANSWER.value),
+            ).fetchone()
+            return str(row[0]) if row else None
+
+        found: str | None = self._guarded(query)
+        if found is None:
+            raise StoreUsageError(f"no finished run to continue in {self.path}", 'start one with --task "..."')
+        return found
 
     def get_run(self, run_id: str) -> RunRecord:
         run_id = self.resolve(run_id)
@@ -298,6 +316,9 @@ class History:
             summary_reason=summary_reason,
             attempt=r["attempt"],
             task_root=r["task_root"],
+            parent_run=r["parent_run"],
+            context_mode=r["context_mode"],
+            context=_context_messages(r["context"]),
         )
 
     def task_attempts(self, run_id: str) -> list[RunRecord]:
@@ -313,6 +334,24 @@ class History:
 
         found: list[str] = self._guarded(ids)
         return [run if i == run.run_id else self.get_run(i) for i in found]
+
+    def thread(self, run_id: str) -> list[RunRecord]:
+        """The follow-up chain that ends at `run_id`: the first question's run first, then each follow-up.
+
+        Each earlier element is the run its successor follows (a task's final attempt). A parent
+        deleted since ends the chain there.
+        """
+        run = self.get_run(run_id)
+        chain = [run]
+        seen = {run.run_id}
+        while chain[0].parent_run and chain[0].parent_run not in seen:
+            try:
+                parent = self.get_run(chain[0].parent_run)
+            except RunNotFound:
+                break
+            seen.add(parent.run_id)
+            chain.insert(0, parent)
+        return chain
 
     def failure_summaries(self, task_root: str, before: int) -> list[str]:
         """The failure summaries the attempts of a task left before attempt `before`, in order."""
@@ -555,6 +594,12 @@ class History:
         if not dry_run and chosen:
             self._guarded(lambda: compact(self.db.conn))
         return PruneReport(tuple(chosen), before, before if dry_run else self.size_bytes(), dry_run)
+
+
+def _context_messages(text: str | None) -> tuple[ChatMessage, ...]:
+    """A follow-up's recorded starting context (JSON [{"role", "content"}, ...])."""
+    items = json.loads(text) if text else []
+    return tuple(ChatMessage(str(m["role"]), str(m["content"])) for m in items if isinstance(m, dict))  # type: ignore[arg-type]
 
 
 def _message(m: dict[str, Any], content: str) -> MessageRecord:

@@ -196,5 +196,22 @@ CREATE INDEX runs_task_root ON runs (task_root);
     )
 
 
+@migrations(name="m005_followups")
+def m005_followups(db: Database) -> None:
+    # A follow-up question on a finished run is a run of its own, linked to the run it
+    # follows (parent_run; NULL for a task of its own). It starts from the parent's
+    # conversation as the model last saw it, or from its report when that would not
+    # leave room for work (context_mode); `context` holds those messages as JSON
+    # ([{"role", "content"}, ...]), so resume, export and replay never need the parent.
+    db.executescript(
+        """
+ALTER TABLE runs ADD COLUMN parent_run TEXT;
+ALTER TABLE runs ADD COLUMN context_mode TEXT;
+ALTER TABLE runs ADD COLUMN context TEXT;
+CREATE INDEX runs_parent_run ON runs (parent_run);
+"""
+    )
+
+
 def known_names() -> list[str]:
     return [m.name for m in migrations._migrations]

@@ -60,7 +60,8 @@ def rebuild_state(run: RunRecord, log: Sequence[LogEntry]) -> Rebuilt:
     redone = {c.id for c in unfinished.calls} if unfinished else set()
     pending = {s.reply.id for s in run.steps if s.reply.state == "pending"}
     committed = [e for e in log if e.message_id not in pending and e.tool_call_id not in redone]
-    state = new_state(run.run_id, run.task, run.task_message, run.system_prompt, run.attachments)
+    state = new_state(run.run_id, run.task, run.task_message, run.system_prompt, run.attachments, run.context)
+    state.parent_run, state.context_mode = run.parent_run or "", run.context_mode or ""
     for event in replay(run, committed):
         advance(state, event)
     state.elapsed_before = run.elapsed_s
@@ -117,6 +118,11 @@ def replay(run: RunRecord, log: Sequence[LogEntry]) -> Iterator[AgentEvent]:
                 prompt_tokens=int(data.get("prompt_tokens") or 0),
                 completion_tokens=int(data.get("completion_tokens") or 0),
                 workspace=str(data.get("workspace") or run.workspace or ""),
+                attempt=run.attempt,
+                task_root=run.task_root or "",
+                parent_run=run.parent_run or "",
+                context_mode=run.context_mode or "",
+                context=run.context,
             )
         elif entry.type == "TurnEnded" and entry.message_id in replies:
             m = replies[entry.message_id]

@@ -227,7 +227,7 @@ class Recorder:
     def _run_started(self, e: RunStarted) -> None:
         self.run_id = e.run_id
         # A resumed run's counters start where its state does (the rows of what runs again are discarded).
-        self._state = new_state(e.run_id, e.task, e.task_message, e.system_prompt, e.attachments)
+        self._state = new_state(e.run_id, e.task, e.task_message, e.system_prompt, e.attachments, e.context)
         self._state.turn, self._state.tool_calls = e.turn, e.tool_calls
         self._state.prompt_tokens, self._state.completion_tokens = e.prompt_tokens, e.completion_tokens
         self._clock_start = time.monotonic()
@@ -244,7 +244,8 @@ class Recorder:
             self._execute(
                 "INSERT INTO runs (run_id, task, task_message, system_prompt, status, profile, model, backend, "
                 "backend_info, settings, workspace, attachments, started_at, updated_at, pid, process_start, host, "
-                "task_root, attempt) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "task_root, attempt, parent_run, context_mode, context) "
+                "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     e.run_id,
                     e.task,
@@ -264,6 +265,9 @@ class Recorder:
                     host_name(),
                     e.task_root or None,
                     e.attempt,
+                    e.parent_run or None,
+                    e.context_mode or None,
+                    dumps([{"role": m.role, "content": m.content} for m in e.context]) if e.parent_run else None,
                 ),
             )
         except sqlite3.IntegrityError as exc:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from appliance.agent.state import RunState
+from appliance.llm.base import ChatMessage
 
 # A reply is `pending` from the moment it is recorded until the loop decides
 # whether it stands (the next event); a resumed run samples a pending one again.
@@ -30,6 +31,12 @@ class RunSummary:
     finished_at: str | None = None
     elapsed_s: float = 0.0
     error: str | None = None
+    parent_run: str | None = None  # a follow-up's parent
+
+    @property
+    def thread_mark(self) -> str:
+        """How a follow-up shows in a list of runs: an arrow and the end of its parent's id (the part that differs)."""
+        return f"↳ {self.parent_run[-6:]}: " if self.parent_run else ""
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,10 @@ class RunRecord:
     # Attempt `attempt` of its task; task_root: the run of attempt 1 (None on that run itself).
     attempt: int = 1
     task_root: str | None = None
+    # A follow-up: the run it follows, how it started (conversation | report) and the messages it started from.
+    parent_run: str | None = None
+    context_mode: str | None = None
+    context: tuple[ChatMessage, ...] = ()
 
     def summary(self) -> RunSummary:
         return RunSummary(
@@ -162,6 +173,7 @@ class RunRecord:
             self.finished_at,
             self.elapsed_s,
             self.error,
+            self.parent_run,
         )
 
     @property

@@ -15,8 +15,10 @@ from pathlib import Path
 
 from markdown_it import MarkdownIt
 
+from appliance.llm.base import ChatMessage
 from appliance.protocol.answer import extract_boxed
 from appliance.protocol.parsing import split_thinking
+from appliance.protocol.prompt import render_task_message
 from appliance.store.export import fence
 from appliance.store.history import History
 from appliance.store.records import RunRecord
@@ -124,3 +126,31 @@ def finish_report(history: History, run_dir: Path, run_id: str) -> list[Source]:
     run = history.get_run(run_id)
     save_report(run, run_dir)
     return run_sources(run)
+
+
+def report_context(run: RunRecord, *, passage_chars: int = 600) -> list[ChatMessage]:
+    r"""A run's report as the earlier exchange a follow-up starts from, when its conversation is too long.
+
+    The question as the run's task message (\boxed{} instruction included, attachments left
+    out), then the report as the assistant's reply: the answer boxed as the model boxes it,
+    the findings (the reasoning summary) and the numbered sources with the passage each gave.
+    """
+    answer = run.answer if run.answer is not None else extract_boxed(final_text(run))
+    lines = [
+        "Research report of the earlier run (its full conversation no longer fits the context window).",
+        "",
+        f"Answer: \\boxed{{{answer}}}" if answer else "Answer: (none was found)",
+        "",
+        "Findings:",
+        reasoning_summary(run) or "(the model gave none)",
+        "",
+        "Sources:",
+    ]
+    sources = run_sources(run)
+    for source in sources:
+        lines.append(f"{source.number}. {source.url}")
+        if source.passage:
+            lines.append("   " + one_line(source.passage, passage_chars))
+    if not sources:
+        lines.append("(the run read no page or document)")
+    return [ChatMessage("user", render_task_message(run.task)), ChatMessage("assistant", "\n".join(lines))]

@@ -28,7 +28,13 @@ class Command:
 
 COMMANDS = (
     Command("New run", "clear the screen for a new task", "new", "ctrl+n"),
-    Command("Run the task", "run the task in the box", "run", "ctrl+s"),
+    Command("Run the task", "run the task in the box (after a finished run: as a follow-up of it)", "run", "ctrl+s"),
+    Command(
+        "Ask a follow-up",
+        "ask the finished run on screen a question: its conversation goes on as a new linked run",
+        "followup",
+        "ctrl+s",
+    ),
     Command("Open history", "past runs: open, resume, delete, search", "app.history", "f2"),
     Command("Resume the run", "continue the interrupted or failed run on screen", "resume", "ctrl+r"),
     Command("Export the run", "write the run on screen as a Markdown report", "export", "ctrl+f"),

@@ -168,7 +168,8 @@ class HistoryScreen(Screen[tuple[str, str] | None]):
                 task = Text(one_line(f"{row.snippet} ({row.field})", room), no_wrap=True)
                 turns, tools = "", ""
             else:
-                task = Text(one_line(row.task, room), no_wrap=True)
+                # A follow-up shows the run it follows: the thread reads down the list.
+                task = Text(row.thread_mark + one_line(row.task, room - len(row.thread_mark)), no_wrap=True)
                 turns, tools = str(row.turns), str(row.tool_calls)
             table.add_row(
                 Text(started_label(row.started_at)),
@@ -217,6 +218,8 @@ class HistoryScreen(Screen[tuple[str, str] | None]):
             return
         parts: list[str | tuple[str, str]] = [(row.run_id, "bold"), "  ", one_line(row.task, 300)]
         if isinstance(row, RunSummary):
+            if row.parent_run:
+                parts += [("\nFollow-up of: ", "bold"), row.parent_run]
             if row.answer:
                 parts += [("\nAnswer: ", "bold $success"), one_line(row.answer, 200)]
             if row.error:

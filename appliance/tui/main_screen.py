@@ -29,6 +29,7 @@ from textual.worker import Worker
 from appliance.agent.events import AgentEvent, RunFinished
 from appliance.errors import ApplianceError, ComponentUnavailable
 from appliance.paths import app_dirs
+from appliance.policy import RunStatus, Standing
 from appliance.session import RunSession
 from appliance.store import RESUMABLE
 from appliance.store.export import markdown_report
@@ -56,6 +57,10 @@ WELCOME = (
     "Type a research task below and press ctrl+s to run it.\n"
     "/ or ctrl+p commands · f1 keys · f2 past runs · f3 status · ctrl+q quits"
 )
+
+
+TASK_PLACEHOLDER = "Type a research task (several lines are fine); ctrl+s runs it"
+FOLLOWUP_PLACEHOLDER = "Ask a follow-up about this run (ctrl+s sends it) · ctrl+n: a new task instead"
 
 
 class TaskArea(TextArea):
@@ -161,7 +166,7 @@ class MainScreen(Screen[None]):
                 soft_wrap=True,
                 show_line_numbers=False,
                 tab_behavior="focus",
-                placeholder="Type a research task (several lines are fine); ctrl+s runs it",
+                placeholder=TASK_PLACEHOLDER,
             )
         yield Footer(compact=True, show_command_palette=False)
 
@@ -199,6 +204,8 @@ class MainScreen(Screen[None]):
         self.phase = phase
         composer = self.query_one("#composer")
         composer.display = phase != "running"
+        area = self.query_one("#task", TextArea)
+        area.placeholder = FOLLOWUP_PLACEHOLDER if self.followup_target is not None else TASK_PLACEHOLDER
         if phase == "running":
             self.transcript.focus()
         else:
@@ -235,6 +242,13 @@ class MainScreen(Screen[None]):
             return answer is not None and bool(answer.sources) and not running
         return True
 
+    @property
+    def followup_target(self) -> str | None:
+        """The finished run on screen, which the task box asks a follow-up of (ctrl+n: a new task instead)."""
+        # An interrupted or failed run is resumed first (ctrl+r), as `appliance ask` says.
+        finished = RunStatus.of(self.run_status).standing is Standing.FINISHED
+        return self.run_id if self.phase == "done" and finished else None
+
     # ------------------------------------------------------------ actions
 
     async def action_run(self) -> None:
@@ -250,12 +264,28 @@ class MainScreen(Screen[None]):
             self.notify("The appliance could not start: see the error above.", severity="error")
             return
         attachments = list(self.attachments)
+        parent = self.followup_target
         await self.transcript.reset()
         # Kept until the run has started: a run that cannot start gives the task back.
         self._submitted_task = task
         area.text = ""
         history, factory = app.history, app.factory
+        if parent is not None:
+            self._begin(lambda: self._drive(lambda: factory.followup(history, parent, task)), live=True)
+            return
         self._begin(lambda: self._drive(lambda: factory.start(history, task, attachments)), live=True)
+
+    async def action_followup(self) -> None:
+        """The palette's follow-up: send the question in the box, or say how to ask one."""
+        if self.followup_target is None:
+            self.notify("A follow-up needs a finished run on screen: run a task or open one (f2).", severity="warning")
+            return
+        area = self.query_one("#task", TextArea)
+        if not area.text.strip():
+            area.focus()
+            self.notify("Type the follow-up question in the box, then ctrl+s.")
+            return
+        await self.action_run()
 
     async def action_resume(self) -> None:
         app = self.appliance

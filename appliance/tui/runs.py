@@ -1,4 +1,6 @@
-"""The UI's runs: a new task, or the resume of a recorded one, as run sessions. No textual import.
+"""The UI's runs: a new task, a follow-up question, or the resume of a recorded one, as run sessions.
+
+No textual import.
 
 The sessions are the same as `appliance --task` and `appliance resume` open
 (appliance.session); the UI's one difference is that its Backends live as
@@ -15,7 +17,14 @@ from typing import Any
 from appliance.config import Settings
 from appliance.errors import ApplianceError
 from appliance.options import option_overrides, settings_from_options
-from appliance.session import Backends, RunSession, resume_blocker, resume_session, start_session
+from appliance.session import (
+    Backends,
+    RunSession,
+    followup_session,
+    resume_blocker,
+    resume_session,
+    start_session,
+)
 from appliance.store import History
 from appliance.store.sources import Source
 from appliance.tools.archive import archived_text
@@ -62,6 +71,20 @@ class RunFactory:
             workspace=self.options.get("workspace"),
             attachments=attachments,
             today=self.today,
+        )
+
+    def followup(self, history: History, parent_id: str, question: str) -> RunSession:
+        """A follow-up question on a finished run, with that run's settings (the UI's flags win, as for resume)."""
+        return followup_session(
+            history,
+            parent_id,
+            question,
+            option_overrides(self.options),
+            backends=self.backends,
+            profile=self.options.get("profile"),
+            workspace=self.options.get("workspace"),
+            today=self.today,
+            run_id=self.run_ids(),
         )
 
     def resume(self, history: History, run_id: str) -> RunSession:
