@@ -195,3 +195,36 @@ def test_control_characters_show_as_escapes_on_a_real_terminal(
     assert "Say it" in shown  # the task is still on screen: nothing cleared it
     term.keys("C-q")
     term.wait_for("EXITED 0")
+
+
+def test_follow_up_palette_and_recall_from_a_real_terminal(
+    corpus_env: dict[str, str], tmp_path: Path, terminals: list[Terminal]
+) -> None:
+    """Issue 19 on a real terminal: a follow-up under the answer, `/` lists commands, ↑ recalls a task."""
+    script = write_script(tmp_path / "run.jsonl", ["Done.", answer("ok")])
+    db = tmp_path / "history.db"
+    env = {**corpus_env, "APPLIANCE_TOOLS_ENABLED": ""}
+    term = Terminal(appliance(script, db), full_env(env), width=120, height=40)
+    terminals.append(term)
+    term.wait_for("Type a research task")
+    term.keys("Capital of France?", literal=True)
+    term.keys("C-s")
+    term.wait_for("answered", "^n New")
+    term.keys("And of Germany?", literal=True)
+    term.keys("C-s")
+    term.wait_for("And of Germany?", "answered", "^n New")
+    term.keys("C-n")
+    term.wait_for("Type a research task")
+    term.keys("/", literal=True)
+    shown = term.wait_for("Open history", "Show settings")
+    assert "New run" in shown, shown
+    term.keys("Escape")
+    term.wait_for("Type a research task")
+    term.keys("Up")
+    term.wait_for("And of Germany?")
+    term.keys("C-q")
+    term.wait_for("EXITED 0")
+    with open_history(db) as history:
+        runs = sorted(history.list_runs(), key=lambda run: run.started_at)
+    assert [run.task for run in runs] == ["Capital of France?", "And of Germany?"]
+    assert runs[0].parent_run is None and runs[1].parent_run == runs[0].run_id
